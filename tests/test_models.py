@@ -133,8 +133,11 @@ def test_hub_names_go_through_transformerlens(monkeypatch):
     FakeBridge.tokenizer.padding_side = "right"
     out = rp.load_model("google/gemma-2-2b-it", device="cpu", dtype="bfloat16")
     assert isinstance(out, FakeBridge) and out.tokenizer.padding_side == "left"
-    assert seen == {"name": "google/gemma-2-2b-it", "device": torch.device("cpu"),
-                    "dtype": torch.bfloat16}  # fmt: skip
+    assert seen == {
+        "name": "google/gemma-2-2b-it",
+        "device": torch.device("cpu"),
+        "dtype": torch.bfloat16,
+    }
 
 
 def test_hub_failure_is_a_clear_error(monkeypatch):

@@ -42,35 +42,81 @@ _EXPORTS = {
     "tiny_hf_model": "tiny",
     "tiny_tokenizer": "tiny",
     "cache_root": "snapshot",
+    "ROLES": "roles",
+    "DOMAINS": "roles",
+    "DOMAIN_SUBJECTS": "roles",
+    "Role": "roles",
+    "list_roles": "roles",
+    "get_role": "roles",
+    "PromptSet": "prompts",
+    "RolePrompts": "prompts",
+    "load_prompts": "prompts",
+    "builtin_prompts": "prompts",
+    "paper_prompts": "prompts",
+    "custom_prompts": "prompts",
+    "TASK_TYPES": "prompts",
+    "collect_means": "activations",
+    "ActivationMeans": "activations",
+    "RoleDirections": "directions",
+    "compute_directions": "directions",
+    "separation_auroc": "validation",
+    "split_half_stability": "validation",
+    "auroc": "validation",
+    "model_fingerprint": "models",
 }
 
 __all__ = [
+    "DOMAINS",
+    "DOMAIN_SUBJECTS",
     "EMBEDDED_MODEL",
+    "ROLES",
+    "TASK_TYPES",
     "TINY_MODEL",
+    "ActivationMeans",
     "ChatBatch",
     "ChatTemplate",
     "EmbeddedModelMissingError",
     "ModelInfo",
+    "PromptSet",
+    "Role",
+    "RoleDirections",
+    "RolePrompts",
     "TinyConfig",
     "__version__",
     "answer_letter_ids",
+    "auroc",
     "available_models",
+    "builtin_prompts",
     "cache_root",
     "chat_ids",
+    "collect_means",
+    "compute_directions",
+    "custom_prompts",
     "embedded_gguf_path",
     "encode_chat",
     "generate",
+    "get_role",
     "left_pad",
+    "list_roles",
     "load_embedded_hf",
     "load_model",
+    "load_prompts",
+    "model_fingerprint",
+    "paper_prompts",
     "resolve_device",
     "resolve_dtype",
+    "separation_auroc",
+    "split_half_stability",
     "tiny_hf_model",
     "tiny_tokenizer",
     "wrap_hf_model",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from roleprobe.activations import (
+        ActivationMeans,
+        collect_means,
+    )
     from roleprobe.chat import (
         ChatBatch,
         ChatTemplate,
@@ -79,24 +125,59 @@ if TYPE_CHECKING:  # pragma: no cover
         encode_chat,
         left_pad,
     )
+    from roleprobe.directions import (
+        RoleDirections,
+        compute_directions,
+    )
     from roleprobe.embedded import (
         EMBEDDED_MODEL,
         EmbeddedModelMissingError,
         embedded_gguf_path,
         load_embedded_hf,
     )
-    from roleprobe.generation import generate
+    from roleprobe.generation import (
+        generate,
+    )
     from roleprobe.models import (
         TINY_MODEL,
         ModelInfo,
         available_models,
         load_model,
+        model_fingerprint,
         resolve_device,
         resolve_dtype,
         wrap_hf_model,
     )
-    from roleprobe.snapshot import cache_root
-    from roleprobe.tiny import TinyConfig, tiny_hf_model, tiny_tokenizer
+    from roleprobe.prompts import (
+        TASK_TYPES,
+        PromptSet,
+        RolePrompts,
+        builtin_prompts,
+        custom_prompts,
+        load_prompts,
+        paper_prompts,
+    )
+    from roleprobe.roles import (
+        DOMAIN_SUBJECTS,
+        DOMAINS,
+        ROLES,
+        Role,
+        get_role,
+        list_roles,
+    )
+    from roleprobe.snapshot import (
+        cache_root,
+    )
+    from roleprobe.tiny import (
+        TinyConfig,
+        tiny_hf_model,
+        tiny_tokenizer,
+    )
+    from roleprobe.validation import (
+        auroc,
+        separation_auroc,
+        split_half_stability,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -179,6 +179,68 @@ def pad_token_id(tokenizer: Any) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """One prompt in the chat template, before padding.
+
+    Attributes:
+        ids: the token ids.
+        instruction_start: index of the instruction's first token.
+        instruction_end: index one past its last token (where the post-instruction starts).
+    """
+
+    ids: tuple[int, ...]
+    instruction_start: int
+    instruction_end: int
+
+
+def encode_prompt(
+    tokenizer: Any,
+    text: str,
+    template: ChatTemplate,
+    max_length: int | None = None,
+    where: str = "instruction",
+) -> EncodedPrompt:
+    """Encode one instruction with a known template, checking length and template alignment.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with a chat template.
+        text: the instruction.
+        template: the tokenizer's :class:`ChatTemplate` (with the same system prompt).
+        max_length: reject prompts longer than this many tokens.
+        where: how errors name the prompt (e.g. ``"instruction 3"``).
+    """
+    _validate_instruction(text, where)
+    ids = chat_ids(tokenizer, text, template.system)
+    if max_length is not None and len(ids) > max_length:
+        raise ValueError(
+            f"{where} ({_preview(text)}) is {len(ids)} tokens long in the chat "
+            f"template, more than the limit of {max_length}"
+        )
+    n_pre, n_post = len(template.prefix_ids), template.n_post
+    if tuple(ids[len(ids) - n_post :]) != template.suffix_ids or len(ids) < n_pre + n_post:
+        raise ValueError(
+            f"{where} ({_preview(text)}) does not end with the template's "
+            "post-instruction tokens: its last characters merge with the template; "
+            "strip trailing whitespace or special tokens from it"
+        )
+    start = _common_prefix_length(ids, template.prefix_ids)
+    return EncodedPrompt(tuple(ids), start, len(ids) - n_post)
+
+
+def collate(prompts: Sequence[EncodedPrompt], n_post: int, pad_id: int) -> ChatBatch:
+    """Left-pad encoded prompts into a :class:`ChatBatch`."""
+    input_ids, attention_mask = left_pad([p.ids for p in prompts], pad_id)
+    instruction_mask = torch.zeros_like(attention_mask)
+    width = input_ids.shape[1]
+    for row, prompt in enumerate(prompts):
+        offset = width - len(prompt.ids)
+        instruction_mask[
+            row, offset + prompt.instruction_start : offset + prompt.instruction_end
+        ] = 1
+    return ChatBatch(input_ids, attention_mask, instruction_mask, n_post)
+
+
 def encode_chat(
     tokenizer: Any,
     instructions: Sequence[str],
@@ -207,32 +269,11 @@ def encode_chat(
     if len(instructions) == 0:
         raise ValueError("no instructions given (the prompt list is empty)")
     template = template or ChatTemplate.from_tokenizer(tokenizer, system)
-    rows, spans = [], []
-    for i, text in enumerate(instructions):
-        _validate_instruction(text, f"instruction {i}")
-        ids = chat_ids(tokenizer, text, system)
-        if max_length is not None and len(ids) > max_length:
-            raise ValueError(
-                f"instruction {i} ({_preview(text)}) is {len(ids)} tokens long in the chat "
-                f"template, more than the limit of {max_length}"
-            )
-        n_pre, n_post = len(template.prefix_ids), template.n_post
-        if tuple(ids[len(ids) - n_post :]) != template.suffix_ids or len(ids) < n_pre + n_post:
-            raise ValueError(
-                f"instruction {i} ({_preview(text)}) does not end with the template's "
-                "post-instruction tokens: its last characters merge with the template; "
-                "strip trailing whitespace or special tokens from it"
-            )
-        start = _common_prefix_length(ids, template.prefix_ids)
-        rows.append(ids)
-        spans.append((start, len(ids) - n_post))
-    input_ids, attention_mask = left_pad(rows, pad_token_id(tokenizer))
-    instruction_mask = torch.zeros_like(attention_mask)
-    width = input_ids.shape[1]
-    for row, (ids, (start, end)) in enumerate(zip(rows, spans, strict=True)):
-        offset = width - len(ids)
-        instruction_mask[row, offset + start : offset + end] = 1
-    return ChatBatch(input_ids, attention_mask, instruction_mask, template.n_post)
+    encoded = [
+        encode_prompt(tokenizer, text, template, max_length, f"instruction {i}")
+        for i, text in enumerate(instructions)
+    ]
+    return collate(encoded, template.n_post, pad_token_id(tokenizer))
 
 
 def answer_letter_ids(

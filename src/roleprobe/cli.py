@@ -66,9 +66,12 @@ def _cmd_chat(args: argparse.Namespace) -> None:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     logger.info("loaded %s in %.1fs", args.model, time.perf_counter() - start)
     (text,) = generate(
-        model, [args.prompt], max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+        model,
+        [args.prompt],
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
         seed=args.seed,
-    )  # fmt: skip
+    )
     _out(text)
 
 

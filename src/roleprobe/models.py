@@ -27,6 +27,7 @@ Example:
     30
 """
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -198,3 +199,27 @@ def available_models() -> list[ModelInfo]:
         ),
         ModelInfo("<folder>", "local save_pretrained folder", True, "config.json + weights"),
     ]
+
+
+def model_name(model: Any) -> str:
+    """The name a model was loaded under (its TransformerLens ``cfg.model_name``)."""
+    return str(getattr(model.cfg, "model_name", "") or type(model).__name__)
+
+
+def model_fingerprint(model: Any, sample: int = 4096) -> str:
+    """A short hash of a model's weights, cheap even for large models.
+
+    Hashes every parameter's name and shape and an evenly strided sample of at most
+    ``sample`` of its values, rounded to bfloat16 so that the same checkpoint loaded in
+    float32, bfloat16 or float64 gets the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    module = getattr(model, "original_model", model)
+    with torch.no_grad():
+        for name, tensor in sorted(module.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            picked = flat[:: max(1, flat.numel() // sample)][:sample]
+            values = picked.to(torch.bfloat16).float().cpu().numpy().tobytes()
+            digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+            digest.update(values)
+    return digest.hexdigest()[:16]
