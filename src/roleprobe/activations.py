@@ -214,7 +214,7 @@ Reducer = Callable[[int, list[int], Float[Tensor, "batch sel d_model"]], None]
 class MeanReducer:
     """Float64 sums and counts per (position, layer): the means of the streamed prompts."""
 
-    def __init__(self, n_sel: int, n_layers: int, d_model: int, device: torch.device) -> None:
+    def __init__(self, n_sel: int, n_layers: int, d_model: int, device: torch.device | str) -> None:
         self.sums = torch.zeros(n_sel, n_layers, d_model, dtype=torch.float64, device=device)
         self.count = 0
 
@@ -265,6 +265,8 @@ def stream(
     """
     stop = layers[-1] if hook == "hook_resid_pre" else layers[-1] + 1
     stop_at = stop if stop < model.cfg.n_layers else None
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     n_batches = -(-len(prompts) // batch_size)
     bar = tqdm(
         batches(model, prompts, batch_size, n_post),
@@ -282,7 +284,8 @@ def stream(
             prompts=prompts,
         )
         fwd_hooks = [
-            (f"blocks.{layer}.{hook}", partial(read, index=i)) for i, layer in enumerate(layers)
+            (name, partial(read, index=i, name=name))
+            for i, name in enumerate(f"blocks.{layer}.{hook}" for layer in layers)
         ]
         with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
             model(batch.input_ids, attention_mask=batch.attention_mask, stop_at_layer=stop_at)
@@ -292,6 +295,7 @@ def _read_selected(
     act: Tensor,
     hook: Any,
     index: int,
+    name: str,
     pick: Callable[[Tensor], Tensor],
     rows: list[int],
     reducer: Reducer,
@@ -302,7 +306,7 @@ def _read_selected(
     if not torch.isfinite(picked).all():
         bad = int((~torch.isfinite(picked)).any(dim=(1, 2)).nonzero()[0, 0])
         raise FloatingPointError(
-            f"non-finite activation at {hook.name} for prompt {rows[bad]} "
+            f"non-finite activation at {name} for prompt {rows[bad]} "
             f"({_describe_prompt(prompts, rows[bad])})"
         )
     reducer(index, rows, picked)

@@ -1,0 +1,159 @@
+import pytest
+import torch
+
+import roleprobe as rp
+from reference import reference_means
+from roleprobe.activations import collect_means, resolve_positions, token_batch
+from roleprobe.chat import encode_chat
+
+PROMPTS = [
+    "Explain how a bill becomes law.",
+    "Hi",
+    "Describe the smell of rain on hot asphalt in summer.",
+    "What is two plus two?",
+    "Plan a picnic for six friends.",
+]
+
+
+def test_means_equal_a_one_by_one_reference(tiny_model, tiny_reference):
+    hf_model, tokenizer = tiny_reference
+    got = collect_means(tiny_model, PROMPTS, batch_size=2, progress=False)
+    ref = reference_means(hf_model, tokenizer, PROMPTS, layers=[0, 1])
+    assert got.mean.dtype == torch.float64 and got.count == len(PROMPTS)
+    assert torch.allclose(got.mean, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_batch_size_does_not_change_means_and_runs_repeat_bitwise(tiny_model):
+    one = collect_means(tiny_model, PROMPTS, batch_size=1, progress=False).mean
+    many = collect_means(tiny_model, PROMPTS, batch_size=16, progress=False).mean
+    again = collect_means(tiny_model, PROMPTS, batch_size=16, progress=False).mean
+    assert torch.allclose(one, many, rtol=1e-5, atol=1e-7)
+    assert torch.equal(many, again)
+
+
+def test_position_selectors(tiny_model):
+    post = collect_means(tiny_model, PROMPTS, progress=False)
+    last = collect_means(tiny_model, PROMPTS, positions="last", progress=False)
+    pair = collect_means(tiny_model, PROMPTS, positions=[-2, -1], progress=False)
+    assert post.positions == tuple(range(-13, 0)) and last.positions == (-1,)
+    assert torch.equal(last.mean[0], post.mean[-1]) and torch.equal(pair.mean, post.mean[-2:])
+    inst = collect_means(tiny_model, PROMPTS, positions="instruction_mean", progress=False)
+    batch = encode_chat(tiny_model.tokenizer, PROMPTS)
+    _, cache = tiny_model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask)
+    resid = cache["blocks.1.hook_resid_pre"].double()
+    mask = batch.instruction_mask.double()
+    per_prompt = (resid * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert torch.allclose(inst.mean[0, 1], per_prompt.mean(0), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("middle", "unknown positions 'middle'"),
+        ([-14], r"not post-instruction positions.*-13\.\.-1"),
+        ([0], "not post-instruction positions"),
+        ([], "empty"),
+        ([-1, -1], "repeat"),
+    ],
+)
+def test_bad_positions(spec, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_positions(spec, n_post=13)
+
+
+def test_selectors_never_read_bos_or_padding():
+    batch = token_batch([[1, 5, 6, 7, 8], [1, 9, 8]], n_post=1)
+    with pytest.raises(ValueError, match="padding or its first token"):
+        resolve_positions([-3, -1], n_post=3).picker(batch)
+    ok = resolve_positions([-1], n_post=1).picker(batch)
+    act = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)
+    assert ok(act).shape == (2, 1, 2)
+
+
+def test_token_input_needs_no_tokenizer(tiny_model):
+    tokens = [[257, 5, 6, 7, 258, 10], [257, 9, 258, 10]]
+    means = collect_means(tiny_model, tokens, n_post=2, progress=False)
+    assert means.positions == (-2, -1) and means.count == 2
+    as_tensor = collect_means(
+        tiny_model, torch.tensor([[257, 5, 6, 7, 258, 10]]), n_post=2, progress=False
+    )
+    assert as_tensor.mean.shape == (2, 2, 64)
+    with pytest.raises(ValueError, match="at least n_post"):
+        collect_means(tiny_model, [[257, 258]], n_post=2, progress=False)
+
+
+def test_forward_stops_before_the_unembedding(tiny_model):
+    def never(act, hook):
+        raise AssertionError(f"{hook.name} ran")
+
+    with tiny_model.hooks(fwd_hooks=[("unembed.hook_in", never), ("ln_final.hook_in", never)]):
+        collect_means(tiny_model, PROMPTS, progress=False)
+        collect_means(tiny_model, PROMPTS, layers=[0], progress=False)
+
+
+def test_other_hook_points_and_layer_subsets(tiny_model):
+    mlp = collect_means(tiny_model, PROMPTS, hook="mlp_out", layers=[1], progress=False)
+    assert mlp.hook == "hook_mlp_out" and mlp.layers == (1,) and mlp.mean.shape == (13, 1, 64)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"layers": [2]}, ValueError, r"layers \[2\] are out of range.*0\.\.1"),
+        ({"layers": []}, ValueError, "layer list is empty"),
+        ({"hook": "hook_nowhere"}, ValueError, "unknown hook point"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+    ],
+)
+def test_bad_arguments(tiny_model, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        collect_means(tiny_model, PROMPTS, progress=False, **kwargs)
+
+
+def test_empty_and_overlong_prompts_are_named(tiny_model):
+    with pytest.raises(ValueError, match="empty"):
+        collect_means(tiny_model, [], progress=False)
+    with pytest.raises(ValueError, match=r"prompt 1 .* tokens long"):
+        collect_means(tiny_model, ["fine", "word " * 200], progress=False)
+
+
+def test_nan_activations_are_reported_with_the_prompt(tiny_model):
+    def poison(act, hook):
+        act[:, -1] = float("nan")
+        return act
+
+    with (
+        tiny_model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", poison)]),
+        pytest.raises(FloatingPointError, match=r"blocks\.1\.hook_resid_pre.*prompt"),
+    ):
+        collect_means(tiny_model, PROMPTS, progress=False)
+
+
+def test_planted_direction_is_recovered(tiny_model):
+    """Role prompts get a planted vector in the residual entering block 0; the direction
+    computed from role vs generic prompts (different texts) must point along it."""
+    planted = torch.randn(64)
+    planted *= 5 / planted.norm()
+
+    def plant(act, hook):
+        return act + planted
+
+    role_texts = ["Draft a motion to dismiss.", "Cite precedent on fair use.", "Explain tort law."]
+    base_texts = ["Bake bread.", "Describe a sunset over the sea.", "Name a fruit."]
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", plant)]):
+        role = collect_means(tiny_model, role_texts, positions="instruction_mean", progress=False)
+    base = collect_means(tiny_model, base_texts, positions="instruction_mean", progress=False)
+    direction = (role.mean - base.mean)[0, 0].float()
+    assert torch.cosine_similarity(direction, planted, dim=0) > 0.99
+
+
+@pytest.mark.embedded
+def test_means_equal_reference_on_the_embedded_model(embedded_model, embedded_reference):
+    hf_model, tokenizer = embedded_reference
+    prompts = rp.builtin_prompts(["lawyer", "nurse"])
+    layers = [0, 7, 15, 29]
+    for name, texts in (("lawyer", prompts.roles["lawyer"]), ("base", prompts.base)):
+        texts = list(texts.instructions)[:6]
+        got = collect_means(embedded_model, texts, layers=layers, batch_size=4, progress=False)
+        ref = reference_means(hf_model, tokenizer, texts, layers)
+        assert torch.allclose(got.mean, ref, rtol=1e-5, atol=1e-4), name

@@ -1,0 +1,186 @@
+import json
+
+import pytest
+import torch
+
+import roleprobe as rp
+from roleprobe.directions import METADATA_FILE, TENSORS_FILE, RoleDirections, compute_directions
+from roleprobe.tiny import TinyConfig
+
+ROLES = ["lawyer", "nurse", "economist"]
+
+
+@pytest.fixture(scope="module")
+def directions(tiny_model):
+    return compute_directions(tiny_model, roles=ROLES, batch_size=32, progress=False)
+
+
+def test_shapes_and_definition(directions, tiny_model):
+    assert directions.vectors.shape == (3, 13, 2, 64)
+    assert directions.roles == tuple(ROLES) and directions.layers == (0, 1)
+    assert directions.positions == tuple(range(-13, 0))
+    assert "".join(directions.position_tokens) == "<|im_end|>\n<|im_start|>assistant\n"
+    assert torch.equal(directions.vectors, (directions.role_means - directions.base_mean).float())
+    assert directions.role_counts == (40, 40, 40) and directions.base_count >= 128
+    assert directions.model_fingerprint == rp.model_fingerprint(tiny_model)
+    assert set(directions.prompt_hashes) == {*ROLES, "base"}
+    # every prompt shares the template tokens, so at layer 0 the post-instruction means agree
+    assert torch.all(directions.norms()[:, :, 0] == 0)
+    assert torch.all(directions.norms()[:, :, 1] > 0)
+
+
+def test_role_means_match_collect_means(directions, tiny_model):
+    texts = list(rp.builtin_prompts("nurse").roles["nurse"].instructions)
+    mean = rp.collect_means(tiny_model, texts, batch_size=7, progress=False).mean
+    assert torch.allclose(directions.role_means[1], mean, rtol=1e-6, atol=1e-8)
+
+
+def test_geometry(directions):
+    cos = directions.cosine_similarity(layer=1)
+    assert cos.shape == (3, 3) and torch.allclose(cos, cos.T)
+    assert torch.allclose(cos.diagonal(), torch.ones(3, dtype=cos.dtype))
+    centred = directions.cosine_similarity(layer=1, centered=True)
+    d = directions.vectors[:, -1, 1].double()
+    d = d - d.mean(0)
+    expected = torch.nn.functional.cosine_similarity(d[:, None], d[None], dim=-1)
+    assert torch.allclose(centred, expected, atol=1e-6)
+    assert directions.layer_cosine("nurse").shape == (2, 2)
+    assert directions.vector("nurse", layer=1).shape == (64,)
+    assert torch.equal(directions.vector("nurse", 1, -2), directions.vectors[1, -2, 1])
+    df = directions.to_dataframe()
+    assert len(df) == 3 * 13 * 2
+    assert set(df.columns) >= {
+        "role",
+        "domain",
+        "position",
+        "token",
+        "layer",
+        "norm",
+        "base_cosine",
+    }
+    assert df.query("role == 'nurse'")["domain"].unique().tolist() == ["medicine"]
+
+
+def test_lookup_errors_name_the_input(directions):
+    with pytest.raises(ValueError, match="'surgeon' is not in these directions"):
+        directions.vector("surgeon", 1)
+    with pytest.raises(ValueError, match="did you mean 'lawyer'"):
+        rp.compute_directions(None, roles=["lawyr"])
+    with pytest.raises(ValueError, match="layer 5 is not in"):
+        directions.vector("nurse", 5)
+    with pytest.raises(ValueError, match="position -20 is not in"):
+        directions.vector("nurse", 1, -20)
+    with pytest.raises(ValueError, match="at least 3 roles"):
+        RoleDirections(
+            **{
+                **_fields(directions),
+                "roles": ("a", "b"),
+                "role_means": directions.role_means[:2],
+                "role_counts": (1, 1),
+            }
+        ).cosine_similarity(1, centered=True)
+
+
+def _fields(rd):
+    return {f: getattr(rd, f) for f in rd.__dataclass_fields__}
+
+
+def test_save_load_round_trip(directions, tiny_model, tmp_path):
+    directions.save(tmp_path / "rd")
+    loaded = RoleDirections.load(tmp_path / "rd", model=tiny_model)
+    for name, value in _fields(directions).items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, getattr(loaded, name)), name
+        else:
+            assert value == getattr(loaded, name), name
+    assert not list((tmp_path / "rd").glob(".*partial"))
+
+
+def test_load_refuses_tampered_truncated_or_malformed_files(directions, tmp_path):
+    folder = directions.save(tmp_path / "rd")
+    data = bytearray((folder / TENSORS_FILE).read_bytes())
+    (folder / TENSORS_FILE).write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ValueError, match="truncated or was modified"):
+        RoleDirections.load(folder)
+    folder = directions.save(tmp_path / "rd2")
+    data = bytearray((folder / TENSORS_FILE).read_bytes())
+    data[-8] ^= 0x01
+    (folder / TENSORS_FILE).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="truncated or was modified"):
+        RoleDirections.load(folder)
+    folder = directions.save(tmp_path / "rd3")
+    (folder / METADATA_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid RoleDirections metadata"):
+        RoleDirections.load(folder)
+    meta_ok = directions.save(tmp_path / "rd4")
+    meta = json.loads((meta_ok / METADATA_FILE).read_text())
+    meta["roles"] = ["lawyer"]
+    (meta_ok / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="malformed RoleDirections"):
+        RoleDirections.load(meta_ok)
+    with pytest.raises(FileNotFoundError, match="not a saved RoleDirections"):
+        RoleDirections.load(tmp_path / "nothing")
+
+
+def test_load_refuses_another_model(directions, tmp_path):
+    folder = directions.save(tmp_path / "rd")
+    other = rp.wrap_hf_model(
+        rp.tiny_hf_model(TinyConfig(seed=7)), rp.tiny_tokenizer(), "other", "cpu"
+    )
+    with pytest.raises(ValueError, match=r"computed on 'tiny-random'.*strict=False"):
+        RoleDirections.load(folder, model=other)
+    assert RoleDirections.load(folder, model=other, strict=False).roles == tuple(ROLES)
+    narrow = rp.wrap_hf_model(
+        rp.tiny_hf_model(TinyConfig(d_model=32)), rp.tiny_tokenizer(), "narrow", "cpu"
+    )
+    with pytest.raises(ValueError, match="d_model=64 but the model has d_model=32"):
+        RoleDirections.load(folder, model=narrow, strict=False)
+
+
+def test_fingerprint_ignores_dtype_but_not_weights(tiny_model):
+    as64 = rp.load_model("tiny-random", device="cpu", dtype="float64")
+    assert rp.model_fingerprint(as64) == rp.model_fingerprint(tiny_model)
+    other = rp.tiny_hf_model(TinyConfig(seed=1))
+    assert rp.model_fingerprint(other) != rp.model_fingerprint(tiny_model)
+
+
+def test_paper_source(tiny_model, paper_dir):
+    rd = compute_directions(
+        tiny_model,
+        roles=["lawyer"],
+        source="paper",
+        data_dir=paper_dir,
+        layers=[1],
+        positions="last",
+        batch_size=64,
+        progress=False,
+    )
+    prompts = rp.paper_prompts("lawyer", data_dir=paper_dir)
+    assert rd.role_counts == (128,) and rd.base_count == 128
+    assert rd.prompt_hashes == prompts.hashes() and rd.source == "paper"
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_all_29_roles_on_the_embedded_model_in_one_call(embedded_model, tmp_path):
+    rd = compute_directions(embedded_model, progress=False)
+    assert rd.vectors.shape == (29, 6, 30, 576) and torch.isfinite(rd.role_means).all()
+    norms = rd.norms()[:, -1]
+    assert (norms[:, 0] == 0).all() and (norms[:, 1:] > 0).all()
+    assert (norms[:, -1] > norms[:, 5]).all()  # role signal grows with depth
+    rd.save(tmp_path / "rd")
+    assert RoleDirections.load(tmp_path / "rd", model=embedded_model).roles == rd.roles
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_paper_prompts_on_the_embedded_model(embedded_model, paper_dir):
+    rd = compute_directions(
+        embedded_model,
+        roles=["lawyer", "nurse"],
+        source="paper",
+        data_dir=paper_dir,
+        progress=False,
+    )
+    assert rd.role_counts == (128, 128) and rd.base_count == 128
+    assert torch.isfinite(rd.role_means).all()
