@@ -64,10 +64,11 @@ def test_builtin_loader():
     assert set(prompts.hashes()) == {"lawyer", "nurse", "base"}
 
 
-def test_prompt_set_dedupes_and_rejects_degenerate_sets(caplog):
+def test_prompt_set_keeps_duplicates_and_rejects_degenerate_sets(caplog):
     with caplog.at_level(logging.WARNING):
         ps = PromptSet("x", ("a", "b", "a"))
-    assert ps.instructions == ("a", "b") and "dropped 1 duplicate" in caplog.text
+    assert ps.instructions == ("a", "b", "a") and "repeats 1 prompts; kept" in caplog.text
+    assert ps.deduplicated().instructions == ("a", "b")
     with pytest.raises(ValueError, match="all 3 prompts are the same"):
         PromptSet("x", ("a", "a", "a"))
     with pytest.raises(ValueError, match=r"'x' .* is empty"):
@@ -83,6 +84,14 @@ def test_split_is_a_deterministic_partition():
     assert set(train.instructions) | set(held.instructions) == set(ps.instructions)
     assert ps.split(0.25, seed=3) == (train, held)
     assert ps.split(0.25, seed=4)[1] != held
+
+
+def test_split_keeps_copies_of_a_prompt_together():
+    ps = PromptSet("x", tuple(f"p{i % 10}" for i in range(30)))  # every prompt three times
+    for seed in range(5):
+        train, held = ps.split(0.3, seed=seed)
+        assert not set(train.instructions) & set(held.instructions)
+        assert len(train) + len(held) == 30 and len(held) == 9
     with pytest.raises(ValueError, match="strictly between"):
         ps.split(1.0)
 
@@ -184,8 +193,8 @@ def _paper_reference(paper_dir, role, n=128):
 
 
 def test_paper_sampling_is_reproduced_exactly(paper_dir):
-    prompts = paper_prompts(["lawyer", "data analyst"], data_dir=paper_dir)
-    for role in ("lawyer", "data analyst"):
+    prompts = paper_prompts(["lawyer", "data analyst", "bailiff"], data_dir=paper_dir)
+    for role in ("lawyer", "data analyst", "bailiff"):  # bailiff's file repeats prompts
         role_ref, base_ref = _paper_reference(paper_dir, role)
         assert list(prompts.roles[role].instructions) == role_ref
         assert list(prompts.base.instructions) == base_ref

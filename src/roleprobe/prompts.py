@@ -66,10 +66,13 @@ PromptSource = Sequence[str] | str | Path | Any  # list, file path or datasets.D
 
 @dataclass(frozen=True)
 class PromptSet:
-    """An ordered set of distinct instructions.
+    """An ordered list of instructions.
 
-    Exact duplicates are dropped (keeping the first) with a warning; a set that is empty,
-    or whose prompts are all copies of one, is an error.
+    Exact duplicates are kept, with a warning, because means over a published sample must
+    weight them as its authors did (several of the paper's role files repeat prompts; use
+    :meth:`deduplicated` to drop them). Splits keep all copies of a prompt on one side, so
+    nothing leaks from train to held-out. A set that is empty, or whose prompts are all
+    copies of one, is an error.
 
     Attributes:
         name: what the set is (a role name or ``"base"``).
@@ -100,13 +103,13 @@ class PromptSet:
                     "the same"
                 )
             logger.warning(
-                "prompt set %r (%s): dropped %d duplicate prompts",
+                "prompt set %r (%s) repeats %d prompts; kept (means weight them by count)",
                 self.name,
                 self.source,
                 len(items) - len(unique),
             )
-        object.__setattr__(self, "instructions", tuple(unique))
-        digest = hashlib.sha256(json.dumps(unique, ensure_ascii=False).encode()).hexdigest()
+        object.__setattr__(self, "instructions", tuple(items))
+        digest = hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
         object.__setattr__(self, "_hash", digest)
 
     def __len__(self) -> int:
@@ -125,20 +128,28 @@ class PromptSet:
             seed: seed of the shuffle.
 
         Returns:
-            Two prompt sets that partition this one.
+            Two prompt sets that partition this one; every copy of a repeated prompt lands
+            on the same side.
         """
         if not 0 < holdout < 1:
             raise ValueError(f"holdout must be strictly between 0 and 1, got {holdout}")
-        if len(self) < 2:
-            raise ValueError(f"prompt set {self.name!r} has {len(self)} prompt; cannot split")
-        order = list(range(len(self)))
-        random.Random(seed).shuffle(order)
-        n_held = min(len(self) - 1, max(1, math.ceil(holdout * len(self))))
-        held, train = sorted(order[:n_held]), sorted(order[n_held:])
+        unique = list(dict.fromkeys(self.instructions))
+        if len(unique) < 2:
+            raise ValueError(f"prompt set {self.name!r} has {len(unique)} prompt; cannot split")
+        random.Random(seed).shuffle(unique)
+        n_held = min(len(unique) - 1, max(1, math.ceil(holdout * len(unique))))
+        held_texts = set(unique[:n_held])
+        held = [i for i, text in enumerate(self.instructions) if text in held_texts]
+        train = [i for i, text in enumerate(self.instructions) if text not in held_texts]
         return (
             self._subset(train, f"{self.source}, train split (seed {seed})"),
             self._subset(held, f"{self.source}, held-out split (seed {seed})"),
         )
+
+    def deduplicated(self) -> "PromptSet":
+        """The same prompts with repeats dropped (first occurrence kept)."""
+        unique = dict.fromkeys(self.instructions)
+        return PromptSet(self.name, tuple(unique), f"{self.source}, deduplicated")
 
     def sample(self, n: int, seed: int) -> "PromptSet":
         """``n`` prompts drawn with ``random.Random(seed).sample`` (order as drawn)."""
