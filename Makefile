@@ -17,7 +17,7 @@ SHELL := /bin/bash
 # pip on some machines warns about every missing local index folder; keep logs readable.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: install demo test test-slow check lint format typecheck pytest clean
+.PHONY: install demo test test-slow check lint format typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -43,15 +43,20 @@ pytest: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
+## Performance benchmarks (minutes; not part of the tests).
+bench: $(STAMP)
+	mkdir -p benchmarks/results
+	$(BIN)/python benchmarks/bench_activations.py --out benchmarks/results/activations.json
+
 check: lint typecheck
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check src tests
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
