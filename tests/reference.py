@@ -2,7 +2,23 @@
 
 import torch
 
-from roleprobe.chat import ChatTemplate, chat_ids
+from roleprobe.chat import ChatTemplate, chat_ids, encode_chat
+
+
+def assert_bridge_matches_hf(model, hf_model, prompts, logits_atol, resid_atol):
+    """Bridge logits and every ``hook_resid_pre`` equal the plain transformers model's
+    logits and hidden states on a left-padded batch (real positions only)."""
+    batch = encode_chat(model.tokenizer, prompts)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask)
+        ref = hf_model(
+            batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+        )
+    real = batch.attention_mask.bool()
+    assert (logits - ref.logits)[real].abs().max() <= logits_atol
+    for layer in range(model.cfg.n_layers):
+        diff = cache[f"blocks.{layer}.hook_resid_pre"] - ref.hidden_states[layer]
+        assert diff[real].abs().max() <= resid_atol, layer
 
 
 def reference_means(hf_model, tokenizer, prompts, layers, n_post=None):

@@ -152,7 +152,12 @@ def test_means_equal_reference_on_the_embedded_model(embedded_model, embedded_re
     hf_model, tokenizer = embedded_reference
     prompts = rp.builtin_prompts(["lawyer", "nurse"])
     layers = [0, 7, 15, 29]
-    for name, texts in (("lawyer", prompts.roles["lawyer"]), ("base", prompts.base)):
+    sets = (
+        ("lawyer", prompts.roles["lawyer"]),
+        ("nurse", prompts.roles["nurse"]),
+        ("base", prompts.base),
+    )
+    for name, texts in sets:
         texts = list(texts.instructions)[:6]
         got = collect_means(embedded_model, texts, layers=layers, batch_size=4, progress=False)
         ref = reference_means(hf_model, tokenizer, texts, layers)

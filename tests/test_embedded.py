@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import roleprobe as rp
+from reference import assert_bridge_matches_hf
 from roleprobe import embedded
 from roleprobe.chat import ChatTemplate, encode_chat
 
@@ -88,20 +89,7 @@ def test_second_load_uses_the_cache(embedded_model, monkeypatch):
 
 @pytest.mark.embedded
 def test_bridge_logits_and_resid_pre_match_transformers(embedded_model, embedded_reference):
-    hf_model, _ = embedded_reference
-    batch = encode_chat(embedded_model.tokenizer, CHAT_PROMPTS)
-    with torch.no_grad():
-        logits, cache = embedded_model.run_with_cache(
-            batch.input_ids, attention_mask=batch.attention_mask
-        )
-        ref = hf_model(
-            batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
-        )
-    real = batch.attention_mask.bool()
-    assert (logits - ref.logits)[real].abs().max() <= 1e-3
-    for layer in range(embedded_model.cfg.n_layers):
-        resid = cache[f"blocks.{layer}.hook_resid_pre"]
-        assert (resid - ref.hidden_states[layer])[real].abs().max() <= 1e-3, layer
+    assert_bridge_matches_hf(embedded_model, embedded_reference[0], CHAT_PROMPTS, 1e-3, 1e-3)
 
 
 @pytest.mark.embedded

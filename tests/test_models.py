@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import roleprobe as rp
+from reference import assert_bridge_matches_hf
 from roleprobe import models
 from roleprobe.chat import encode_chat
 
@@ -22,20 +23,7 @@ def test_standard_hook_names_and_run_with_cache(tiny_model):
 
 
 def test_bridge_matches_plain_transformers(tiny_model, tiny_reference):
-    hf_model, _ = tiny_reference
-    batch = encode_chat(tiny_model.tokenizer, PROMPTS)
-    with torch.no_grad():
-        logits, cache = tiny_model.run_with_cache(
-            batch.input_ids, attention_mask=batch.attention_mask
-        )
-        ref = hf_model(
-            batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
-        )
-    real = batch.attention_mask.bool()
-    assert (logits - ref.logits)[real].abs().max() <= 1e-4
-    for layer in range(tiny_model.cfg.n_layers):
-        diff = cache[f"blocks.{layer}.hook_resid_pre"] - ref.hidden_states[layer]
-        assert diff[real].abs().max() <= 1e-5
+    assert_bridge_matches_hf(tiny_model, tiny_reference[0], PROMPTS, 1e-4, 1e-5)
 
 
 def test_left_padded_batch_equals_one_by_one(tiny_model):

@@ -121,6 +121,11 @@ def resolve_positions(spec: str | Sequence[int], n_post: int) -> PositionSelecto
     return PositionSelector(offsets, offsets)
 
 
+def float64_device(tensor: Tensor) -> torch.device:
+    """Where float64 work on ``tensor`` happens: its own device, except MPS (no float64)."""
+    return torch.device("cpu") if tensor.device.type == "mps" else tensor.device
+
+
 def check_layers(model: Any, layers: Sequence[int] | None) -> tuple[int, ...]:
     """Layers as a sorted tuple (default: all), each checked against the model's depth."""
     n_layers = int(model.cfg.n_layers)
@@ -278,7 +283,7 @@ def stream(
     for rows, batch in bar:
         read = partial(
             _read_selected,
-            pick=selector_for(batch.n_post).picker(batch),
+            pick=selector_for(batch.n_post).picker(batch.to(float64_device(batch.input_ids))),
             rows=rows,
             reducer=reducer,
             prompts=prompts,
@@ -302,7 +307,7 @@ def _read_selected(
     prompts: Prompts,
 ) -> Tensor:
     """The hook: pick the selected positions in float64 and hand them to the reducer."""
-    picked = pick(act)
+    picked = pick(act.to(float64_device(act)))
     if not torch.isfinite(picked).all():
         bad = int((~torch.isfinite(picked)).any(dim=(1, 2)).nonzero()[0, 0])
         raise FloatingPointError(
@@ -373,7 +378,7 @@ def collect_means(
         return resolve_positions(positions, n)
 
     first = resolve_positions(positions, n_post or _template_n_post(model, prompts))
-    device = torch.device("cpu") if str(model.cfg.device).startswith("mps") else model.cfg.device
+    device = float64_device(torch.empty(0, device=model.cfg.device))
     reducer = MeanReducer(len(first.labels), len(layer_tuple), model.cfg.d_model, device)
     stream(
         model, prompts, reducer, layer_tuple, hook, selector_for, batch_size, n_post, progress, desc

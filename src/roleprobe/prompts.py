@@ -256,12 +256,7 @@ def read_instructions(path: Path, column: str = "instruction") -> list[str]:
             f"prompt file {path}, line {line}: not valid UTF-8 ({err.reason})"
         ) from err
     if suffix == ".json":
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"prompt file {path}, line {err.lineno}: invalid JSON ({err.msg})"
-            ) from err
+        items = _parse_json(text, path, first_line=1)
         if not isinstance(items, list):
             raise ValueError(
                 f"prompt file {path}: expected a JSON list, got {type(items).__name__}"
@@ -271,12 +266,7 @@ def read_instructions(path: Path, column: str = "instruction") -> list[str]:
         out = []
         for lineno, row in enumerate(text.splitlines(), start=1):
             if row.strip():
-                try:
-                    item = json.loads(row)
-                except json.JSONDecodeError as err:
-                    raise ValueError(
-                        f"prompt file {path}, line {lineno}: invalid JSON ({err.msg})"
-                    ) from err
+                item = _parse_json(row, path, first_line=lineno)
                 out.append(_instruction(item, column, f"{path}, line {lineno}"))
         return out
     if suffix == ".csv":
@@ -289,6 +279,14 @@ def read_instructions(path: Path, column: str = "instruction") -> list[str]:
             _instruction(row[column], column, f"{path}, line {reader.line_num}") for row in reader
         ]
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _parse_json(text: str, path: Path, first_line: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = first_line + err.lineno - 1
+        raise ValueError(f"prompt file {path}, line {line}: invalid JSON ({err.msg})") from err
 
 
 def _instruction(item: Any, column: str, where: str) -> str:
