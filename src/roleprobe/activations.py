@@ -233,6 +233,23 @@ class MeanReducer:
         return (self.sums / self.count).cpu()
 
 
+class NormReducer:
+    """Mean L2 norm per layer of the selected activations (one selected position)."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.sums = torch.zeros(n_layers, dtype=torch.float64)
+        self.count = 0
+
+    def __call__(self, layer_index: int, rows: list[int], selected: Tensor) -> None:
+        self.sums[layer_index] += selected.norm(dim=-1).mean(dim=1).sum().cpu()
+        if layer_index == 0:
+            self.count += len(rows)
+
+    def mean(self) -> Float[Tensor, " layer"]:
+        """Mean norms."""
+        return self.sums / self.count
+
+
 class ProjectionReducer:
     """Per-prompt projections onto fixed unit directions, for each (direction, position, layer).
 

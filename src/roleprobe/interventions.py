@@ -1,0 +1,318 @@
+"""Interventions as TransformerLens hooks, applied only inside :func:`steer`.
+
+An intervention is a small frozen spec:
+
+* :class:`Addition` — ``resid_pre[layer] += alpha * d`` with the raw direction, as in the
+  paper (``alpha`` in {1, 3} there), or, with ``reference_norm=``, ``alpha`` in units of the
+  layer's mean residual norm (``alpha * norm * d_hat``) so that strengths compare across
+  layers and models (:func:`residual_norms` measures the norms).
+* :class:`Ablation` — project ``d_hat`` out of ``hook_resid_pre`` of every layer and out of
+  every attention and MLP output (after Arditi et al.), so nothing can write along it.
+* :class:`Clamp` — set the component along ``d_hat`` at one layer to a fixed value.
+
+``steer(model, *specs)`` turns specs into ``(hook_name, fn)`` pairs around the pure maths of
+:mod:`roleprobe.operators` and adds them with ``model.hooks(...)``, which removes them on exit
+(also on error), so the model afterwards is exactly the model before.
+
+Positions: ``"all"`` (default), ``"prompt"``, ``"generated"`` or explicit column indices
+(negative ones count from the end of the prompt). Pass ``attention_mask=`` to leave
+left-padding untouched; :func:`roleprobe.generate` does, and tells the hooks where the
+prompt ends so that ``"prompt"``/``"generated"`` hold during KV-cached decoding.
+
+Example:
+    >>> d = rd.vector("mathematician", layer=15)
+    >>> with rp.steer(model, rp.Addition(d, layer=15, alpha=3.0)):
+    ...     logits = model(tokens)
+"""
+
+import math
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from roleprobe.activations import HOOKS, check_layers
+from roleprobe.operators import add, check_direction, clamp_projection, project_out, unit
+
+PositionSpec = str | Sequence[int]
+HookFn = Callable[..., Tensor]
+_POSITION_NAMES = ("all", "prompt", "generated")
+ABLATION_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+
+
+@dataclass
+class SteerState:
+    """What the hooks of one :func:`steer` block know about the current forward pass.
+
+    Attributes:
+        attention_mask: 1 for real tokens, 0 for padding, over every position seen so far
+            (the cached prefix included); ``None``: every position is real.
+        prompt_length: width of the (padded) prompt; positions past it are generated.
+    """
+
+    attention_mask: Tensor | None = None
+    prompt_length: int | None = None
+
+
+def _check_positions(positions: PositionSpec) -> PositionSpec:
+    if isinstance(positions, str):
+        if positions not in _POSITION_NAMES:
+            raise ValueError(f"unknown positions {positions!r}; use one of {_POSITION_NAMES}")
+        return positions
+    out = tuple(int(p) for p in positions)
+    if not out:
+        raise ValueError("no positions given (the index list is empty)")
+    return out
+
+
+def position_mask(
+    positions: PositionSpec, state: SteerState, batch: int, seq: int, device: torch.device
+) -> Bool[Tensor, "batch seq"] | None:
+    """Which of the current ``seq`` positions an intervention acts on (``None``: all).
+
+    The current activations cover the last ``seq`` of the positions in
+    ``state.attention_mask`` (earlier ones are in the KV cache).
+    """
+    mask = state.attention_mask
+    total = mask.shape[1] if mask is not None else seq
+    prompt_length = state.prompt_length if state.prompt_length is not None else total
+    columns = torch.arange(total - seq, total, device=device)
+    if positions == "all":
+        chosen = None
+    elif positions == "prompt":
+        chosen = columns < prompt_length
+    elif positions == "generated":
+        chosen = columns >= prompt_length
+    else:
+        indices = [int(p) for p in positions]
+        wanted = torch.tensor([p if p >= 0 else prompt_length + p for p in indices], device=device)
+        chosen = torch.isin(columns, wanted)
+    if mask is not None:
+        real = mask[:, total - seq :].to(device=device, dtype=torch.bool)
+        chosen = real if chosen is None else real & chosen[None, :]
+        if bool(chosen.all()):
+            return None
+    elif chosen is not None:
+        chosen = chosen[None, :].expand(batch, seq)
+    return chosen
+
+
+def _hook(op: Callable[[Tensor], Tensor], positions: PositionSpec, state: SteerState) -> HookFn:
+    def hook_fn(act: Float[Tensor, "batch pos d_model"], hook: Any) -> Tensor:
+        mask = position_mask(positions, state, act.shape[0], act.shape[1], act.device)
+        new = op(act)
+        return new if mask is None else torch.where(mask[..., None], new, act)
+
+    return hook_fn
+
+
+@runtime_checkable
+class Intervention(Protocol):
+    """Anything :func:`steer` can apply: it yields ``(hook_name, fn)`` pairs for a model."""
+
+    def hooks(self, model: Any, state: SteerState) -> list[tuple[str, HookFn]]: ...
+
+
+def _check_model_width(direction: Tensor, model: Any) -> None:
+    check_direction(direction, int(model.cfg.d_model))
+
+
+@dataclass(frozen=True)
+class Addition:
+    """Add ``alpha`` times a direction to one layer's residual stream.
+
+    Attributes:
+        direction: ``[d_model]``, used raw (unnormalised) unless ``reference_norm`` is set.
+        layer: the block whose input (``hook_resid_pre``) is changed.
+        alpha: the strength (any finite value; 0 leaves the model unchanged).
+        positions: ``"all"``, ``"prompt"``, ``"generated"`` or column indices.
+        reference_norm: if set, add ``alpha * reference_norm * d_hat`` instead: ``alpha``
+            is then in units of that norm (e.g. ``residual_norms(model)[layer]``).
+        hook: the per-block hook point (default ``"hook_resid_pre"``).
+    """
+
+    direction: Tensor
+    layer: int
+    alpha: float = 1.0
+    positions: PositionSpec = "all"
+    reference_norm: float | None = None
+    hook: str = "hook_resid_pre"
+
+    def __post_init__(self) -> None:
+        check_direction(self.direction)
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"alpha must be finite, got {self.alpha}")
+        if self.reference_norm is not None and not (
+            math.isfinite(self.reference_norm) and self.reference_norm > 0
+        ):
+            raise ValueError(
+                f"reference_norm must be positive and finite, got {self.reference_norm}"
+            )
+        if self.hook not in HOOKS:
+            raise ValueError(f"unknown hook point {self.hook!r}; use one of {HOOKS}")
+        object.__setattr__(self, "positions", _check_positions(self.positions))
+
+    @property
+    def vector(self) -> Float[Tensor, " d_model"]:
+        """What is added at each chosen position."""
+        if self.reference_norm is None:
+            return self.alpha * self.direction
+        return self.alpha * self.reference_norm * unit(self.direction)
+
+    def hooks(self, model: Any, state: SteerState) -> list[tuple[str, HookFn]]:
+        """The hook for ``model`` (checks the layer and the direction's width)."""
+        check_layers(model, [self.layer])
+        _check_model_width(self.direction, model)
+        vector = self.vector
+        return [
+            (
+                f"blocks.{self.layer}.{self.hook}",
+                _hook(lambda x: add(x, vector, 1.0), self.positions, state),
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Project a direction out of the residual stream and out of everything written to it.
+
+    Attributes:
+        direction: ``[d_model]`` (only its direction matters; zero norm is an error).
+        layers: which blocks (default: all).
+        positions: ``"all"``, ``"prompt"``, ``"generated"`` or column indices.
+        hooks_at: per-block hook points to project at (default: the block input and the
+            attention and MLP outputs, as in the paper).
+    """
+
+    direction: Tensor
+    layers: Sequence[int] | None = None
+    positions: PositionSpec = "all"
+    hooks_at: tuple[str, ...] = field(default=ABLATION_HOOKS)
+
+    def __post_init__(self) -> None:
+        unit(self.direction)  # finite, 1-D, non-zero
+        bad = [h for h in self.hooks_at if h not in HOOKS]
+        if bad or not self.hooks_at:
+            raise ValueError(f"unknown hook points {bad or '(none)'}; use some of {HOOKS}")
+        object.__setattr__(self, "positions", _check_positions(self.positions))
+
+    def hooks(self, model: Any, state: SteerState) -> list[tuple[str, HookFn]]:
+        """One hook per (layer, hook point)."""
+        layers = check_layers(model, self.layers)
+        _check_model_width(self.direction, model)
+        direction = self.direction
+        fn = _hook(lambda x: project_out(x, direction), self.positions, state)
+        return [(f"blocks.{layer}.{name}", fn) for layer in layers for name in self.hooks_at]
+
+
+@dataclass(frozen=True)
+class Clamp:
+    """Set the component along a direction to ``value`` at one layer.
+
+    Attributes:
+        direction: ``[d_model]`` (non-zero).
+        layer: the block whose input is changed.
+        value: the projection onto ``d_hat`` after the hook.
+        positions: ``"all"``, ``"prompt"``, ``"generated"`` or column indices.
+        hook: the per-block hook point.
+    """
+
+    direction: Tensor
+    layer: int
+    value: float
+    positions: PositionSpec = "all"
+    hook: str = "hook_resid_pre"
+
+    def __post_init__(self) -> None:
+        unit(self.direction)
+        if not math.isfinite(self.value):
+            raise ValueError(f"value must be finite, got {self.value}")
+        if self.hook not in HOOKS:
+            raise ValueError(f"unknown hook point {self.hook!r}; use one of {HOOKS}")
+        object.__setattr__(self, "positions", _check_positions(self.positions))
+
+    def hooks(self, model: Any, state: SteerState) -> list[tuple[str, HookFn]]:
+        """The hook for ``model``."""
+        check_layers(model, [self.layer])
+        _check_model_width(self.direction, model)
+        direction, value = self.direction, self.value
+        fn = _hook(lambda x: clamp_projection(x, direction, value), self.positions, state)
+        return [(f"blocks.{self.layer}.{self.hook}", fn)]
+
+
+_ACTIVE: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def steer(
+    model: Any, *interventions: Intervention, attention_mask: Tensor | None = None
+) -> Iterator[SteerState]:
+    """Apply interventions to every forward pass inside the block; restore the model after.
+
+    Args:
+        model: a TransformerLens ``TransformerBridge``.
+        *interventions: :class:`Addition`, :class:`Ablation`, :class:`Clamp` (or anything
+            with a ``hooks(model, state)`` method), applied in order; several may share a
+            hook point.
+        attention_mask: the batch's mask, so that padding is left untouched (update
+            ``state.attention_mask`` between calls if the batch changes).
+
+    Yields:
+        The :class:`SteerState` the hooks read.
+
+    Raises:
+        ValueError: a bad spec for this model, or a hook point already steered by an
+            enclosing ``steer`` on the same model (compose specs in one call instead).
+    """
+    state = SteerState(attention_mask=attention_mask)
+    hooks = [pair for spec in interventions for pair in spec.hooks(model, state)]
+    names = {name for name, _ in hooks}
+    active = _ACTIVE.setdefault(model, set())
+    clash = sorted(names & active)
+    if clash:
+        raise ValueError(
+            f"nested steer on {clash}: an enclosing rp.steer already changes these hook points; "
+            "pass all interventions to one steer(...) call"
+        )
+    active |= names
+    try:
+        with model.hooks(fwd_hooks=hooks):
+            yield state
+    finally:
+        active -= names
+
+
+def residual_norms(
+    model: Any, prompts: Sequence[str] | None = None, batch_size: int = 16
+) -> Float[Tensor, " layer"]:
+    """Mean L2 norm of ``hook_resid_pre`` per layer, at the last prompt token.
+
+    The reference for :class:`Addition`'s ``reference_norm``; defaults to 32 of the built-in
+    generic prompts.
+    """
+    from roleprobe.activations import NormReducer, resolve_positions, stream
+    from roleprobe.prompts import builtin_prompts
+
+    texts = (
+        list(prompts)
+        if prompts is not None
+        else list(builtin_prompts("nurse").base.instructions)[:32]
+    )
+    layers = check_layers(model, None)
+    reducer = NormReducer(len(layers))
+    stream(
+        model,
+        texts,
+        reducer,
+        layers,
+        "hook_resid_pre",
+        lambda n_post: resolve_positions("last", n_post),
+        batch_size,
+        progress=False,
+    )
+    return reducer.mean()

@@ -1,0 +1,187 @@
+import pytest
+import torch
+
+import roleprobe as rp
+from roleprobe.chat import encode_chat
+from roleprobe.interventions import Ablation, Addition, Clamp, residual_norms, steer
+from roleprobe.operators import unit
+
+PROMPTS = ["Hi", "Describe the water cycle briefly.", "What is two plus two?"]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model):
+    return encode_chat(tiny_model.tokenizer, PROMPTS)
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(batch.input_ids, attention_mask=batch.attention_mask)
+
+
+def _record(model, batch, name, *interventions, **kwargs):
+    """The activation at ``name`` as the model sees it after every steering hook."""
+    seen = {}
+
+    def keep(act, hook):
+        seen["act"] = act.clone()
+        return act
+
+    with steer(model, *interventions, **kwargs), model.hooks(fwd_hooks=[(name, keep)]):
+        _logits(model, batch)
+    return seen["act"]
+
+
+def test_model_is_exactly_restored_after_steer_and_after_errors(tiny_model, batch):
+    before = _logits(tiny_model, batch)
+    d = torch.randn(64)
+    with steer(tiny_model, Addition(d, layer=1, alpha=3.0), Ablation(d)):
+        assert not torch.equal(_logits(tiny_model, batch), before)
+    assert torch.equal(_logits(tiny_model, batch), before)
+    with pytest.raises(RuntimeError, match="boom"), steer(tiny_model, Addition(d, 0, 5.0)):
+        raise RuntimeError("boom")
+    assert torch.equal(_logits(tiny_model, batch), before)
+
+
+def test_alpha_zero_is_the_baseline_bitwise(tiny_model, batch):
+    before = _logits(tiny_model, batch)
+    with steer(tiny_model, Addition(torch.randn(64), layer=1, alpha=0.0)):
+        assert torch.equal(_logits(tiny_model, batch), before)
+
+
+def test_addition_adds_alpha_d_at_its_layer(tiny_model, batch):
+    d = torch.randn(64)
+    clean = _record(tiny_model, batch, "blocks.1.hook_resid_pre")
+    steered = _record(tiny_model, batch, "blocks.1.hook_resid_pre", Addition(d, 1, alpha=2.5))
+    assert torch.allclose(steered - clean, (2.5 * d).expand_as(clean), atol=1e-5)
+    unaffected = _record(tiny_model, batch, "blocks.0.hook_resid_pre", Addition(d, 1, 2.5))
+    assert torch.equal(unaffected, _record(tiny_model, batch, "blocks.0.hook_resid_pre"))
+
+
+def test_padding_and_position_masks(tiny_model, batch):
+    d = torch.randn(64)
+    name = "blocks.1.hook_resid_pre"
+    clean = _record(tiny_model, batch, name)
+    mask = batch.attention_mask.bool()
+    padded = _record(
+        tiny_model, batch, name, Addition(d, 1, 1.0), attention_mask=batch.attention_mask
+    )
+    assert torch.equal(padded[~mask], clean[~mask])  # padding untouched
+    assert torch.allclose((padded - clean)[mask], d.expand(int(mask.sum()), 64), atol=1e-5)
+    last = _record(
+        tiny_model,
+        batch,
+        name,
+        Addition(d, 1, 1.0, positions=[-1]),
+        attention_mask=batch.attention_mask,
+    )
+    assert torch.equal(last[:, :-1], clean[:, :-1])
+    assert torch.allclose(last[:, -1] - clean[:, -1], d.expand(3, 64), atol=1e-5)
+    generated = _record(tiny_model, batch, name, Addition(d, 1, 1.0, positions="generated"))
+    assert torch.equal(generated, clean)  # a plain forward pass has no generated positions
+    prompt = _record(tiny_model, batch, name, Addition(d, 1, 1.0, positions="prompt"))
+    assert torch.allclose(prompt - clean, d.expand_as(clean), atol=1e-5)
+
+
+def test_ablation_zeroes_the_direction_everywhere(tiny_model, batch):
+    d = torch.randn(64)
+    d_hat = unit(d)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(2)] + ["ln_final.hook_in"]
+    for name in names:
+        act = _record(tiny_model, batch, name, Ablation(d))
+        assert (act @ d_hat).abs().max() < 1e-4, name
+    clean = _record(tiny_model, batch, "ln_final.hook_in")
+    assert (clean @ d_hat).abs().max() > 1e-2  # the direction was there before
+
+
+def test_ablating_a_planted_direction_removes_its_effect(tiny_model, batch):
+    planted = torch.randn(64) * 3
+    with steer(tiny_model, Ablation(planted)):
+        ablated = _logits(tiny_model, batch)
+    with steer(tiny_model, Addition(planted, 0, 1.0)):
+        assert not torch.allclose(_logits(tiny_model, batch), ablated, atol=1e-3)
+    real = batch.attention_mask.bool()
+    with steer(tiny_model, Addition(planted, 0, 1.0), Ablation(planted)):
+        assert torch.allclose(_logits(tiny_model, batch)[real], ablated[real], atol=1e-4)
+
+
+def test_clamp_sets_the_projection_in_the_model(tiny_model, batch):
+    d = torch.randn(64)
+    act = _record(tiny_model, batch, "blocks.1.hook_resid_pre", Clamp(d, 1, value=4.0))
+    assert torch.allclose(act @ unit(d), torch.full(act.shape[:2], 4.0), atol=1e-4)
+
+
+def test_unit_norm_scaling(tiny_model):
+    norms = residual_norms(tiny_model)
+    assert norms.shape == (2,) and (norms > 0).all()
+    d = torch.randn(64)
+    spec = Addition(d, 1, alpha=2.0, reference_norm=float(norms[1]))
+    assert torch.isclose(spec.vector.norm(), 2 * norms[1].float(), rtol=1e-5)
+
+
+def test_nested_steer_on_the_same_hook_is_refused(tiny_model):
+    d = torch.randn(64)
+    with steer(tiny_model, Addition(d, 1, 1.0)):
+        with (
+            pytest.raises(ValueError, match=r"nested steer on \['blocks\.1\.hook_resid_pre'\]"),
+            steer(tiny_model, Addition(d, 1, 1.0)),
+        ):
+            pass
+        with steer(tiny_model, Addition(d, 0, 1.0)):  # another hook point is fine
+            pass
+    with steer(tiny_model, Addition(d, 1, 1.0)):  # released after exit
+        pass
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Addition(torch.randn(64), layer=2), r"layers \[2\] are out of range"),
+        (lambda: Addition(torch.randn(32), layer=1), "32 dimensions; the model has d_model=64"),
+        (lambda: Addition(torch.full((64,), float("nan")), 1), "NaN"),
+        (lambda: Addition(torch.randn(64), 1, alpha=float("inf")), "alpha must be finite"),
+        (lambda: Addition(torch.randn(64), 1, reference_norm=-1.0), "reference_norm"),
+        (lambda: Addition(torch.randn(64), 1, hook="hook_nowhere"), "unknown hook point"),
+        (lambda: Addition(torch.randn(64), 1, positions="middle"), "unknown positions"),
+        (lambda: Ablation(torch.zeros(64)), "zero norm"),
+        (lambda: Ablation(torch.randn(64), hooks_at=("hook_q",)), "unknown hook points"),
+        (lambda: Clamp(torch.randn(64), 1, value=float("nan")), "finite"),
+    ],
+)
+def test_bad_specs_are_clear_errors(tiny_model, make, message):
+    with pytest.raises(ValueError, match=message), steer(tiny_model, make()):
+        pass
+
+
+def test_steered_generation(tiny_model):
+    d = torch.randn(64) * 5
+    plain = rp.generate(tiny_model, PROMPTS, max_new_tokens=6)
+    assert rp.generate(tiny_model, PROMPTS, [Addition(d, 1, 0.0)], max_new_tokens=6) == plain
+    steered = rp.generate(tiny_model, PROMPTS, [Addition(d, 1, 3.0)], max_new_tokens=6)
+    assert steered != plain
+    one_by_one = [
+        rp.generate(tiny_model, p, [Addition(d, 1, 3.0)], max_new_tokens=6)[0] for p in PROMPTS
+    ]
+    assert steered == one_by_one
+    # steering only generated positions leaves the first token (read off the prompt) alone
+    late = rp.generate(
+        tiny_model, PROMPTS, [Addition(d, 1, 3.0, positions="generated")], max_new_tokens=1
+    )
+    assert late == rp.generate(tiny_model, PROMPTS, max_new_tokens=1)
+
+
+def test_generation_matches_transformerlens_greedy(tiny_model):
+    batch = encode_chat(tiny_model.tokenizer, ["Hi"])
+    out = tiny_model.generate(
+        batch.input_ids, max_new_tokens=8, do_sample=False, verbose=False, stop_at_eos=False
+    )
+    tl_text = tiny_model.tokenizer.decode(
+        out[0, batch.input_ids.shape[1] :], skip_special_tokens=True
+    )
+    assert rp.generate(tiny_model, "Hi", max_new_tokens=8)[0] == tl_text.strip()
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model):
+    a = rp.generate(tiny_model, PROMPTS, max_new_tokens=6, do_sample=True, seed=3, top_p=0.9)
+    b = rp.generate(tiny_model, PROMPTS, max_new_tokens=6, do_sample=True, seed=3, top_p=0.9)
+    assert a == b
