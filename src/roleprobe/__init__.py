@@ -63,6 +63,21 @@ _EXPORTS = {
     "split_half_stability": "validation",
     "auroc": "validation",
     "model_fingerprint": "models",
+    "Addition": "interventions",
+    "Ablation": "interventions",
+    "Clamp": "interventions",
+    "steer": "interventions",
+    "SteerState": "interventions",
+    "Intervention": "interventions",
+    "residual_norms": "interventions",
+    "project_out": "operators",
+    "clamp_projection": "operators",
+    "orthogonalized": "orthogonalize",
+    "logit_lens": "readouts",
+    "patchscope": "readouts",
+    "PatchscopeResult": "readouts",
+    "BagOfWordsJudge": "readouts",
+    "OpenAIJudge": "readouts",
 }
 
 __all__ = [
@@ -72,15 +87,23 @@ __all__ = [
     "ROLES",
     "TASK_TYPES",
     "TINY_MODEL",
+    "Ablation",
     "ActivationMeans",
+    "Addition",
+    "BagOfWordsJudge",
     "ChatBatch",
     "ChatTemplate",
+    "Clamp",
     "EmbeddedModelMissingError",
+    "Intervention",
     "ModelInfo",
+    "OpenAIJudge",
+    "PatchscopeResult",
     "PromptSet",
     "Role",
     "RoleDirections",
     "RolePrompts",
+    "SteerState",
     "TinyConfig",
     "__version__",
     "answer_letter_ids",
@@ -89,6 +112,7 @@ __all__ = [
     "builtin_prompts",
     "cache_root",
     "chat_ids",
+    "clamp_projection",
     "collect_means",
     "compute_directions",
     "custom_prompts",
@@ -101,12 +125,18 @@ __all__ = [
     "load_embedded_hf",
     "load_model",
     "load_prompts",
+    "logit_lens",
     "model_fingerprint",
+    "orthogonalized",
     "paper_prompts",
+    "patchscope",
+    "project_out",
+    "residual_norms",
     "resolve_device",
     "resolve_dtype",
     "separation_auroc",
     "split_half_stability",
+    "steer",
     "tiny_hf_model",
     "tiny_tokenizer",
     "wrap_hf_model",
@@ -138,6 +168,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from roleprobe.generation import (
         generate,
     )
+    from roleprobe.interventions import (
+        Ablation,
+        Addition,
+        Clamp,
+        Intervention,
+        SteerState,
+        residual_norms,
+        steer,
+    )
     from roleprobe.models import (
         TINY_MODEL,
         ModelInfo,
@@ -148,6 +187,13 @@ if TYPE_CHECKING:  # pragma: no cover
         resolve_dtype,
         wrap_hf_model,
     )
+    from roleprobe.operators import (
+        clamp_projection,
+        project_out,
+    )
+    from roleprobe.orthogonalize import (
+        orthogonalized,
+    )
     from roleprobe.prompts import (
         TASK_TYPES,
         PromptSet,
@@ -156,6 +202,13 @@ if TYPE_CHECKING:  # pragma: no cover
         custom_prompts,
         load_prompts,
         paper_prompts,
+    )
+    from roleprobe.readouts import (
+        BagOfWordsJudge,
+        OpenAIJudge,
+        PatchscopeResult,
+        logit_lens,
+        patchscope,
     )
     from roleprobe.roles import (
         DOMAIN_SUBJECTS,

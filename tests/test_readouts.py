@@ -1,0 +1,120 @@
+import http.server
+import json
+import threading
+
+import pytest
+import torch
+
+import roleprobe as rp
+from roleprobe.readouts import (
+    BagOfWordsJudge,
+    OpenAIJudge,
+    logit_lens,
+    patchscope,
+    placeholder_positions,
+)
+
+
+@pytest.fixture(scope="module")
+def directions(tiny_model):
+    return rp.compute_directions(tiny_model, roles=["lawyer", "nurse"], progress=False)
+
+
+def test_logit_lens_matches_a_manual_readout(tiny_model, tiny_reference, directions):
+    table = logit_lens(tiny_model, directions, "lawyer", k=4)
+    assert set(table["layer"]) == {1}  # layer 0 is a zero direction at template positions
+    assert len(table) == 2 * 4 and set(table["sign"]) == {"+", "-"}
+    hf_model, _ = tiny_reference
+    d = directions.vector("lawyer", 1)
+    with torch.no_grad():
+        manual = hf_model.lm_head(hf_model.model.norm(d[None]))[0]
+    expected = manual.topk(4).indices.tolist()
+    assert table.query("sign == '+'")["token_id"].tolist() == expected
+    negative = hf_model.lm_head(hf_model.model.norm(-d[None]))[0].topk(4).indices.tolist()
+    assert table.query("sign == '-'")["token_id"].tolist() == negative
+    raw = logit_lens(tiny_model, torch.stack([d, 2 * d]), layers=[1, 5], k=4)
+    assert (
+        raw.query("layer == 1")["token_id"].tolist() == raw.query("layer == 5")["token_id"].tolist()
+    )
+    with pytest.raises(ValueError, match="needs role="):
+        logit_lens(tiny_model, directions)
+
+
+def test_placeholder_positions_cover_the_placeholder(tiny_model):
+    tok = tiny_model.tokenizer
+    offsets = placeholder_positions(tok, "What does ⧫ represent?")
+    ids = rp.chat_ids(tok, "What does ⧫ represent?")
+    assert tok.decode([ids[o] for o in offsets]) == "⧫"
+    with pytest.raises(ValueError, match="exactly once"):
+        placeholder_positions(tok, "no placeholder here")
+
+
+def test_patchscope(tiny_model, directions):
+    d = directions.vector("lawyer", 1) * 20
+    still = patchscope(tiny_model, d, layer=1, alpha=0.0, max_new_tokens=6)
+    assert still.steered == still.unsteered
+    moved = patchscope(tiny_model, d, layer=1, alpha=3.0, max_new_tokens=6)
+    assert moved.unsteered == still.unsteered and moved.steered != moved.unsteered
+    everywhere = patchscope(tiny_model, d, layer=1, positions="all", max_new_tokens=6)
+    assert everywhere.positions == ()
+    with pytest.raises(ValueError, match="placeholder"):
+        patchscope(tiny_model, d, layer=1, positions="middle")
+
+
+def test_bag_of_words_judge():
+    judge = BagOfWordsJudge(rp.builtin_prompts())
+    legal = "The court ruled the contract void, and counsel filed an appeal citing the statute."
+    clinical = (
+        "Check the patient's blood pressure and give the medication dose before the ward round."
+    )
+    assert judge.rank(legal, "lawyer") <= 3 and judge.rank(clinical, "nurse") <= 3
+    assert judge(legal, "lawyer") > judge(legal, "nurse")
+    with pytest.raises(ValueError, match="not among"):
+        judge("text", "pirate")
+
+
+@pytest.fixture()
+def fake_endpoint():
+    answers = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answers.append((self.path, self.headers["Authorization"], body))
+            reply = {"choices": [{"message": {"content": Handler.answer}}]}
+            payload = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Handler, f"http://127.0.0.1:{server.server_address[1]}/v1", answers
+    server.shutdown()
+
+
+def test_openai_compatible_judge_against_a_local_endpoint(fake_endpoint):
+    handler, url, seen = fake_endpoint
+    judge = OpenAIJudge(model="judge-1", base_url=url, api_key="sk-test")
+    handler.answer = "Yes."
+    assert judge("Objection, your honour.", "lawyer") == 1.0
+    path, auth, body = seen[-1]
+    assert path == "/v1/chat/completions" and auth == "Bearer sk-test"
+    assert body["model"] == "judge-1" and "lawyer" in body["messages"][0]["content"]
+    handler.answer = "no"
+    assert judge("A recipe for soup.", "lawyer") == 0.0
+    handler.answer = "perhaps"
+    with pytest.raises(RuntimeError, match="neither yes nor no"):
+        judge("text", "lawyer")
+    with pytest.raises(ValueError, match="API key"):
+        OpenAIJudge(base_url=url, api_key="")("text", "lawyer")
+
+
+def test_unreachable_judge_is_a_clear_error():
+    judge = OpenAIJudge(base_url="http://127.0.0.1:9/v1", api_key="k", timeout=2.0)
+    with pytest.raises(RuntimeError, match=r"judge request to http://127\.0\.0\.1:9/v1 failed"):
+        judge("text", "lawyer")
