@@ -185,3 +185,32 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model):
     a = rp.generate(tiny_model, PROMPTS, max_new_tokens=6, do_sample=True, seed=3, top_p=0.9)
     b = rp.generate(tiny_model, PROMPTS, max_new_tokens=6, do_sample=True, seed=3, top_p=0.9)
     assert a == b
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_mathematician_direction_moves_a_maths_prompt(embedded_model):
+    """Done-when check of issue 4: the role direction changes the next-token distribution
+    (KL from the unsteered one), more than a random direction of the same norm."""
+    rd = rp.compute_directions(embedded_model, roles=["mathematician"], layers=[15], progress=False)
+    d = rd.vector("mathematician", 15)
+    random_d = torch.randn(576, generator=torch.Generator().manual_seed(0))
+    random_d *= d.norm() / random_d.norm()
+    batch = encode_chat(
+        embedded_model.tokenizer, ["Solve for x: 3x + 5 = 20. Give the value of x."]
+    )
+
+    def log_probs(*specs):
+        with torch.no_grad(), steer(embedded_model, *specs):
+            logits = embedded_model(batch.input_ids, attention_mask=batch.attention_mask)
+        return torch.log_softmax(logits[0, -1].double(), -1)
+
+    base = log_probs()
+
+    def kl(p):
+        return float((base.exp() * (base - p)).sum())
+
+    assert kl(log_probs(Addition(d, 15, 0.0))) == 0.0
+    assert kl(log_probs(Addition(d, 15, 1.0))) > 0.05
+    assert kl(log_probs(Addition(d, 15, 1.0))) > kl(log_probs(Addition(random_d, 15, 1.0)))
+    assert kl(log_probs(Ablation(d))) > kl(log_probs(Ablation(random_d)))
