@@ -121,6 +121,8 @@ def test_template_positions_and_letters(embedded_model):
 def test_greedy_answer_names_paris_with_and_without_kv_cache(embedded_model):
     (text,) = rp.generate(embedded_model, "What is the capital of France?", max_new_tokens=20)
     assert "Paris" in text
+    zero = rp.Addition(torch.randn(576), layer=10, alpha=0.0)
+    assert rp.generate(embedded_model, "What is the capital of France?", [zero], 20) == [text]
     batch = encode_chat(embedded_model.tokenizer, ["Name three colours."])
     kwargs = dict(max_new_tokens=16, do_sample=False, stop_at_eos=False, verbose=False)
     with torch.no_grad():
