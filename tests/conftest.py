@@ -76,3 +76,12 @@ def paper_dir() -> Path:
     if not (folder / "MANIFEST.json").is_file():
         pytest.skip(f"the paper's published data is not at {folder} (set ROLEPROBE_SHARED_DATA)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def mmlu_dir() -> Path:
+    """``../shared/data/mmlu`` (skipped, with the reason, when absent)."""
+    folder = SHARED_DATA / "mmlu"
+    if not (folder / "test").is_dir():
+        pytest.skip(f"the MMLU release is not at {folder} (set ROLEPROBE_SHARED_DATA)")
+    return folder

@@ -1,0 +1,287 @@
+"""Score multiple-choice questions by their answer letters, under any condition.
+
+The question goes into the model's chat template as the user turn, in the paper's format
+(its code's tabs included) by default::
+
+    {question}\\n\\t\\t\\tA. {a}\\n\\t\\t\\tB. {b}\\n\\t\\t\\tC. {c}\\n\\t\\t\\tD. {d}
+    \\n\\t\\t\\tAnswer with the letter of the correct answer.\\n\\t\\t\\tAnswer:
+
+and the prediction is the argmax over the logits of the tokens ``A``-``D`` (no leading
+space, as the model emits them first in the assistant turn) at the last position. Only
+what is needed is computed: the forward pass stops after the final norm and the last
+position's normalised residual is projected onto the four letter rows of the unembedding.
+Per item we keep the predicted letter, the four letter log-probs (normalised over A-D), the
+log-prob of the correct letter and the margin of the correct letter over the best other —
+continuous scores that still move when accuracy sits at chance.
+
+Conditions: :class:`Baseline`; :class:`Persona` (the role in the prompt, as a system prompt
+where the template has one, else prefixed to the user turn); any intervention of
+:mod:`roleprobe.interventions` (:class:`~roleprobe.Addition`, :class:`~roleprobe.Ablation`).
+
+Example:
+    >>> df = evaluate(model, load_benchmark("builtin"), rp.Persona("lawyer"))
+    >>> rp.accuracy(df)
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from roleprobe.benchmarks import LETTERS, MultipleChoice
+from roleprobe.chat import ChatTemplate, answer_letter_ids, collate, encode_prompt, pad_token_id
+from roleprobe.interventions import Ablation, Addition, Clamp, Intervention, steer
+
+FORMATS = ("paper", "clean")
+PERSONA_MODES = ("auto", "system", "prefix")
+
+
+def format_question(row: "Mapping[str, Any] | pd.Series[Any]", prompt_format: str = "paper") -> str:
+    """The user turn for one question (``row`` has ``question`` and ``A``-``D``)."""
+    if prompt_format == "paper":
+        sep = "\n\t\t\t"
+    elif prompt_format == "clean":
+        sep = "\n"
+    else:
+        raise ValueError(f"unknown prompt format {prompt_format!r}; use one of {FORMATS}")
+    options = "".join(f"{sep}{letter}. {row[letter]}" for letter in LETTERS)
+    return (
+        f"{row['question']}{options}{sep}Answer with the letter of the correct answer.{sep}Answer:"
+    )
+
+
+def few_shot_prefix(dev: MultipleChoice | None, subject: str, k: int, prompt_format: str) -> str:
+    """``k`` solved examples of the same subject from the dev split, as text before the question."""
+    if k == 0:
+        return ""
+    if dev is None:
+        raise ValueError("k_shot > 0 needs dev= (e.g. load_benchmark(..., split='dev'))")
+    examples = dev.items[dev.items["subject"] == subject].head(k)
+    if len(examples) < k:
+        raise ValueError(f"the dev split has {len(examples)} questions for {subject!r}; k_shot={k}")
+    shots = [f"{format_question(r, prompt_format)} {r['answer']}" for _, r in examples.iterrows()]
+    return "\n\n".join(shots) + "\n\n"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """No intervention."""
+
+
+@dataclass(frozen=True)
+class Persona:
+    """The role stated in the prompt.
+
+    Attributes:
+        role: the role (any text; e.g. ``"lawyer"``).
+        mode: ``"system"`` (a system prompt), ``"prefix"`` (before the question in the user
+            turn) or ``"auto"`` (system where the chat template renders one).
+        template: how the role is stated.
+    """
+
+    role: str
+    mode: str = "auto"
+    template: str = "You are a {role}."
+
+    def __post_init__(self) -> None:
+        if self.mode not in PERSONA_MODES:
+            raise ValueError(f"unknown persona mode {self.mode!r}; use one of {PERSONA_MODES}")
+        if not self.role.strip():
+            raise ValueError("the persona's role is empty")
+
+    @property
+    def text(self) -> str:
+        """The persona sentence."""
+        return self.template.format(role=self.role)
+
+
+Condition = Baseline | Persona | Addition | Ablation | Clamp
+
+
+def condition_columns(condition: Condition) -> dict[str, Any]:
+    """The condition's parameters, as columns of the per-item table."""
+    if isinstance(condition, Baseline):
+        return {"condition": "baseline"}
+    if isinstance(condition, Persona):
+        return {"condition": "persona", "role": condition.role, "persona_mode": condition.mode}
+    if isinstance(condition, Addition):
+        return {
+            "condition": "addition",
+            "layer": condition.layer,
+            "alpha": condition.alpha,
+            "positions": str(condition.positions),
+            "reference_norm": condition.reference_norm,
+        }
+    if isinstance(condition, Ablation):
+        layers = "all" if condition.layers is None else ",".join(map(str, condition.layers))
+        return {
+            "condition": "ablation",
+            "ablated_layers": layers,
+            "positions": str(condition.positions),
+        }
+    if isinstance(condition, Clamp):
+        return {"condition": "clamp", "layer": condition.layer, "value": condition.value}
+    raise TypeError(f"unknown condition {condition!r}")
+
+
+def template_has_system(tokenizer: Any) -> bool:
+    """Whether the chat template renders a system message (some templates drop or reject it)."""
+    sentinel = "Sentinel system text"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": sentinel}, {"role": "user", "content": "Hi"}],
+            tokenize=False,
+        )
+    except Exception:  # templates that raise on a system turn (e.g. Gemma's)
+        return False
+    return sentinel in str(text)
+
+
+def evaluate(
+    model: Any,
+    benchmark: MultipleChoice,
+    condition: Condition | None = None,
+    batch_size: int = 16,
+    prompt_format: str = "paper",
+    k_shot: int = 0,
+    dev: MultipleChoice | None = None,
+    labels: Mapping[str, Any] | None = None,
+    full_logits: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score every question of ``benchmark`` under one condition.
+
+    Args:
+        model: a TransformerLens bridge with a chat tokenizer.
+        benchmark: the questions.
+        condition: :class:`Baseline` (default), :class:`Persona`, or an intervention.
+        batch_size: questions per forward pass (sorted by length to cut padding).
+        prompt_format: ``"paper"`` (tabs, as the paper's code) or ``"clean"``.
+        k_shot: solved dev examples before each question (0: zero-shot, the paper's setting).
+        dev: the dev split, for ``k_shot > 0``.
+        labels: extra constant columns (e.g. ``{"role": "lawyer", "pos": -1}``).
+        full_logits: compute the whole vocabulary's logits and pick the letters from them
+            (slower; the letter-only path gives the same scores).
+        progress: tqdm bar over batches.
+
+    Returns:
+        One row per question, in the benchmark's order: ``id, subject, answer, pred,
+        correct, logprob_A..logprob_D, logprob_correct, margin`` and the condition's columns.
+    """
+    condition = condition or Baseline()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    tokenizer = model.tokenizer
+    system, prefix = None, ""
+    if isinstance(condition, Persona):
+        use_system = condition.mode == "system" or (
+            condition.mode == "auto" and template_has_system(tokenizer)
+        )
+        if condition.mode == "system" and not template_has_system(tokenizer):
+            raise ValueError("this model's chat template has no system turn; use mode='prefix'")
+        system, prefix = (condition.text, "") if use_system else (None, condition.text + "\n")
+    interventions: tuple[Intervention, ...] = (
+        (condition,) if isinstance(condition, Addition | Ablation | Clamp) else ()
+    )
+    template = ChatTemplate.from_tokenizer(tokenizer, system)
+    letter_ids = answer_letter_ids(tokenizer, LETTERS, system)
+    items = benchmark.items
+    encoded = [
+        encode_prompt(
+            tokenizer,
+            prefix
+            + few_shot_prefix(dev, row["subject"], k_shot, prompt_format)
+            + format_question(row, prompt_format),
+            template,
+            model.cfg.n_ctx,
+            f"question {row['id']}",
+        )
+        for _, row in items.iterrows()
+    ]
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i].ids), i))
+    scores = torch.empty(len(encoded), len(LETTERS), dtype=torch.float64)
+    pad = pad_token_id(tokenizer)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(
+        starts, desc=f"evaluate {benchmark.name}", unit="batch", disable=not progress
+    ):
+        rows = order[start : start + batch_size]
+        batch = collate([encoded[i] for i in rows], template.n_post, pad).to(model.cfg.device)
+        with (
+            torch.inference_mode(),
+            steer(model, *interventions, attention_mask=batch.attention_mask),
+        ):
+            if full_logits:
+                logits = model(batch.input_ids, attention_mask=batch.attention_mask)[:, -1]
+                letters = logits[:, letter_ids]
+            else:
+                letters = letter_logits(model, batch.input_ids, batch.attention_mask, letter_ids)
+        scores[torch.tensor(rows)] = letters.double().cpu()
+    return _table(items, scores, condition, labels)
+
+
+class _FinalNorm(Exception):
+    def __init__(self, value: Tensor) -> None:
+        self.value = value
+
+
+def letter_logits(
+    model: Any, input_ids: Tensor, attention_mask: Tensor, letter_ids: Sequence[int]
+) -> Float[Tensor, "batch choice"]:
+    """Logits of the letter tokens at the last position, without the full unembedding.
+
+    The forward pass is cut right after the final norm (a hook on ``ln_final.hook_out``
+    raises with the last position's normalised residual), which is then multiplied by the
+    unembedding rows of the letters only.
+    """
+
+    def capture(act: Tensor, hook: Any) -> Tensor:
+        raise _FinalNorm(act[:, -1])
+
+    try:
+        with model.hooks(fwd_hooks=[("ln_final.hook_out", capture)]):
+            model(input_ids, attention_mask=attention_mask)
+    except _FinalNorm as stop:
+        final = stop.value
+    else:  # pragma: no cover - the hook always fires
+        raise RuntimeError("ln_final.hook_out never fired")
+    unembed = getattr(model.unembed, "original_component", model.unembed)
+    ids = torch.tensor(list(letter_ids), device=final.device)
+    logits = final @ unembed.weight[ids].T
+    bias = getattr(unembed, "bias", None)
+    return logits + bias[ids] if bias is not None else logits
+
+
+def _table(
+    items: pd.DataFrame,
+    scores: Tensor,
+    condition: Condition,
+    labels: Mapping[str, Any] | None,
+) -> pd.DataFrame:
+    logprobs = torch.log_softmax(scores, dim=-1)
+    answer_index = torch.tensor([LETTERS.index(a) for a in items["answer"]])
+    pred_index = logprobs.argmax(dim=-1)
+    correct_lp = logprobs.gather(1, answer_index[:, None])[:, 0]
+    others = logprobs.masked_fill(
+        torch.nn.functional.one_hot(answer_index, 4).bool(), float("-inf")
+    )
+    table = pd.DataFrame(
+        {
+            "id": items["id"].to_numpy(),
+            "subject": items["subject"].to_numpy(),
+            "answer": items["answer"].to_numpy(),
+            "pred": [LETTERS[i] for i in pred_index.tolist()],
+            "correct": (pred_index == answer_index).numpy(),
+            **{f"logprob_{letter}": logprobs[:, i].numpy() for i, letter in enumerate(LETTERS)},
+            "logprob_correct": correct_lp.numpy(),
+            "margin": (correct_lp - others.max(dim=-1).values).numpy(),
+        }
+    )
+    for key, value in {**condition_columns(condition), **(labels or {})}.items():
+        table[key] = value
+    return table

@@ -1,0 +1,463 @@
+"""Statistics for item-by-item multiple-choice evaluations: intervals, paired tests, corrections.
+
+An evaluation gives one row per benchmark item (columns ``id``, ``subject``, ``answer``,
+``pred``, ``correct``, ``logprob_correct``, ``margin``), in benchmark order. Everything here is a
+pure function of such tables or of their columns; no model is involved.
+
+**One evaluation.** :func:`accuracy` reports the fraction correct with a percentile bootstrap
+interval (:func:`bootstrap_ci`): resample the items with replacement ``n_boot`` times, recompute
+the accuracy each time, and take the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles. The
+items are the unit of resampling because they are what a new benchmark would redraw.
+
+**The footgun: letter bias.** Small models often choose by letter position ("always B") rather
+than by content. Such a model scores the share of items whose correct letter is its favourite,
+and a steering vector that merely moves the favourite from B to C changes the accuracy by the
+difference between the shares of B and C answers — an "effect" with nothing to do with the
+content of the steering. So :func:`accuracy` always returns, beside the accuracy:
+
+* ``pred_A`` … ``pred_D``: how often each letter was predicted. A distribution piled on one
+  letter means the accuracy is mostly the share of that letter among the answers.
+* ``answer_A`` … ``answer_D``: how often each letter is correct.
+* ``majority_letter`` and ``majority_baseline``: the most common correct letter and the
+  accuracy of always answering it. An accuracy near this baseline says little about knowledge.
+
+Show all three side by side before reading anything into an accuracy change.
+
+**Two evaluations of the same items** (baseline vs steered) are *paired*: each item is answered
+under both conditions, so per-item differences, not two independent samples, carry the signal.
+:func:`compare` reports:
+
+* the accuracy change with a paired bootstrap interval (:func:`paired_bootstrap_ci`: the same
+  resampled items feed both conditions) and the relative change in percent
+  (:func:`relative_change`, as the paper reports it: ``100 * (value - baseline) / baseline``);
+* McNemar's exact test (:func:`mcnemar_exact`). Only discordant items matter: ``b`` right at
+  baseline and wrong steered, ``c`` the reverse. Under "no effect" each discordant item is a
+  fair coin, so ``b ~ Binomial(b + c, 1/2)`` and the two-sided p-value is
+  ``min(1, 2 * P(X <= min(b, c)))``, computed exactly with integer arithmetic;
+* the mean change in the log-probability of the correct letter (a continuous, more sensitive
+  measure than accuracy) with a bootstrap interval and a sign-flip permutation test
+  (:func:`paired_permutation_test`): under "no effect" each item's difference is as likely
+  positive as negative, so flipping signs at random generates the null distribution of the
+  mean difference.
+
+**Many comparisons** (roles × layers × subjects) inflate false positives; correct the p-values
+with :func:`adjust_pvalues` (Holm for the family-wise error rate, Benjamini-Hochberg for the
+false discovery rate).
+
+Example:
+    >>> base = evaluate(model, items)
+    >>> steered = evaluate(model, items, rp.Addition(vec, layer=15, alpha=3.0))
+    >>> accuracy(base)[["accuracy", "ci_low", "ci_high", "pred_A", "majority_baseline"]]
+    >>> row = compare(base, steered)
+    >>> adjust_pvalues([row["mcnemar_p"], ...], method="holm")
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Any, TypeAlias, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from roleprobe.benchmarks import LETTERS
+
+ADJUST_METHODS = ("holm", "bh")
+EXACT_PERMUTATION_MAX_N = 16
+"""Up to this many items :func:`paired_permutation_test` enumerates all sign flips."""
+
+# Sequence[int] admits lists of bools (beartype does not treat int as float).
+ArrayLike: TypeAlias = npt.NDArray[Any] | pd.Series | Sequence[float] | Sequence[int]
+Statistic: TypeAlias = Callable[[npt.NDArray[Any]], Any]
+
+_ACCURACY_COLUMNS = ("answer", "pred", "correct")
+_COMPARE_COLUMNS = ("id", "correct", "logprob_correct")
+
+
+class McNemarResult(TypedDict):
+    """Discordant counts and exact two-sided p-value of McNemar's test."""
+
+    b: int
+    c: int
+    p_value: float
+
+
+def _as_1d(values: ArrayLike, name: str) -> npt.NDArray[np.float64]:
+    """``values`` as a 1-D float array; raises if it is empty, not 1-D or has NaNs."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: need at least one item")
+    if np.isnan(array).any():
+        raise ValueError(f"{name} contains NaN")
+    return array
+
+
+def _check_ci_args(n_boot: int, level: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+
+
+def _percentile_interval(stats: npt.NDArray[np.float64], level: float) -> tuple[float, float]:
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _check_columns(df: pd.DataFrame, required: Sequence[str], name: str) -> None:
+    missing = [col for col in required if col not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{name} lacks required column(s) {missing}; it has {list(map(str, df.columns))}"
+        )
+    if len(df) == 0:
+        raise ValueError(f"{name} is empty: need at least one item")
+
+
+def bootstrap_ci(
+    values: ArrayLike,
+    statistic: Statistic = np.mean,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over items.
+
+    Args:
+        values: one value per item (e.g. 0/1 correctness or a log-probability).
+        statistic: maps a 1-D array of item values to a number (default: the mean).
+        n_boot: bootstrap resamples.
+        seed: seed of the ``numpy.random.Generator`` that draws the resamples.
+        level: coverage of the interval, in (0, 1).
+
+    Returns:
+        ``(low, high)``: the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the
+        statistic over resamples of the items drawn with replacement.
+
+    Raises:
+        ValueError: if ``values`` is empty, not 1-D or has NaNs, ``n_boot < 1`` or ``level``
+            is not in (0, 1).
+    """
+    array = _as_1d(values, "values")
+    _check_ci_args(n_boot, level)
+    rng = np.random.default_rng(seed)
+    n = array.size
+    stats = np.empty(n_boot, dtype=np.float64)
+    for i in range(n_boot):
+        stats[i] = statistic(array[rng.integers(0, n, size=n)])
+    return _percentile_interval(stats, level)
+
+
+def paired_bootstrap_ci(
+    base: ArrayLike,
+    other: ArrayLike,
+    statistic: Statistic = np.mean,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(other) - statistic(base)`` for paired items.
+
+    Each resample draws item indices with replacement and applies the *same* indices to both
+    conditions, so the pairing (and the correlation between conditions) is kept.
+
+    Args:
+        base: one value per item under the baseline condition.
+        other: one value per item under the other condition, same items in the same order.
+        statistic: maps a 1-D array of item values to a number (default: the mean).
+        n_boot: bootstrap resamples.
+        seed: seed of the ``numpy.random.Generator`` that draws the resamples.
+        level: coverage of the interval, in (0, 1).
+
+    Returns:
+        ``(low, high)`` of the difference ``statistic(other) - statistic(base)``.
+
+    Raises:
+        ValueError: if either input is empty, not 1-D or has NaNs, their lengths differ,
+            ``n_boot < 1`` or ``level`` is not in (0, 1).
+    """
+    a = _as_1d(base, "base")
+    b = _as_1d(other, "other")
+    if a.size != b.size:
+        raise ValueError(f"base has {a.size} items but other has {b.size}: they must be paired")
+    _check_ci_args(n_boot, level)
+    rng = np.random.default_rng(seed)
+    n = a.size
+    stats = np.empty(n_boot, dtype=np.float64)
+    for i in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        stats[i] = statistic(b[idx]) - statistic(a[idx])
+    return _percentile_interval(stats, level)
+
+
+def accuracy(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> pd.Series:
+    """Accuracy with a bootstrap interval, beside the letter distributions that explain it.
+
+    Args:
+        df: per-item evaluation with columns ``answer``, ``pred`` and ``correct``.
+        n_boot: bootstrap resamples for the interval.
+        seed: seed of the bootstrap.
+        level: coverage of the interval.
+
+    Returns:
+        ``accuracy``, ``ci_low``, ``ci_high``, ``n``; ``pred_A`` … ``pred_D`` (fraction of items
+        predicted as each letter; they sum to less than 1 if some predictions are not A-D);
+        ``majority_letter`` (most common correct letter, ties to the earlier letter) and
+        ``majority_baseline`` (accuracy of always answering it); ``answer_A`` … ``answer_D``
+        (fraction of items whose correct letter is each letter).
+
+    Raises:
+        ValueError: if columns are missing (named in the message) or the table is empty.
+    """
+    _check_columns(df, _ACCURACY_COLUMNS, "df")
+    correct = _as_1d(df["correct"].to_numpy(dtype=np.float64), "correct")
+    low, high = bootstrap_ci(correct, np.mean, n_boot=n_boot, seed=seed, level=level)
+    n = len(df)
+    pred = df["pred"].astype(str)
+    answer = df["answer"].astype(str)
+    pred_frac = {f"pred_{x}": float((pred == x).sum()) / n for x in LETTERS}
+    answer_frac = {f"answer_{x}": float((answer == x).sum()) / n for x in LETTERS}
+    majority = max(LETTERS, key=lambda x: (answer_frac[f"answer_{x}"], -LETTERS.index(x)))
+    return pd.Series(
+        {
+            "accuracy": float(correct.mean()),
+            "ci_low": low,
+            "ci_high": high,
+            "n": n,
+            **pred_frac,
+            "majority_letter": majority,
+            "majority_baseline": answer_frac[f"answer_{majority}"],
+            **answer_frac,
+        },
+        dtype=object,
+    )
+
+
+def relative_change(baseline: float | int, value: float | int) -> float:
+    """Relative change in percent, ``100 * (value - baseline) / baseline``, as the paper reports.
+
+    Args:
+        baseline: the reference value (e.g. unsteered accuracy).
+        value: the new value (e.g. steered accuracy).
+
+    Returns:
+        The change as a percentage of ``baseline`` (``relative_change(0.5, 0.55) == 10.0``).
+
+    Raises:
+        ValueError: if ``baseline`` is 0.
+    """
+    if baseline == 0:
+        raise ValueError("relative change is undefined for a baseline of 0")
+    return 100.0 * (value - baseline) / baseline
+
+
+def _as_bool(values: ArrayLike, name: str) -> npt.NDArray[np.bool_]:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: need at least one item")
+    if array.dtype != np.bool_:
+        numeric = array.astype(np.float64)
+        if not np.isin(numeric, (0.0, 1.0)).all():
+            raise ValueError(f"{name} must hold booleans or 0/1 values")
+        return numeric == 1.0
+    return array
+
+
+def _binom_half_cdf(k: int, n: int) -> Fraction:
+    """Exact ``P(X <= k)`` for ``X ~ Binomial(n, 1/2)``."""
+    return Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)
+
+
+def mcnemar_exact(base_correct: ArrayLike, other_correct: ArrayLike) -> McNemarResult:
+    """McNemar's exact test of paired correctness (two-sided binomial test on discordant pairs).
+
+    Args:
+        base_correct: per-item correctness (bool or 0/1) under the baseline.
+        other_correct: per-item correctness under the other condition, same items and order.
+
+    Returns:
+        ``b`` (right at baseline, wrong under the other condition), ``c`` (wrong, then right)
+        and ``p_value = min(1, 2 * P(X <= min(b, c)))`` with ``X ~ Binomial(b + c, 1/2)``,
+        computed exactly; 1 when there are no discordant pairs.
+
+    Raises:
+        ValueError: if an input is empty, not 1-D or not boolean, or the lengths differ.
+    """
+    base = _as_bool(base_correct, "base_correct")
+    other = _as_bool(other_correct, "other_correct")
+    if base.size != other.size:
+        raise ValueError(
+            f"base_correct has {base.size} items but other_correct has {other.size}: "
+            "they must be paired"
+        )
+    b = int(np.sum(base & ~other))
+    c = int(np.sum(~base & other))
+    n = b + c
+    if n == 0:
+        return McNemarResult(b=b, c=c, p_value=1.0)
+    p = min(Fraction(1), 2 * _binom_half_cdf(min(b, c), n))
+    return McNemarResult(b=b, c=c, p_value=float(p))
+
+
+def paired_permutation_test(diff: ArrayLike, n_perm: int = 10000, seed: int = 0) -> float:
+    """Two-sided sign-flip permutation test that the mean paired difference is 0.
+
+    Under the null each item's difference is symmetric around 0, so its sign is a coin flip.
+    The p-value is the share of sign assignments whose ``|mean|`` reaches the observed one
+    (ties within floating-point rounding count as reaching it).
+
+    Args:
+        diff: per-item differences (other minus base).
+        n_perm: random sign assignments when there are more than
+            :data:`EXACT_PERMUTATION_MAX_N` items.
+        seed: seed of the ``numpy.random.Generator`` for the random assignments.
+
+    Returns:
+        The p-value: exact (all ``2**n`` assignments, the observed one included) for
+        ``n <= 16``; otherwise ``(count + 1) / (n_perm + 1)`` where ``count`` is the number of
+        random assignments at least as extreme as the observed one.
+
+    Raises:
+        ValueError: if ``diff`` is empty, not 1-D or has NaNs, or ``n_perm < 1``.
+    """
+    d = _as_1d(diff, "diff")
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be at least 1, got {n_perm}")
+    n = d.size
+    observed = abs(float(d.sum()))
+    # Equal sums computed in a different order can differ by rounding; count them as ties.
+    threshold = observed - 1e-9 * float(np.abs(d).sum())
+    if n <= EXACT_PERMUTATION_MAX_N:
+        bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+        signs = 1.0 - 2.0 * bits
+        return float(np.mean(np.abs(signs @ d) >= threshold))
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // n)
+    count = 0
+    for start in range(0, n_perm, chunk):
+        size = min(chunk, n_perm - start)
+        # One random byte gives eight signs: much faster than one draw per sign.
+        packed = rng.integers(0, 256, size=(size, (n + 7) // 8), dtype=np.uint8)
+        signs = np.unpackbits(packed, axis=1, count=n).astype(np.float64) * 2.0 - 1.0
+        count += int(np.sum(np.abs(signs @ d) >= threshold))
+    return (count + 1) / (n_perm + 1)
+
+
+def compare(
+    base_df: pd.DataFrame,
+    other_df: pd.DataFrame,
+    n_boot: int = 2000,
+    n_perm: int = 10000,
+    seed: int = 0,
+) -> pd.Series:
+    """Paired comparison of two evaluations of the same items (baseline vs e.g. steered).
+
+    Args:
+        base_df: baseline evaluation with columns ``id``, ``correct``, ``logprob_correct``.
+        other_df: the other evaluation, same ids in the same order.
+        n_boot: bootstrap resamples for the intervals.
+        n_perm: random sign flips for the permutation test (exact for at most 16 items).
+        seed: seed of the bootstrap and permutation draws.
+
+    Returns:
+        ``base_accuracy``, ``accuracy``, ``delta_accuracy`` (other minus base) with a paired
+        bootstrap interval ``delta_ci_low``/``delta_ci_high``, ``relative_change_pct`` (NaN if
+        the base accuracy is 0), ``mcnemar_b``, ``mcnemar_c``, ``mcnemar_p``,
+        ``delta_logprob`` (mean per-item change of ``logprob_correct``) with
+        ``delta_logprob_ci_low``/``delta_logprob_ci_high`` and its permutation p-value
+        ``logprob_p``, and ``n``. Read it beside :func:`accuracy` of both tables: an accuracy
+        change can be a shift in letter bias.
+
+    Raises:
+        ValueError: if columns are missing, a table is empty, the tables differ in length or
+            their ids differ anywhere (the message counts the differing positions).
+    """
+    _check_columns(base_df, _COMPARE_COLUMNS, "base_df")
+    _check_columns(other_df, _COMPARE_COLUMNS, "other_df")
+    if len(base_df) != len(other_df):
+        raise ValueError(
+            f"base_df has {len(base_df)} items but other_df has {len(other_df)}: "
+            "compare needs the same items in the same order"
+        )
+    differ = int((base_df["id"].to_numpy() != other_df["id"].to_numpy()).sum())
+    if differ:
+        raise ValueError(
+            f"ids differ at {differ} of {len(base_df)} positions: "
+            "compare needs the same items in the same order"
+        )
+    base_correct = _as_1d(base_df["correct"].to_numpy(dtype=np.float64), "base_df.correct")
+    other_correct = _as_1d(other_df["correct"].to_numpy(dtype=np.float64), "other_df.correct")
+    base_lp = _as_1d(base_df["logprob_correct"].to_numpy(dtype=np.float64), "base logprob")
+    other_lp = _as_1d(other_df["logprob_correct"].to_numpy(dtype=np.float64), "other logprob")
+    base_acc = float(base_correct.mean())
+    acc = float(other_correct.mean())
+    low, high = paired_bootstrap_ci(base_correct, other_correct, n_boot=n_boot, seed=seed)
+    mcnemar = mcnemar_exact(base_correct, other_correct)
+    lp_diff = other_lp - base_lp
+    lp_low, lp_high = bootstrap_ci(lp_diff, n_boot=n_boot, seed=seed)
+    return pd.Series(
+        {
+            "base_accuracy": base_acc,
+            "accuracy": acc,
+            "delta_accuracy": acc - base_acc,
+            "delta_ci_low": low,
+            "delta_ci_high": high,
+            "relative_change_pct": relative_change(base_acc, acc) if base_acc else math.nan,
+            "mcnemar_b": mcnemar["b"],
+            "mcnemar_c": mcnemar["c"],
+            "mcnemar_p": mcnemar["p_value"],
+            "delta_logprob": float(lp_diff.mean()),
+            "delta_logprob_ci_low": lp_low,
+            "delta_logprob_ci_high": lp_high,
+            "logprob_p": paired_permutation_test(lp_diff, n_perm=n_perm, seed=seed),
+            "n": len(base_df),
+        },
+        dtype=object,
+    )
+
+
+def adjust_pvalues(
+    p: Sequence[float] | npt.NDArray[Any], method: str = "holm"
+) -> npt.NDArray[np.float64]:
+    """Adjust p-values for multiple comparisons.
+
+    Args:
+        p: the p-values, each in [0, 1].
+        method: ``"holm"`` (Holm-Bonferroni step-down; controls the family-wise error rate) or
+            ``"bh"`` (Benjamini-Hochberg step-up; controls the false discovery rate).
+
+    Returns:
+        Adjusted p-values in the input order, monotone in the raw p-values and capped at 1.
+        Reject the hypotheses whose adjusted p-value is at most the target level.
+
+    Raises:
+        ValueError: for an unknown method (the message lists the allowed ones), NaNs, values
+            outside [0, 1] or input that is not 1-D.
+    """
+    if method not in ADJUST_METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(ADJUST_METHODS)}")
+    values = np.asarray(p, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"p must be one-dimensional, got shape {values.shape}")
+    if np.isnan(values).any():
+        raise ValueError("p contains NaN")
+    if ((values < 0.0) | (values > 1.0)).any():
+        raise ValueError("p-values must lie in [0, 1]")
+    m = values.size
+    if m == 0:
+        return values
+    order = np.argsort(values, kind="stable")
+    ranked = values[order]
+    if method == "holm":
+        adjusted = np.maximum.accumulate(ranked * np.arange(m, 0, -1))
+    else:
+        adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    out = np.empty(m, dtype=np.float64)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out

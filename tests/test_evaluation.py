@@ -1,0 +1,148 @@
+import pandas as pd
+import pytest
+import torch
+
+import roleprobe as rp
+from roleprobe.benchmarks import LETTERS, MultipleChoice
+from roleprobe.evaluation import (
+    Baseline,
+    Persona,
+    evaluate,
+    format_question,
+    template_has_system,
+)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    items = rp.load_benchmark("builtin").items
+    return MultipleChoice(items.groupby("subject").head(1).head(12), "builtin-12")
+
+
+def test_paper_format_is_exact():
+    row = {"question": "Q?", "A": "a", "B": "b", "C": "c", "D": "d"}
+    assert format_question(row) == (
+        "Q?\n\t\t\tA. a\n\t\t\tB. b\n\t\t\tC. c\n\t\t\tD. d\n\t\t\t"
+        "Answer with the letter of the correct answer.\n\t\t\tAnswer:"
+    )
+    assert format_question(row, "clean").startswith("Q?\nA. a\nB. b")
+    with pytest.raises(ValueError, match="unknown prompt format"):
+        format_question(row, "fancy")
+
+
+def test_table_columns_and_order(tiny_model, bench):
+    df = evaluate(tiny_model, bench, batch_size=5, progress=False)
+    assert df["id"].tolist() == bench.items["id"].tolist()
+    expected = ["id", "subject", "answer", "pred", "correct", *[f"logprob_{x}" for x in LETTERS]]
+    assert df.columns.tolist()[: len(expected)] == expected
+    probs = df[[f"logprob_{x}" for x in LETTERS]].to_numpy()
+    assert abs(torch.tensor(probs).exp().sum(1) - 1).max() < 1e-9
+    assert (df["pred"] == df[[f"logprob_{x}" for x in LETTERS]].idxmax(axis=1).str[-1]).all()
+    assert (df["correct"] == (df["pred"] == df["answer"])).all()
+    assert ((df["margin"] > 0) == df["correct"]).all()
+    assert df["condition"].unique().tolist() == ["baseline"]
+
+
+def test_batch_size_and_order_do_not_matter(tiny_model, bench):
+    one = evaluate(tiny_model, bench, batch_size=1, progress=False)
+    many = evaluate(tiny_model, bench, batch_size=12, progress=False)
+    pd.testing.assert_frame_equal(
+        one.drop(columns=["margin"]), many.drop(columns=["margin"]), atol=1e-5, check_exact=False
+    )
+    reversed_bench = MultipleChoice(bench.items.iloc[::-1], "reversed")
+    back = evaluate(tiny_model, reversed_bench, progress=False).set_index("id").loc[one["id"]]
+    assert (back["pred"].to_numpy() == one["pred"].to_numpy()).all()
+
+
+def test_letter_only_path_equals_full_logits(tiny_model, bench):
+    letters = evaluate(tiny_model, bench, progress=False)
+    full = evaluate(tiny_model, bench, full_logits=True, progress=False)
+    assert (letters["pred"] == full["pred"]).all()
+    cols = [f"logprob_{x}" for x in LETTERS]
+    assert (letters[cols] - full[cols]).abs().to_numpy().max() < 1e-5
+
+
+def test_persona_modes(tiny_model, bench):
+    assert template_has_system(tiny_model.tokenizer)
+    base = evaluate(tiny_model, bench, Baseline(), progress=False)
+    system = evaluate(tiny_model, bench, Persona("lawyer"), progress=False)
+    prefix = evaluate(tiny_model, bench, Persona("lawyer", mode="prefix"), progress=False)
+    assert system["persona_mode"].iloc[0] == "auto" and system["role"].iloc[0] == "lawyer"
+    for df in (system, prefix):
+        assert not (df["logprob_A"] == base["logprob_A"]).all()
+    assert not (system["logprob_A"] == prefix["logprob_A"]).all()
+    with pytest.raises(ValueError, match="unknown persona mode"):
+        Persona("lawyer", mode="inline")
+
+
+def test_template_without_system_turn(tiny_model, bench, monkeypatch):
+    tok = tiny_model.tokenizer
+    original = tok.chat_template
+    monkeypatch.setattr(tok, "chat_template", original.replace("{{ m['role'] }}", "user"))
+    monkeypatch.setattr(
+        tok,
+        "chat_template",
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('no system') }}{% endif %}<|im_start|>{{ m['role'] }}\n"
+        "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+        "<|im_start|>assistant\n{% endif %}",
+    )
+    assert not template_has_system(tok)
+    with pytest.raises(ValueError, match="no system turn"):
+        evaluate(tiny_model, bench, Persona("lawyer", mode="system"), progress=False)
+    auto = evaluate(tiny_model, bench, Persona("lawyer"), progress=False)  # falls back to prefix
+    assert len(auto) == len(bench)
+
+
+def test_interventions_as_conditions(tiny_model, bench):
+    base = evaluate(tiny_model, bench, progress=False)
+    d = torch.randn(64) * 4
+    zero = evaluate(tiny_model, bench, rp.Addition(d, layer=1, alpha=0.0), progress=False)
+    cols = [f"logprob_{x}" for x in LETTERS]
+    assert (zero[cols].to_numpy() == base[cols].to_numpy()).all()
+    assert zero["condition"].iloc[0] == "addition" and zero["layer"].iloc[0] == 1
+    ablated = evaluate(
+        tiny_model, bench, rp.Ablation(d), labels={"role": "x", "pos": -1}, progress=False
+    )
+    assert ablated["condition"].iloc[0] == "ablation" and ablated["pos"].iloc[0] == -1
+    assert not (ablated[cols].to_numpy() == base[cols].to_numpy()).all()
+
+
+def _short(n, split, start=0):
+    rows = [
+        (f"s/{split}/{i}", "toy", f"Is {i} odd?", "yes", "no", "maybe", "never", "AB"[i % 2])
+        for i in range(start, start + n)
+    ]
+    return MultipleChoice(pd.DataFrame(rows, columns=list(rp.benchmarks.COLUMNS)), split, split)
+
+
+def test_k_shot(tiny_model, bench):
+    test, dev = _short(4, "test"), _short(3, "dev", start=10)
+    with pytest.raises(ValueError, match="needs dev="):
+        evaluate(tiny_model, test, k_shot=1, progress=False)
+    zero = evaluate(tiny_model, test, progress=False)
+    two = evaluate(tiny_model, test, k_shot=2, dev=dev, progress=False)
+    assert len(two) == 4 and not (two["logprob_A"] == zero["logprob_A"]).all()
+    with pytest.raises(ValueError, match="k_shot=9"):
+        evaluate(tiny_model, test, k_shot=9, dev=dev, progress=False)
+    # a prompt longer than the context is refused with its question named
+    with pytest.raises(ValueError, match=r"question econ-01 .* tokens long"):
+        evaluate(tiny_model, bench, k_shot=1, dev=rp.load_benchmark("builtin"), progress=False)
+
+
+@pytest.mark.embedded
+def test_letter_path_equals_full_logits_on_smollm2(embedded_model):
+    bench = rp.load_benchmark("builtin", domain="math")
+    letters = evaluate(embedded_model, bench, progress=False)
+    full = evaluate(embedded_model, bench, full_logits=True, progress=False)
+    assert (letters["pred"] == full["pred"]).all()
+    assert (letters["logprob_correct"] - full["logprob_correct"]).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_papers_law_split_on_smollm2(embedded_model, paper_dir):
+    law = rp.load_benchmark("paper", domain="law", path=paper_dir)
+    df = evaluate(embedded_model, law, batch_size=8, progress=False)
+    assert len(df) == 200 and df["correct"].mean() < 0.45  # a 135M model is near chance
+    assert df["pred"].nunique() >= 2
