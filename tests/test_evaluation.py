@@ -33,7 +33,8 @@ def test_paper_format_is_exact():
 def test_table_columns_and_order(tiny_model, bench):
     df = evaluate(tiny_model, bench, batch_size=5, progress=False)
     assert df["id"].tolist() == bench.items["id"].tolist()
-    expected = ["id", "subject", "answer", "pred", "correct", *[f"logprob_{x}" for x in LETTERS]]
+    expected = ["id", "subject", "domain", "answer", "pred", "correct"]
+    expected += [f"logprob_{x}" for x in LETTERS]
     assert df.columns.tolist()[: len(expected)] == expected
     probs = df[[f"logprob_{x}" for x in LETTERS]].to_numpy()
     assert abs(torch.tensor(probs).exp().sum(1) - 1).max() < 1e-9
@@ -41,6 +42,9 @@ def test_table_columns_and_order(tiny_model, bench):
     assert (df["correct"] == (df["pred"] == df["answer"])).all()
     assert ((df["margin"] > 0) == df["correct"]).all()
     assert df["condition"].unique().tolist() == ["baseline"]
+    by_domain = rp.accuracy_by(df, "domain")
+    assert set(by_domain.index) == set(df["domain"]) and (by_domain["n"] > 0).all()
+    assert by_domain.loc["econ", "accuracy"] == df.query("domain == 'econ'")["correct"].mean()
 
 
 def test_batch_size_and_order_do_not_matter(tiny_model, bench):

@@ -93,6 +93,7 @@ _EXPORTS = {
     "paired_bootstrap_ci": "stats",
     "relative_change": "stats",
     "adjust_pvalues": "stats",
+    "accuracy_by": "stats",
 }
 
 __all__ = [
@@ -126,6 +127,7 @@ __all__ = [
     "TinyConfig",
     "__version__",
     "accuracy",
+    "accuracy_by",
     "adjust_pvalues",
     "answer_letter_ids",
     "auroc",
@@ -264,6 +266,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from roleprobe.stats import (
         accuracy,
+        accuracy_by,
         adjust_pvalues,
         bootstrap_ci,
         compare,

@@ -36,8 +36,10 @@ from tqdm.auto import tqdm
 from roleprobe.benchmarks import LETTERS, MultipleChoice
 from roleprobe.chat import ChatTemplate, answer_letter_ids, collate, encode_prompt, pad_token_id
 from roleprobe.interventions import Ablation, Addition, Clamp, Intervention, steer
+from roleprobe.roles import DOMAIN_SUBJECTS
 
 FORMATS = ("paper", "clean")
+_SUBJECT_DOMAIN = {s: d for d, subjects in DOMAIN_SUBJECTS.items() for s in subjects}
 PERSONA_MODES = ("auto", "system", "prefix")
 
 
@@ -170,7 +172,7 @@ def evaluate(
         progress: tqdm bar over batches.
 
     Returns:
-        One row per question, in the benchmark's order: ``id, subject, answer, pred,
+        One row per question, in the benchmark's order: ``id, subject, domain, answer, pred,
         correct, logprob_A..logprob_D, logprob_correct, margin`` and the condition's columns.
     """
     condition = condition or Baseline()
@@ -274,6 +276,7 @@ def _table(
         {
             "id": items["id"].to_numpy(),
             "subject": items["subject"].to_numpy(),
+            "domain": [_SUBJECT_DOMAIN.get(s, "") for s in items["subject"]],
             "answer": items["answer"].to_numpy(),
             "pred": [LETTERS[i] for i in pred_index.tolist()],
             "correct": (pred_index == answer_index).numpy(),

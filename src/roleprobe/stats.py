@@ -237,6 +237,28 @@ def accuracy(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float =
     )
 
 
+def accuracy_by(
+    df: pd.DataFrame, by: str | Sequence[str] = "domain", n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """:func:`accuracy` for every group of items (e.g. per domain or per subject).
+
+    Args:
+        df: per-item evaluation.
+        by: the grouping column(s), e.g. ``"domain"``, ``"subject"`` or ``["role", "domain"]``.
+        n_boot: bootstrap resamples per group.
+        seed: seed of every group's bootstrap.
+
+    Returns:
+        One row per group, indexed by it, with :func:`accuracy`'s fields as columns.
+    """
+    keys = [by] if isinstance(by, str) else list(by)
+    _check_columns(df, keys, "df")
+    rows = {name: accuracy(group, n_boot=n_boot, seed=seed) for name, group in df.groupby(keys)}
+    table = pd.DataFrame(rows).T.infer_objects()
+    table.index.names = keys
+    return table
+
+
 def relative_change(baseline: float | int, value: float | int) -> float:
     """Relative change in percent, ``100 * (value - baseline) / baseline``, as the paper reports.
 
