@@ -253,7 +253,8 @@ def accuracy_by(
     """
     keys = [by] if isinstance(by, str) else list(by)
     _check_columns(df, keys, "df")
-    rows = {name: accuracy(group, n_boot=n_boot, seed=seed) for name, group in df.groupby(keys)}
+    grouping = keys[0] if len(keys) == 1 else keys
+    rows = {name: accuracy(group, n_boot=n_boot, seed=seed) for name, group in df.groupby(grouping)}
     table = pd.DataFrame(rows).T.infer_objects()
     table.index.names = keys
     return table
