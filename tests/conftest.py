@@ -69,19 +69,20 @@ SHARED_DATA = Path(
 ).resolve()
 
 
+def _shared_or_skip(name: str, marker: str, what: str) -> Path:
+    folder = SHARED_DATA / name
+    if not (folder / marker).exists():
+        pytest.skip(f"{what} is not at {folder} (set ROLEPROBE_SHARED_DATA)")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def paper_dir() -> Path:
     """``../shared/data/role-vectors-paper`` (skipped, with the reason, when absent)."""
-    folder = SHARED_DATA / "role-vectors-paper"
-    if not (folder / "MANIFEST.json").is_file():
-        pytest.skip(f"the paper's published data is not at {folder} (set ROLEPROBE_SHARED_DATA)")
-    return folder
+    return _shared_or_skip("role-vectors-paper", "MANIFEST.json", "the paper's published data")
 
 
 @pytest.fixture(scope="session")
 def mmlu_dir() -> Path:
     """``../shared/data/mmlu`` (skipped, with the reason, when absent)."""
-    folder = SHARED_DATA / "mmlu"
-    if not (folder / "test").is_dir():
-        pytest.skip(f"the MMLU release is not at {folder} (set ROLEPROBE_SHARED_DATA)")
-    return folder
+    return _shared_or_skip("mmlu", "test", "the MMLU release")
