@@ -47,6 +47,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(BIN)/python benchmarks/bench_activations.py --out benchmarks/results/activations.json
+	$(BIN)/python benchmarks/bench_evaluation.py --out benchmarks/results/evaluation.json
 
 check: lint typecheck
 
