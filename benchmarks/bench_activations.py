@@ -9,11 +9,11 @@ alternately on identical left-padded batches of the built-in prompts.
 """
 
 import argparse
-import json
 import platform
 import time
 
 import torch
+from _report import report
 
 import roleprobe as rp
 from roleprobe.activations import batches, check_layers, collect_means
@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = rp.load_model(args.model, device=args.device)
-    prompts = list(rp.builtin_prompts().base.instructions)[: args.n_prompts]
+    prompts = list(rp.builtin_generic().instructions)[: args.n_prompts]
     layers = check_layers(model, None)
     data = list(batches(model, prompts, args.batch_size))
     n_tokens = sum(int(b.attention_mask.sum()) for _, b in data)
@@ -65,10 +65,7 @@ def main() -> None:
         "tokens_per_s": {k: n_tokens / v for k, v in best.items()},
         "ratio_collect_over_bare": best["bare"] / best["collect_means"],
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(result, handle, indent=1)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

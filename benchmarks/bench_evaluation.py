@@ -9,8 +9,9 @@ every position. The speed-up grows with prompt length. Prints and writes JSON (`
 """
 
 import argparse
-import json
 import time
+
+from _report import report
 
 import roleprobe as rp
 
@@ -49,10 +50,7 @@ def main() -> None:
         "speedup_letters_over_full": seconds["full_logits"] / seconds["letters"],
         "same_predictions": same,
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(result, handle, indent=1)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ _EXPORTS = {
     "relative_change": "stats",
     "adjust_pvalues": "stats",
     "accuracy_by": "stats",
+    "builtin_generic": "prompts",
 }
 
 __all__ = [
@@ -133,6 +134,7 @@ __all__ = [
     "auroc",
     "available_models",
     "bootstrap_ci",
+    "builtin_generic",
     "builtin_prompts",
     "cache_root",
     "chat_ids",
@@ -241,6 +243,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TASK_TYPES,
         PromptSet,
         RolePrompts,
+        builtin_generic,
         builtin_prompts,
         custom_prompts,
         load_prompts,

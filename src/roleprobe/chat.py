@@ -89,8 +89,8 @@ class ChatTemplate:
     def from_tokenizer(cls, tokenizer: Any, system: str | None = None) -> "ChatTemplate":
         """Find the template's fixed prefix and suffix by encoding two unrelated probes."""
         a, b = (chat_ids(tokenizer, p, system) for p in _PROBES)
-        n_prefix = _common_prefix_length(a, b)
-        n_suffix = _common_prefix_length(a[n_prefix:][::-1], b[n_prefix:][::-1])
+        n_prefix = common_prefix_length(a, b)
+        n_suffix = common_prefix_length(a[n_prefix:][::-1], b[n_prefix:][::-1])
         if n_suffix == 0:
             raise ValueError(
                 "the chat template adds no tokens after the instruction, so there are no "
@@ -224,7 +224,7 @@ def encode_prompt(
             "post-instruction tokens: its last characters merge with the template; "
             "strip trailing whitespace or special tokens from it"
         )
-    start = _common_prefix_length(ids, template.prefix_ids)
+    start = common_prefix_length(ids, template.prefix_ids)
     return EncodedPrompt(tuple(ids), start, len(ids) - n_post)
 
 
@@ -316,7 +316,8 @@ def answer_letter_ids(
     return ids
 
 
-def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items ``a`` and ``b`` share."""
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1

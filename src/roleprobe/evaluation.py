@@ -181,10 +181,9 @@ def evaluate(
     tokenizer = model.tokenizer
     system, prefix = None, ""
     if isinstance(condition, Persona):
-        use_system = condition.mode == "system" or (
-            condition.mode == "auto" and template_has_system(tokenizer)
-        )
-        if condition.mode == "system" and not template_has_system(tokenizer):
+        has_system = template_has_system(tokenizer)
+        use_system = condition.mode == "system" or (condition.mode == "auto" and has_system)
+        if condition.mode == "system" and not has_system:
             raise ValueError("this model's chat template has no system turn; use mode='prefix'")
         system, prefix = (condition.text, "") if use_system else (None, condition.text + "\n")
     interventions: tuple[Intervention, ...] = (

@@ -296,13 +296,9 @@ def residual_norms(
     generic prompts.
     """
     from roleprobe.activations import NormReducer, resolve_positions, stream
-    from roleprobe.prompts import builtin_prompts
+    from roleprobe.prompts import builtin_generic
 
-    texts = (
-        list(prompts)
-        if prompts is not None
-        else list(builtin_prompts("nurse").base.instructions)[:32]
-    )
+    texts = list(prompts) if prompts is not None else list(builtin_generic().instructions)[:32]
     layers = check_layers(model, None)
     reducer = NormReducer(len(layers))
     stream(

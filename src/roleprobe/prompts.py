@@ -309,9 +309,14 @@ def builtin_prompts(roles: str | Sequence[str] | None = None) -> RolePrompts:
     for name in resolve_roles(roles):
         with resources.as_file(folder / f"{role_file_stem(name)}.json") as path:
             sets[name] = PromptSet(name, tuple(read_instructions(path)), "builtin")
+    return RolePrompts(sets, builtin_generic(), "builtin")
+
+
+def builtin_generic() -> PromptSet:
+    """The 180 built-in generic instructions (the baseline set D_base)."""
+    folder = resources.files("roleprobe") / "data" / "prompts"
     with resources.as_file(folder / "generic.json") as path:
-        base = PromptSet(BASE_NAME, tuple(read_instructions(path)), "builtin")
-    return RolePrompts(sets, base, "builtin")
+        return PromptSet(BASE_NAME, tuple(read_instructions(path)), "builtin")
 
 
 def paper_prompts(

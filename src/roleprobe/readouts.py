@@ -39,7 +39,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from roleprobe.chat import chat_ids
+from roleprobe.chat import chat_ids, common_prefix_length
 from roleprobe.directions import RoleDirections
 from roleprobe.generation import generate
 from roleprobe.interventions import Addition
@@ -143,12 +143,8 @@ def placeholder_positions(
         raise ValueError(f"the prompt must contain the placeholder {placeholder!r} exactly once")
     full = chat_ids(tokenizer, prompt)
     without = chat_ids(tokenizer, prompt.replace(placeholder, ""))
-    start = 0
-    while start < min(len(full), len(without)) and full[start] == without[start]:
-        start += 1
-    end = 0
-    while end < min(len(full), len(without)) - start and full[-1 - end] == without[-1 - end]:
-        end += 1
+    start = common_prefix_length(full, without)
+    end = common_prefix_length(full[start:][::-1], without[start:][::-1])
     return tuple(range(start - len(full), -end))
 
 
