@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from roleprobe.benchmarks import LETTERS, MultipleChoice
 from roleprobe.chat import ChatTemplate, answer_letter_ids, collate, encode_prompt, pad_token_id
 from roleprobe.interventions import Ablation, Addition, Clamp, Intervention, steer
+from roleprobe.prefix import final_last, project_letters
 from roleprobe.roles import DOMAIN_SUBJECTS
 
 FORMATS = ("paper", "clean")
@@ -226,36 +227,17 @@ def evaluate(
     return _table(items, scores, condition, labels)
 
 
-class _FinalNorm(Exception):
-    def __init__(self, value: Tensor) -> None:
-        self.value = value
-
-
 def letter_logits(
     model: Any, input_ids: Tensor, attention_mask: Tensor, letter_ids: Sequence[int]
 ) -> Float[Tensor, "batch choice"]:
     """Logits of the letter tokens at the last position, without the full unembedding.
 
-    The forward pass is cut right after the final norm (a hook on ``ln_final.hook_out``
-    raises with the last position's normalised residual), which is then multiplied by the
-    unembedding rows of the letters only.
+    The forward pass is cut right after the final norm (see
+    :func:`roleprobe.prefix.final_last`), and the last position's normalised residual is
+    multiplied by the unembedding rows of the letters only.
     """
-
-    def capture(act: Tensor, hook: Any) -> Tensor:
-        raise _FinalNorm(act[:, -1])
-
-    try:
-        with model.hooks(fwd_hooks=[("ln_final.hook_out", capture)]):
-            model(input_ids, attention_mask=attention_mask)
-    except _FinalNorm as stop:
-        final = stop.value
-    else:  # pragma: no cover - the hook always fires
-        raise RuntimeError("ln_final.hook_out never fired")
-    unembed = getattr(model.unembed, "original_component", model.unembed)
-    ids = torch.tensor(list(letter_ids), device=final.device)
-    logits = final @ unembed.weight[ids].T
-    bias = getattr(unembed, "bias", None)
-    return logits + bias[ids] if bias is not None else logits
+    final = final_last(model, input_ids, attention_mask)
+    return project_letters(model, final, letter_ids)
 
 
 def _table(

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+import roleprobe as rp
+from roleprobe.chat import ChatTemplate, answer_letter_ids, collate, encode_prompt, pad_token_id
+from roleprobe.evaluation import letter_logits
+from roleprobe.prefix import letters_from, position_ids, resid_at, skipping_blocks
+from roleprobe.tiny import TinyConfig
+
+
+@pytest.fixture(scope="module")
+def deep_model():
+    return rp.wrap_hf_model(
+        rp.tiny_hf_model(TinyConfig(n_layers=4)), rp.tiny_tokenizer(), "tiny-4", device="cpu"
+    )
+
+
+@pytest.fixture(scope="module")
+def padded(deep_model):
+    tok = deep_model.tokenizer
+    template = ChatTemplate.from_tokenizer(tok)
+    texts = ["Hi", "A much longer question about contract law?", "Name a prime.", "x" * 40]
+    encoded = [encode_prompt(tok, t, template, deep_model.cfg.n_ctx, "t") for t in texts]
+    batch = collate(encoded, template.n_post, pad_token_id(tok))
+    assert (batch.attention_mask == 0).any()  # the batch really is left-padded
+    return batch, answer_letter_ids(tok, rp.LETTERS)
+
+
+def test_position_ids_count_real_tokens():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2, 3])
+def test_start_at_layer_gives_the_full_pass_logits(deep_model, padded, layer):
+    batch, letters = padded
+    with torch.inference_mode():
+        full = letter_logits(deep_model, batch.input_ids, batch.attention_mask, letters)
+        resid = resid_at(deep_model, batch.input_ids, batch.attention_mask, layer)
+        upper = letters_from(deep_model, resid, layer, batch.attention_mask, letters)
+    torch.testing.assert_close(upper, full, atol=1e-5, rtol=1e-5)
+
+
+def test_addition_through_the_upper_blocks_equals_a_hooked_full_pass(deep_model, padded):
+    batch, letters = padded
+    d = torch.randn(deep_model.cfg.d_model) * 3
+    mask = batch.attention_mask.bool()[..., None]
+    with torch.inference_mode():
+        with rp.steer(deep_model, rp.Addition(d, 2, 3.0), attention_mask=batch.attention_mask):
+            hooked = letter_logits(deep_model, batch.input_ids, batch.attention_mask, letters)
+        resid = resid_at(deep_model, batch.input_ids, batch.attention_mask, 2)
+        upper = letters_from(
+            deep_model, torch.where(mask, resid + 3.0 * d, resid), 2, batch.attention_mask, letters
+        )
+    torch.testing.assert_close(upper, hooked, atol=1e-5, rtol=1e-5)
+    assert (
+        hooked - letter_logits(deep_model, batch.input_ids, batch.attention_mask, letters)
+    ).abs().max() > 1e-3
+
+
+def test_lower_blocks_do_not_run(deep_model, padded):
+    batch, letters = padded
+    calls = []
+    handles = [
+        block.original_component.register_forward_pre_hook(lambda *a, i=i: calls.append(i))
+        for i, block in enumerate(deep_model.blocks)
+    ]
+    try:
+        with torch.inference_mode():
+            resid = resid_at(deep_model, batch.input_ids, batch.attention_mask, 3)
+            calls.clear()
+            letters_from(deep_model, resid, 3, batch.attention_mask, letters)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [3]
+
+
+def test_skipping_restores_the_blocks_even_on_error(deep_model, padded):
+    batch, letters = padded
+    before = [block.original_component for block in deep_model.blocks]
+    with pytest.raises(RuntimeError, match="boom"), skipping_blocks(deep_model, 3):
+        assert all(
+            type(b.original_component).__name__ == "_PassThrough"
+            for b in list(deep_model.blocks)[:3]
+        )
+        raise RuntimeError("boom")
+    assert [block.original_component for block in deep_model.blocks] == before
+    with torch.inference_mode():
+        again = letter_logits(deep_model, batch.input_ids, batch.attention_mask, letters)
+        ref = deep_model(batch.input_ids, attention_mask=batch.attention_mask)[:, -1, letters]
+    torch.testing.assert_close(again, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_out_of_range_is_named(deep_model, padded):
+    batch, _ = padded
+    with pytest.raises(ValueError, match="7"):
+        resid_at(deep_model, batch.input_ids, batch.attention_mask, 7)
