@@ -95,6 +95,18 @@ _EXPORTS = {
     "adjust_pvalues": "stats",
     "accuracy_by": "stats",
     "builtin_generic": "prompts",
+    "sweep": "sweeps",
+    "merge": "sweeps",
+    "SweepResult": "sweeps",
+    "SweepConfig": "sweeps",
+    "select": "selection",
+    "paper_rule": "selection",
+    "Pick": "selection",
+    "ResultStore": "store",
+    "effect_table": "tables",
+    "pivot_effects": "tables",
+    "model_correlation": "tables",
+    "letter_attribution": "tables",
 }
 
 __all__ = [
@@ -120,11 +132,15 @@ __all__ = [
     "OpenAIJudge",
     "PatchscopeResult",
     "Persona",
+    "Pick",
     "PromptSet",
+    "ResultStore",
     "Role",
     "RoleDirections",
     "RolePrompts",
     "SteerState",
+    "SweepConfig",
+    "SweepResult",
     "TinyConfig",
     "__version__",
     "accuracy",
@@ -143,6 +159,7 @@ __all__ = [
     "compare",
     "compute_directions",
     "custom_prompts",
+    "effect_table",
     "embedded_gguf_path",
     "encode_chat",
     "evaluate",
@@ -150,6 +167,7 @@ __all__ = [
     "generate",
     "get_role",
     "left_pad",
+    "letter_attribution",
     "list_roles",
     "load_benchmark",
     "load_embedded_hf",
@@ -157,20 +175,26 @@ __all__ = [
     "load_prompts",
     "logit_lens",
     "mcnemar_exact",
+    "merge",
+    "model_correlation",
     "model_fingerprint",
     "orthogonalized",
     "paired_bootstrap_ci",
     "paired_permutation_test",
     "paper_prompts",
+    "paper_rule",
     "patchscope",
+    "pivot_effects",
     "project_out",
     "relative_change",
     "residual_norms",
     "resolve_device",
     "resolve_dtype",
+    "select",
     "separation_auroc",
     "split_half_stability",
     "steer",
+    "sweep",
     "tiny_hf_model",
     "tiny_tokenizer",
     "wrap_hf_model",
@@ -264,6 +288,11 @@ if TYPE_CHECKING:  # pragma: no cover
         get_role,
         list_roles,
     )
+    from roleprobe.selection import (
+        Pick,
+        paper_rule,
+        select,
+    )
     from roleprobe.snapshot import (
         cache_root,
     )
@@ -277,6 +306,21 @@ if TYPE_CHECKING:  # pragma: no cover
         paired_bootstrap_ci,
         paired_permutation_test,
         relative_change,
+    )
+    from roleprobe.store import (
+        ResultStore,
+    )
+    from roleprobe.sweeps import (
+        SweepConfig,
+        SweepResult,
+        merge,
+        sweep,
+    )
+    from roleprobe.tables import (
+        effect_table,
+        letter_attribution,
+        model_correlation,
+        pivot_effects,
     )
     from roleprobe.tiny import (
         TinyConfig,

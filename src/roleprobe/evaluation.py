@@ -34,7 +34,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from roleprobe.benchmarks import LETTERS, MultipleChoice
-from roleprobe.chat import ChatTemplate, answer_letter_ids, collate, encode_prompt, pad_token_id
+from roleprobe.chat import (
+    ChatTemplate,
+    EncodedPrompt,
+    answer_letter_ids,
+    collate,
+    encode_prompt,
+    pad_token_id,
+)
 from roleprobe.interventions import Ablation, Addition, Clamp, Intervention, steer
 from roleprobe.prefix import final_last, project_letters
 from roleprobe.roles import DOMAIN_SUBJECTS
@@ -42,6 +49,11 @@ from roleprobe.roles import DOMAIN_SUBJECTS
 FORMATS = ("paper", "clean")
 _SUBJECT_DOMAIN = {s: d for d, subjects in DOMAIN_SUBJECTS.items() for s in subjects}
 PERSONA_MODES = ("auto", "system", "prefix")
+
+
+def subject_domain(subject: str) -> str:
+    """The paper's domain of an MMLU subject (``""`` if it is in none of the eight)."""
+    return _SUBJECT_DOMAIN.get(subject, "")
 
 
 def format_question(row: "Mapping[str, Any] | pd.Series[Any]", prompt_format: str = "paper") -> str:
@@ -193,26 +205,11 @@ def evaluate(
     template = ChatTemplate.from_tokenizer(tokenizer, system)
     letter_ids = answer_letter_ids(tokenizer, LETTERS, system)
     items = benchmark.items
-    encoded = [
-        encode_prompt(
-            tokenizer,
-            prefix
-            + few_shot_prefix(dev, row["subject"], k_shot, prompt_format)
-            + format_question(row, prompt_format),
-            template,
-            model.cfg.n_ctx,
-            f"question {row['id']}",
-        )
-        for _, row in items.iterrows()
-    ]
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i].ids), i))
+    encoded = encode_questions(model, items, template, prompt_format, prefix, k_shot, dev)
+    order = length_batches(encoded, batch_size)
     scores = torch.empty(len(encoded), len(LETTERS), dtype=torch.float64)
     pad = pad_token_id(tokenizer)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(
-        starts, desc=f"evaluate {benchmark.name}", unit="batch", disable=not progress
-    ):
-        rows = order[start : start + batch_size]
+    for rows in tqdm(order, desc=f"evaluate {benchmark.name}", unit="batch", disable=not progress):
         batch = collate([encoded[i] for i in rows], template.n_post, pad).to(model.cfg.device)
         with (
             torch.inference_mode(),
@@ -224,7 +221,39 @@ def evaluate(
             else:
                 letters = letter_logits(model, batch.input_ids, batch.attention_mask, letter_ids)
         scores[torch.tensor(rows)] = letters.double().cpu()
-    return _table(items, scores, condition, labels)
+    return score_table(items, scores, {**condition_columns(condition), **(labels or {})})
+
+
+def encode_questions(
+    model: Any,
+    items: pd.DataFrame,
+    template: ChatTemplate,
+    prompt_format: str = "paper",
+    prefix: str = "",
+    k_shot: int = 0,
+    dev: MultipleChoice | None = None,
+) -> list[EncodedPrompt]:
+    """Token ids of each question in the chat template (over-long ones are named)."""
+    return [
+        encode_prompt(
+            model.tokenizer,
+            prefix
+            + few_shot_prefix(dev, row["subject"], k_shot, prompt_format)
+            + format_question(row, prompt_format),
+            template,
+            model.cfg.n_ctx,
+            f"question {row['id']}",
+        )
+        for _, row in items.iterrows()
+    ]
+
+
+def length_batches(encoded: Sequence[EncodedPrompt], batch_size: int) -> list[list[int]]:
+    """Indices of ``encoded`` in batches of similar length (sorted, to cut padding)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i].ids), i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def letter_logits(
@@ -240,12 +269,15 @@ def letter_logits(
     return project_letters(model, final, letter_ids)
 
 
-def _table(
+def score_table(
     items: pd.DataFrame,
-    scores: Tensor,
-    condition: Condition,
-    labels: Mapping[str, Any] | None,
+    scores: Float[Tensor, "item choice"],
+    labels: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
+    """The per-item table from the letter logits of ``items`` (rows in the same order).
+
+    ``labels`` become constant columns (e.g. the condition's parameters).
+    """
     logprobs = torch.log_softmax(scores, dim=-1)
     answer_index = torch.tensor([LETTERS.index(a) for a in items["answer"]])
     pred_index = logprobs.argmax(dim=-1)
@@ -257,7 +289,7 @@ def _table(
         {
             "id": items["id"].to_numpy(),
             "subject": items["subject"].to_numpy(),
-            "domain": [_SUBJECT_DOMAIN.get(s, "") for s in items["subject"]],
+            "domain": [subject_domain(s) for s in items["subject"]],
             "answer": items["answer"].to_numpy(),
             "pred": [LETTERS[i] for i in pred_index.tolist()],
             "correct": (pred_index == answer_index).numpy(),
@@ -266,6 +298,6 @@ def _table(
             "margin": (correct_lp - others.max(dim=-1).values).numpy(),
         }
     )
-    for key, value in {**condition_columns(condition), **(labels or {})}.items():
+    for key, value in (labels or {}).items():
         table[key] = value
     return table

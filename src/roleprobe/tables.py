@@ -1,0 +1,498 @@
+"""Paper-style result tables: per-domain effects, their pivots, cross-model agreement, and a
+direct letter attribution of each direction.
+
+**Effects.** :func:`effect_table` pairs each steered run with the unsteered baseline item by
+item (by ``id``, never by row order) and reports, per role, condition, α and domain, the
+accuracy change, the paper's relative change ``100 * (acc - base) / base``, McNemar's exact
+test and the mean change in the log-probability of the correct letter with its sign-flip
+permutation test (all from :func:`roleprobe.stats.compare`). Stars come from the McNemar
+p-values after a Holm correction over the *whole table*: a table of 29 roles × 8 domains ×
+4 conditions is ~900 tests, and uncorrected p < 0.05 would star ~45 cells by chance alone.
+
+**Agreement between models.** :func:`model_correlation` correlates two models' effects over
+the cells both have (Pearson r with an exact two-sided t-test p-value).
+
+**Letter attribution.** :func:`letter_attribution` reads a direction the way a multiple-choice
+evaluation reads the residual stream: through the final norm and the answer letters' rows of
+the unembedding (see its docstring for the approximation involved).
+
+Example:
+    >>> effects = effect_table(base, pd.concat(runs))
+    >>> pivot_effects(effects)  # role × (condition, domain) of % change
+    >>> model_correlation({"smollm2": effects, "qwen": other})
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from roleprobe.activations import PositionLabel, resolve_positions, stream
+from roleprobe.benchmarks import LETTERS
+from roleprobe.chat import answer_letter_ids
+from roleprobe.directions import RoleDirections
+from roleprobe.roles import DOMAINS, ROLES, get_role
+from roleprobe.stats import adjust_pvalues, compare
+
+BASE_COLUMNS = ("id", "domain", "correct", "logprob_correct")
+RUN_COLUMNS = ("role", "condition", "alpha", "id", "correct", "logprob_correct")
+EFFECT_KEYS = ("role", "condition", "alpha", "domain")
+STAR_LEVELS = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
+CONDITION_ORDER = ("addition", "ablation", "persona")
+_ROLE_RANK = {role.name: i for i, role in enumerate(ROLES)}
+_COMPARE_FIELDS = (
+    "n",
+    "base_accuracy",
+    "accuracy",
+    "delta_accuracy",
+    "delta_ci_low",
+    "delta_ci_high",
+    "relative_change_pct",
+    "mcnemar_b",
+    "mcnemar_c",
+    "mcnemar_p",
+    "delta_logprob",
+    "delta_logprob_ci_low",
+    "delta_logprob_ci_high",
+    "logprob_p",
+)
+
+
+# ------------------------------------------------------------------ helpers -----------------
+def require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    """Raise a ValueError naming the columns of ``columns`` that ``df`` lacks."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{name} lacks required column(s) {missing}; it has {list(map(str, df.columns))}"
+        )
+
+
+def significance_stars(p: float | int) -> str:
+    """``"***"`` for p < 0.001, ``"**"`` for p < 0.01, ``"*"`` for p < 0.05, else ``""``."""
+    if math.isnan(p):
+        return ""
+    return next((stars for level, stars in STAR_LEVELS if p < level), "")
+
+
+def role_domain(role: str) -> str | None:
+    """The domain of a catalogue role, or ``None`` for a role the catalogue does not know."""
+    try:
+        return get_role(role).domain
+    except ValueError:
+        return None
+
+
+def role_order(roles: Sequence[str]) -> list[str]:
+    """Distinct roles in catalogue order (by domain, as :data:`roleprobe.roles.ROLES`), then
+    unknown roles alphabetically."""
+    return sorted(dict.fromkeys(roles), key=lambda r: (_ROLE_RANK.get(r, len(_ROLE_RANK)), r))
+
+
+def domain_order(domains: Sequence[str]) -> list[str]:
+    """Distinct domains in :data:`roleprobe.roles.DOMAINS` order, then unknown ones."""
+    rank = {d: i for i, d in enumerate(DOMAINS)}
+    return sorted(dict.fromkeys(domains), key=lambda d: (rank.get(d, len(rank)), d))
+
+
+def _missing(alpha: float | int | None) -> bool:
+    return alpha is None or math.isnan(alpha)
+
+
+def condition_label(condition: str, alpha: float | int | None) -> str:
+    """A column label: ``"α=3"`` for an addition, the condition's name when α is NaN."""
+    if _missing(alpha):
+        return condition
+    return f"α={alpha:g}" if condition == "addition" else f"{condition} α={alpha:g}"
+
+
+def condition_rank(condition: str, alpha: float | int | None) -> tuple[int, float, str]:
+    """Sort key: additions by α, then ablation, persona, and any other condition."""
+    rank = CONDITION_ORDER.index(condition) if condition in CONDITION_ORDER else 3
+    return rank, 0.0 if alpha is None or math.isnan(alpha) else float(alpha), condition
+
+
+# ------------------------------------------------------------------ effects -----------------
+def effect_table(
+    base: pd.DataFrame,
+    runs: pd.DataFrame,
+    n_boot: int = 2000,
+    n_perm: int = 10000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per-domain effect of every steered run against the baseline, as in the paper's tables.
+
+    Args:
+        base: the unsteered per-item evaluation (:func:`roleprobe.evaluate`), one row per
+            question, with at least ``id, domain, correct, logprob_correct``.
+        runs: per-item tables of steered runs concatenated, with at least ``role, condition,
+            alpha, id, correct, logprob_correct`` (``alpha`` NaN where it does not apply,
+            e.g. ablation and persona). Each (role, condition, alpha) must hold every id once.
+        n_boot: bootstrap resamples for the intervals.
+        n_perm: random sign flips for the log-prob permutation test (exact up to 16 items).
+        seed: seed of the bootstrap and permutation draws.
+
+    Returns:
+        One row per (role, condition, alpha, domain), in catalogue order: ``in_domain`` (the
+        role's own domain), ``n``, ``base_accuracy``, ``accuracy``, ``delta_accuracy`` with
+        ``delta_ci_low``/``delta_ci_high``, ``relative_change_pct`` (NaN if the base accuracy
+        is 0), ``mcnemar_b``, ``mcnemar_c``, ``mcnemar_p``, ``mcnemar_p_adj`` (Holm over
+        the whole table), ``stars`` (from ``mcnemar_p_adj``), ``delta_logprob`` with its
+        interval and ``logprob_p``.
+
+    Raises:
+        ValueError: a missing column (named), duplicated ids, or run ids absent from
+            ``base`` (the message names the role and condition).
+    """
+    require_columns(base, BASE_COLUMNS, "base")
+    require_columns(runs, RUN_COLUMNS, "runs")
+    if len(runs) == 0:
+        raise ValueError("runs is empty: need at least one steered run")
+    if base["id"].duplicated().any():
+        raise ValueError("base has duplicated ids; it must hold one row per question")
+    base_items = base[list(BASE_COLUMNS)]
+    rows: list[dict[str, Any]] = []
+    groups = runs.groupby(["role", "condition", "alpha"], dropna=False, sort=False)
+    for (role, condition, alpha), run in groups:
+        where = f"role {role!r}, condition {condition!r}" + (
+            "" if _missing(alpha) else f", alpha {alpha:g}"
+        )
+        if run["id"].duplicated().any():
+            raise ValueError(
+                f"{where}: some ids appear more than once; split runs that differ in another "
+                "column (layer, position, ...) before building the table"
+            )
+        absent = run.loc[~run["id"].isin(base_items["id"]), "id"].tolist()
+        if absent:
+            raise ValueError(f"{where}: {len(absent)} ids are missing in base, e.g. {absent[:3]}")
+        paired = run[["id", "correct", "logprob_correct"]].merge(
+            base_items, on="id", suffixes=("", "_base"), validate="one_to_one"
+        )
+        own = role_domain(str(role))
+        for domain, cell in paired.groupby("domain", sort=False):
+            before = cell[["id", "correct_base", "logprob_correct_base"]].set_axis(
+                ["id", "correct", "logprob_correct"], axis=1
+            )
+            stats = compare(before, cell, n_boot=n_boot, n_perm=n_perm, seed=seed)
+            rows.append(
+                {
+                    "role": role,
+                    "condition": condition,
+                    "alpha": float(alpha),
+                    "domain": domain,
+                    "in_domain": own == domain,
+                    **{key: stats[key] for key in _COMPARE_FIELDS},
+                }
+            )
+    table = pd.DataFrame(rows).infer_objects()
+    table = _sort_effects(table)
+    table["mcnemar_p_adj"] = adjust_pvalues(table["mcnemar_p"].to_numpy(np.float64), "holm")
+    table["stars"] = [significance_stars(p) for p in table["mcnemar_p_adj"]]
+    order = [*EFFECT_KEYS, "in_domain", *_COMPARE_FIELDS[:10], "mcnemar_p_adj", "stars"]
+    return table[order + list(_COMPARE_FIELDS[10:])]
+
+
+def _sort_effects(table: pd.DataFrame) -> pd.DataFrame:
+    roles = {r: i for i, r in enumerate(role_order(list(table["role"])))}
+    domains = {d: i for i, d in enumerate(domain_order(list(table["domain"])))}
+    keys = [
+        (roles[r], condition_rank(c, a), domains[d])
+        for r, c, a, d in zip(
+            table["role"], table["condition"], table["alpha"], table["domain"], strict=True
+        )
+    ]
+    order = sorted(range(len(table)), key=keys.__getitem__)
+    return table.iloc[order].reset_index(drop=True)
+
+
+def pivot_effects(effects: pd.DataFrame, value: str = "relative_change_pct") -> pd.DataFrame:
+    """One column of :func:`effect_table` as a role × (condition, domain) grid.
+
+    Args:
+        effects: the output of :func:`effect_table` (``role, condition, alpha, domain`` and
+            ``value``).
+        value: the column to spread (e.g. ``"relative_change_pct"``, ``"delta_logprob"``,
+            ``"stars"``).
+
+    Returns:
+        Rows: roles in catalogue order. Columns: a MultiIndex ``(condition, domain)`` where
+        the condition is labelled ``"α=1"``, ``"α=3"``, ``"ablation"``, ``"persona"``
+        (additions by α first) and domains follow :data:`roleprobe.roles.DOMAINS`. Missing
+        cells are NaN.
+
+    Raises:
+        ValueError: a missing column, or two rows for one cell.
+    """
+    require_columns(effects, [*EFFECT_KEYS, value], "effects")
+    labelled = effects.assign(
+        condition_label=[
+            condition_label(c, a)
+            for c, a in zip(effects["condition"], effects["alpha"], strict=True)
+        ]
+    )
+    keys = ["role", "condition_label", "domain"]
+    if labelled.duplicated(keys).any():
+        raise ValueError("effects has several rows for one (role, condition, alpha, domain)")
+    ranks = {
+        condition_label(c, a): condition_rank(c, a)
+        for c, a in zip(effects["condition"], effects["alpha"], strict=True)
+    }
+    labels = sorted(ranks, key=ranks.__getitem__)
+    domains = domain_order(list(effects["domain"]))
+    grid = labelled.pivot(index="role", columns=["condition_label", "domain"], values=value)
+    columns = pd.MultiIndex.from_product([labels, domains], names=["condition", "domain"])
+    present = [c for c in columns if c in grid.columns]
+    grid = grid.reindex(index=role_order(list(effects["role"])), columns=present)
+    grid.columns = pd.MultiIndex.from_tuples(present, names=["condition", "domain"])
+    grid.index.name = "role"
+    return grid
+
+
+# ------------------------------------------------------------------ models ------------------
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz evaluation)."""
+    tiny, eps = 1e-300, 1e-15
+
+    def guard(v: float) -> float:
+        return tiny if abs(v) < tiny else v
+
+    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1.0))
+    f = d
+    for m in range(1, 10_000):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0)),
+        ):
+            d = 1.0 / guard(1.0 + num * d)
+            c = guard(1.0 + num / c)
+            f *= d * c
+        if abs(d * c - 1.0) < eps:
+            return f
+    raise ArithmeticError(f"incomplete beta continued fraction did not converge ({a}, {b}, {x})")
+
+
+def regularized_beta(a: float | int, b: float | int, x: float | int) -> float:
+    """The regularised incomplete beta function ``I_x(a, b)`` for ``a, b > 0``, ``x`` in [0, 1]."""
+    a, b, x = float(a), float(b), float(x)
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"x must lie in [0, 1], got {x}")
+    if x in (0.0, 1.0):
+        return x
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    front = math.exp(log_front)
+    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def correlation_p_value(r: float | int, n: int) -> float:
+    """Two-sided p-value of Pearson's ``r`` over ``n`` pairs (t-test with ``n - 2`` d.f.).
+
+    ``t = r * sqrt((n - 2) / (1 - r**2))`` and ``p = P(|T| >= |t|) = I_{df/(df+t²)}(df/2, 1/2)``.
+    NaN for ``n < 3`` or a NaN ``r``; 0 for ``|r| = 1``.
+    """
+    if n < 3 or math.isnan(r):
+        return math.nan
+    if abs(r) >= 1.0:
+        return 0.0
+    df = n - 2
+    t2 = r * r * df / (1.0 - r * r)
+    return regularized_beta(df / 2.0, 0.5, df / (df + t2))
+
+
+def pearson_test(
+    x: npt.NDArray[Any] | Sequence[float], y: npt.NDArray[Any] | Sequence[float]
+) -> tuple[float, float]:
+    """Pearson's r and its two-sided p-value (NaN for fewer than 3 pairs or a constant input)."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of the same length, got {a.shape} and {b.shape}")
+    if a.size < 3 or a.std() == 0 or b.std() == 0:
+        return math.nan, math.nan
+    da, db = a - a.mean(), b - b.mean()
+    r = float(np.clip((da @ db) / math.sqrt((da @ da) * (db @ db)), -1.0, 1.0))
+    return r, correlation_p_value(r, int(a.size))
+
+
+def model_correlation(
+    effects_by_model: Mapping[str, pd.DataFrame], value: str = "relative_change_pct"
+) -> pd.DataFrame:
+    """Pearson correlation of effects between every pair of models, over their shared cells.
+
+    Args:
+        effects_by_model: model name -> :func:`effect_table` output (``role, condition,
+            alpha, domain`` and ``value``), at least two models.
+        value: the effect to correlate.
+
+    Returns:
+        Long format, one row per pair in the mapping's order: ``model_a, model_b, r, p, n``
+        (``n`` shared cells where both values are finite; ``r``/``p`` NaN below 3 cells).
+    """
+    if len(effects_by_model) < 2:
+        raise ValueError("model_correlation needs at least two models")
+    keyed = {}
+    for name, effects in effects_by_model.items():
+        require_columns(effects, [*EFFECT_KEYS, value], f"effects of {name!r}")
+        index = pd.MultiIndex.from_arrays(
+            [
+                effects["role"],
+                [
+                    condition_label(c, a)
+                    for c, a in zip(effects["condition"], effects["alpha"], strict=True)
+                ],
+                effects["domain"],
+            ]
+        )
+        if index.duplicated().any():
+            raise ValueError(f"effects of {name!r} has several rows for one cell")
+        keyed[name] = pd.Series(effects[value].to_numpy(np.float64), index=index)
+    rows = []
+    for a, b in combinations(keyed, 2):
+        both = pd.concat([keyed[a], keyed[b]], axis=1, join="inner").dropna()
+        r, p = pearson_test(both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy())
+        rows.append({"model_a": a, "model_b": b, "r": r, "p": p, "n": len(both)})
+    return pd.DataFrame(rows, columns=["model_a", "model_b", "r", "p", "n"])
+
+
+# ------------------------------------------------------------------ letters -----------------
+def _centres(model: Any) -> bool:
+    """Whether the final norm subtracts the mean (LayerNorm) rather than only scaling (RMS)."""
+    return str(getattr(model.cfg, "normalization_type", "RMS")).upper().startswith("LN")
+
+
+def _scale(x: Tensor, centre: bool) -> Tensor:
+    """The norm's scale of each vector: centred standard deviation (LN) or RMS."""
+    if centre:
+        x = x - x.mean(dim=-1, keepdim=True)
+    return x.pow(2).mean(dim=-1).sqrt()
+
+
+def final_residual_rms(
+    model: Any, prompts: Sequence[str] | None = None, batch_size: int = 16
+) -> float:
+    """Mean scale of the final residual stream (the final norm's input) at the last token.
+
+    The scale is what the final norm divides by: the RMS for RMSNorm, the centred standard
+    deviation for LayerNorm. Defaults to 32 of the built-in generic prompts.
+    """
+    from roleprobe.prompts import builtin_generic
+
+    texts = list(prompts) if prompts is not None else list(builtin_generic().instructions)[:32]
+    centre, total, count = _centres(model), [0.0], [0]
+
+    def reduce(layer_index: int, rows: list[int], selected: Tensor) -> None:
+        total[0] += float(_scale(selected[:, -1].double(), centre).sum())
+        count[0] += len(rows)
+
+    last = int(model.cfg.n_layers) - 1
+    stream(
+        model,
+        texts,
+        reduce,
+        (last,),
+        "hook_resid_post",
+        lambda n_post: resolve_positions("last", n_post),
+        batch_size,
+        progress=False,
+    )
+    return total[0] / count[0]
+
+
+def norm_linear_part(
+    model: Any, vectors: Float[Tensor, "vec d_model"]
+) -> Float[Tensor, "vec d_model"]:
+    """The final norm's linear map applied to ``vectors`` (e.g. ``w * d`` for RMSNorm).
+
+    Found through the model's own norm module, so variants (Gemma's ``1 + w``, LayerNorm's
+    centring) need no special case: ``(N(d / s) - N(0)) * s`` with ``s`` the norm's scale
+    of ``d``; dividing by ``s`` first makes the norm's epsilon negligible.
+    """
+    x = vectors.double()
+    scale = _scale(x, _centres(model))
+    unit = x / scale.clamp_min(1e-30)[:, None]
+    param = next(model.parameters())
+    with torch.no_grad():
+        probe = torch.stack([unit, torch.zeros_like(unit)]).to(param.device, param.dtype)
+        normed = model.ln_final(probe).double().cpu()
+    return (normed[0] - normed[1]) * scale[:, None]
+
+
+def letter_attribution(
+    model: Any,
+    directions: RoleDirections,
+    role: str,
+    position: PositionLabel = -1,
+    layers: Sequence[int] | None = None,
+    scale: float | int | None = None,
+) -> pd.DataFrame:
+    """Direct logit attribution of each layer's raw direction onto the answer letters A-D.
+
+    For direction ``d`` (added with α = 1) the attribution to letter ``L`` is
+    ``W_U[L] · lin(d) / s``, centred over the four letters, where ``lin`` is the final norm's
+    linear part (``w * d`` for RMSNorm; see :func:`norm_linear_part`) and ``s`` the typical
+    scale the norm divides by at the last token (:func:`final_residual_rms`).
+
+    **Approximation.** This is the *direct* path only: what ``d`` would change in the letter
+    logits if it reached the final norm unchanged, to first order, at a residual of typical
+    scale. It ignores what later blocks do with ``d`` and how ``d`` itself changes the
+    residual's norm. Only differences between letters move the argmax, so each layer's
+    values are centred (they sum to 0); the unembedding bias cancels in the centring.
+
+    Args:
+        model: the TransformerLens bridge the directions come from (its tokenizer gives the
+            letter ids, as in :func:`roleprobe.evaluate`).
+        directions: the role directions.
+        role: which role.
+        position: which position label of the directions.
+        layers: which layers (default: all of the directions' layers).
+        scale: the residual scale ``s``; ``None`` measures it with
+            :func:`final_residual_rms` (a forward pass over 32 generic prompts); ``1`` gives
+            the bare unembedding of ``lin(d)``.
+
+    Returns:
+        Long rows ``role, position, layer, letter, attribution`` (logits, centred over the
+        letters); the scale used is in ``.attrs["scale"]``.
+    """
+    directions.check_model(model, strict=False)
+    chosen = directions.layers if layers is None else tuple(layers)
+    r, p = directions.role_index(role), directions.position_index(position)
+    stack = torch.stack(
+        [
+            directions.role_means[r, p, directions.layer_index(layer)]
+            - directions.base_mean[p, directions.layer_index(layer)]
+            for layer in chosen
+        ]
+    )
+    s = final_residual_rms(model) if scale is None else float(scale)
+    if not s > 0:
+        raise ValueError(f"scale must be positive, got {s}")
+    unembed = getattr(model.unembed, "original_component", model.unembed)
+    ids = answer_letter_ids(model.tokenizer, LETTERS)
+    with torch.no_grad():
+        rows_u = unembed.weight[torch.tensor(ids, device=unembed.weight.device)].double().cpu()
+    logits = norm_linear_part(model, stack) @ rows_u.T / s
+    centred = logits - logits.mean(dim=-1, keepdim=True)
+    table = pd.DataFrame(
+        [
+            {
+                "role": directions.roles[r],
+                "position": position,
+                "layer": layer,
+                "letter": letter,
+                "attribution": float(centred[i, j]),
+            }
+            for i, layer in enumerate(chosen)
+            for j, letter in enumerate(LETTERS)
+        ]
+    )
+    table.attrs["scale"] = s
+    return table

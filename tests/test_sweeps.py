@@ -1,0 +1,228 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import roleprobe as rp
+from roleprobe.benchmarks import MultipleChoice
+from roleprobe.selection import select
+from roleprobe.sweeps import SweepConfig, merge, parse_shard, random_control, sweep
+from roleprobe.tiny import TinyConfig
+
+ROLES = ["lawyer", "nurse"]
+
+
+def _model():
+    return rp.wrap_hf_model(
+        rp.tiny_hf_model(TinyConfig(n_layers=4)), rp.tiny_tokenizer(), "tiny-4", device="cpu"
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def _bench():
+    items = rp.load_benchmark("builtin").items
+    law = items[items["subject"].isin(rp.DOMAIN_SUBJECTS["law"])].head(5)
+    med = items[items["subject"].isin(rp.DOMAIN_SUBJECTS["medicine"])].head(5)
+    return MultipleChoice(pd.concat([law, med]), "builtin-law-med")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench()
+
+
+@pytest.fixture(scope="module")
+def directions(model):
+    return rp.compute_directions(model, roles=[*ROLES, "mathematician"], progress=False)
+
+
+KW = {"layers": [1, 2, 3], "positions": [-2, -1], "batch_size": 3, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def full(model, directions, bench, tmp_path_factory):
+    store = tmp_path_factory.mktemp("sweep")
+    return sweep(model, directions, bench, roles=ROLES, store=store, **KW)
+
+
+def test_the_grid_is_complete(full, bench):
+    t = full.table
+    # 2 roles x 5 questions x 2 positions x 3 layers x 3 sources x (2 alphas + ablation)
+    assert len(t) == 2 * 5 * 2 * 3 * 3 * 3
+    assert set(t["source"]) == {"role", "random", "shuffled"}
+    assert len(full.baseline) == 10 and full.complete
+    shuffled = t[t["source"] == "shuffled"]
+    assert (shuffled["donor"] != shuffled["role"]).all()
+    assert set(t.loc[t["role"] == "lawyer", "domain"]) == {"law"}
+    scores = full.scores()
+    assert len(scores) == 2 * 2 * 3 * 3 * 3
+    assert (scores["n"] == 5).all()
+    np.testing.assert_allclose(
+        scores["delta_accuracy"], scores["accuracy"] - scores["base_accuracy"]
+    )
+
+
+def test_prefix_reuse_equals_full_hooked_runs(model, directions, full, bench):
+    law = bench.subset(domain="law")
+    d = directions.vector("lawyer", 2, -1)
+    t = full.table
+    for condition, spec, alpha in [
+        ("addition", rp.Addition(d, 2, 3.0), 3.0),
+        ("ablation", rp.Ablation(d), None),
+    ]:
+        ref = rp.evaluate(model, law, spec, progress=False)
+        rows = t[
+            (t["role"] == "lawyer")
+            & (t["source"] == "role")
+            & (t["layer"] == 2)
+            & (t["position"] == -1)
+            & (t["condition"] == condition)
+        ]
+        if alpha is not None:
+            rows = rows[rows["alpha"] == alpha]
+        rows = rows.set_index("id").loc[ref["id"]]
+        assert (rows["pred"].to_numpy() == ref["pred"].to_numpy()).all()
+        np.testing.assert_allclose(rows["logprob_correct"], ref["logprob_correct"], atol=1e-4)
+    base = rp.evaluate(model, law, progress=False)
+    b = full.baseline.set_index("id").loc[base["id"]]
+    np.testing.assert_allclose(b["logprob_correct"], base["logprob_correct"], atol=1e-5)
+
+
+def test_stacking_does_not_change_results(model, directions, bench, full):
+    one = sweep(
+        model, directions, bench, roles=ROLES, stack=1, controls=False, ablation=False, **KW
+    )
+    mine = full.table[(full.table["source"] == "role") & (full.table["condition"] == "addition")]
+    key = ["role", "position", "layer", "alpha", "id"]
+    a = one.table.sort_values(key).reset_index(drop=True)
+    b = mine.sort_values(key).reset_index(drop=True)
+    np.testing.assert_allclose(a["logprob_correct"], b["logprob_correct"], atol=1e-5)
+
+
+def test_controls_are_seeded_and_norm_matched():
+    d = torch.randn(16) * 5
+    r1 = random_control(d, "lawyer", -1, 3, seed=0)
+    assert torch.equal(r1, random_control(d, "lawyer", -1, 3, seed=0))
+    assert not torch.equal(r1, random_control(d, "lawyer", -1, 4, seed=0))
+    assert torch.isclose(r1.norm(), d.norm(), rtol=1e-5)
+
+
+def test_shards_union_equals_the_unsharded_run(model, directions, bench, full, tmp_path):
+    for i in range(3):
+        part = sweep(model, directions, bench, roles=ROLES, store=tmp_path, shard=f"{i}/3", **KW)
+        assert part.complete == (i == 2)
+    merged = merge(tmp_path)
+    pd.testing.assert_frame_equal(merged.table, full.table)
+    pd.testing.assert_frame_equal(merged.baseline, full.baseline)
+
+
+def test_merge_lists_missing_parts(model, directions, bench, tmp_path):
+    sweep(model, directions, bench, roles=["lawyer"], store=tmp_path, shard="0/2", **KW)
+    with pytest.raises(ValueError, match=r"incomplete: \d+ of \d+ parts missing \(.*layer"):
+        merge(tmp_path)
+    with pytest.raises(ValueError, match="not a sweep store"):
+        merge(tmp_path / "parts")
+
+
+@pytest.mark.parametrize("spec", ["3/3", "a/b", "-1/2", "1/0", "1-2", "1/2/3", (2, 1)])
+def test_bad_shard_specs(spec):
+    with pytest.raises(ValueError, match="bad shard"):
+        parse_shard(spec)
+
+
+def test_good_shard_specs():
+    assert parse_shard("0/4") == (0, 4) and parse_shard((3, 4)) == (3, 4)
+    assert parse_shard(None) == (0, 1)
+
+
+def test_config_validation_and_round_trip():
+    cfg = SweepConfig(roles=("lawyer",), layers=(1,), positions=(-1,))
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="no roles"):
+        SweepConfig(roles=(), layers=(1,), positions=(-1,))
+    with pytest.raises(ValueError, match="unknown scope"):
+        SweepConfig(roles=("a",), layers=(1,), positions=(-1,), scope="world")
+    with pytest.raises(ValueError, match="nothing to sweep"):
+        SweepConfig(roles=("a",), layers=(1,), positions=(-1,), alphas=(), ablation=False)
+
+
+def test_bad_sweep_inputs_are_named(model, directions, bench, tmp_path):
+    with pytest.raises(ValueError, match="chef"):
+        sweep(model, directions, bench, roles=["chef"], **KW)
+    with pytest.raises(ValueError, match="out of range"):
+        sweep(model, directions, bench, roles=ROLES, **{**KW, "layers": [9]})
+    with pytest.raises(ValueError, match="no math questions"):
+        sweep(model, directions, bench, roles=["mathematician"], **KW)
+    sweep(model, directions, bench, roles=["lawyer"], store=tmp_path, **KW)
+    with pytest.raises(ValueError, match="different configuration"):
+        sweep(model, directions, bench, roles=["nurse"], store=tmp_path, **KW)
+    with pytest.raises(ValueError, match="resume=True"):
+        sweep(model, directions, bench, roles=["lawyer"], store=tmp_path, resume=False, **KW)
+
+
+def test_layer_zero_directions_are_skipped(model, directions, bench):
+    r = sweep(model, directions, bench, roles=["lawyer"], **{**KW, "layers": [0, 1]})
+    assert set(r.table["layer"]) == {1}
+
+
+def test_select_by_both_rules(full):
+    paper = select(full, rule="paper", n_perm=500, n_boot=200)
+    held = select(full, rule="held-out", n_perm=500, n_boot=200)
+    for picks in (paper, held):
+        assert len(picks) == 2 * 3 * 2  # roles x sources x alphas
+        assert (picks["layer"] < int(0.8 * 4)).all()
+        assert picks["mcnemar_p_adj"].ge(picks["mcnemar_p"] - 1e-12).all()
+    assert (paper["report_n"] == 5).all() and (paper["select_n"] == 5).all()
+    assert (held["report_n"] + held["select_n"] == 5).all()
+    with pytest.raises(ValueError, match="unknown rule"):
+        select(full, rule="best")
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_sweeps import ROLES, KW, _bench, _model
+    import roleprobe as rp
+    from roleprobe.sweeps import sweep
+    model = _model()
+    rd = rp.compute_directions(model, roles=[*ROLES, "mathematician"], progress=False)
+    sweep(model, rd, _bench(), roles=ROLES, store={store!r}, **KW)
+    """
+)
+
+
+def test_resume_after_sigkill_gives_the_same_table(full, tmp_path):
+    store = tmp_path / "killed"
+    code = SCRIPT.format(tests=os.path.dirname(__file__), store=str(store))
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            parts = list((store / "parts").glob("layer*.parquet")) if store.exists() else []
+            if len(parts) >= 2:
+                break
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = {p.stem for p in (store / "parts").glob("*.parquet")}
+    assert 2 <= len(done) < 2 + 2 * 3 * 2  # killed part-way
+    with pytest.raises(ValueError, match="incomplete"):
+        merge(store)
+    model = _model()
+    rd = rp.compute_directions(model, roles=[*ROLES, "mathematician"], progress=False)
+    resumed = sweep(model, rd, _bench(), roles=ROLES, store=store, **KW)
+    pd.testing.assert_frame_equal(resumed.table, full.table)

@@ -1,0 +1,246 @@
+"""Effect tables, correlations and letter attribution against hand-computed answers."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import roleprobe as rp
+import roleprobe.tables
+from roleprobe.directions import RoleDirections
+from roleprobe.tables import (
+    condition_label,
+    correlation_p_value,
+    effect_table,
+    final_residual_rms,
+    letter_attribution,
+    model_correlation,
+    pearson_test,
+    pivot_effects,
+    regularized_beta,
+    significance_stars,
+)
+
+
+def _base(correct, domains, logprob=-1.0):
+    n = len(correct)
+    return pd.DataFrame(
+        {
+            "id": [f"q{i}" for i in range(n)],
+            "domain": domains,
+            "correct": correct,
+            "logprob_correct": [logprob] * n,
+        }
+    )
+
+
+def _run(base, correct, role, condition, alpha, logprob):
+    run = base.assign(correct=correct, logprob_correct=logprob, role=role, condition=condition)
+    return run.assign(alpha=alpha).drop(columns="domain")
+
+
+@pytest.fixture
+def law_math():
+    # q0-q9 law, q10-q13 math
+    base_correct = [True] * 6 + [False] * 4 + [True, True, False, False]
+    return _base(base_correct, ["law"] * 10 + ["math"] * 4)
+
+
+def test_effect_table_known_answers(law_math):
+    # law: b = 3 (q0-q2 right -> wrong), c = 1 (q6 wrong -> right): 6/10 -> 4/10
+    steered = [False] * 3 + [True] * 3 + [True] + [False] * 3 + [True, True, False, False]
+    run = _run(law_math, steered, "lawyer", "addition", 1.0, -0.5)
+    table = effect_table(law_math, run.iloc[::-1], n_boot=20)  # pairing is by id, not order
+    law = table.set_index("domain").loc["law"]
+    assert law["n"] == 10 and law["in_domain"]
+    assert law["base_accuracy"] == pytest.approx(0.6) and law["accuracy"] == pytest.approx(0.4)
+    assert law["delta_accuracy"] == pytest.approx(-0.2)
+    assert law["relative_change_pct"] == pytest.approx(100 * (0.4 - 0.6) / 0.6)
+    assert (law["mcnemar_b"], law["mcnemar_c"]) == (3, 1)
+    assert law["mcnemar_p"] == pytest.approx(2 * (1 + 4) / 16)  # 2 P(X <= 1), X ~ Bin(4, 1/2)
+    assert law["delta_logprob"] == pytest.approx(0.5)
+    assert law["logprob_p"] == pytest.approx(2 / 2**10)  # only the two all-same-sign flips
+    math_row = table.set_index("domain").loc["math"]
+    assert not math_row["in_domain"] and math_row["mcnemar_p"] == 1.0
+    assert math_row["relative_change_pct"] == 0.0 and math_row["stars"] == ""
+
+
+def test_effect_table_holm_stars_and_nan_alpha(law_math):
+    eight = _base([False] * 8, ["law"] * 8)
+    up = _run(eight, [True] * 8, "lawyer", "ablation", math.nan, -1.0)  # b=0, c=8
+    same = _run(eight, [False] * 8, "nurse", "persona", math.nan, -1.0)
+    table = effect_table(eight, pd.concat([same, up]), n_boot=20)
+    assert list(table["role"]) == ["lawyer", "nurse"]  # catalogue order, not input order
+    assert table["alpha"].isna().all()
+    raw = 2 / 2**8
+    assert table.loc[0, "mcnemar_p"] == pytest.approx(raw)
+    assert table.loc[0, "mcnemar_p_adj"] == pytest.approx(2 * raw)  # Holm over two tests
+    assert table.loc[0, "stars"] == "*"  # unadjusted it would be "**"
+    assert math.isnan(table.loc[0, "relative_change_pct"])  # base accuracy 0
+    assert list(table["in_domain"]) == [True, False]
+
+
+def test_effect_table_rejects_bad_input(law_math):
+    run = _run(law_math, law_math["correct"], "lawyer", "addition", 3.0, -1.0)
+    with pytest.raises(ValueError, match="'logprob_correct'"):
+        effect_table(law_math.drop(columns="logprob_correct"), run)
+    with pytest.raises(ValueError, match="'alpha'"):
+        effect_table(law_math, run.drop(columns="alpha"))
+    stray = run.assign(id=run["id"].replace("q3", "q99"))
+    with pytest.raises(ValueError, match=r"role 'lawyer', condition 'addition'.*missing in base"):
+        effect_table(law_math, stray)
+    with pytest.raises(ValueError, match="more than once"):
+        effect_table(law_math, pd.concat([run, run]))
+
+
+def test_unknown_role_is_never_in_domain(law_math):
+    run = _run(law_math, law_math["correct"], "court jester", "addition", 1.0, -1.0)
+    table = effect_table(law_math, run, n_boot=5)
+    assert not table["in_domain"].any()
+
+
+def test_pivot_orders_roles_and_conditions():
+    rows = []
+    for role in ("nurse", "lawyer", "economist"):
+        for condition, alpha in (("persona", math.nan), ("addition", 3.0), ("ablation", math.nan)):
+            for condition_alpha in ((condition, alpha), ("addition", 1.0)):
+                for domain in ("medicine", "law"):
+                    rows.append((role, *condition_alpha, domain))
+    effects = pd.DataFrame(rows, columns=["role", "condition", "alpha", "domain"])
+    effects = effects.drop_duplicates().reset_index(drop=True)
+    effects["relative_change_pct"] = np.arange(len(effects), dtype=float)
+    grid = pivot_effects(effects)
+    assert list(grid.index) == ["economist", "lawyer", "nurse"]
+    labels = list(dict.fromkeys(grid.columns.get_level_values("condition")))
+    assert labels == ["α=1", "α=3", "ablation", "persona"]
+    assert list(grid.columns[:2]) == [("α=1", "law"), ("α=1", "medicine")]
+    row = effects.query("role == 'lawyer' and condition == 'ablation' and domain == 'law'")
+    assert grid.loc["lawyer", ("ablation", "law")] == row["relative_change_pct"].item()
+    with pytest.raises(ValueError, match="several rows"):
+        pivot_effects(pd.concat([effects, effects.iloc[:1]]))
+    assert condition_label("clamp", 2.0) == "clamp α=2"
+
+
+def test_significance_stars():
+    assert [significance_stars(p) for p in (0.0009, 0.001, 0.009, 0.04, 0.05, math.nan)] == [
+        "***",
+        "**",
+        "**",
+        "*",
+        "",
+        "",
+    ]
+
+
+def test_correlation_p_values_match_closed_forms():
+    assert correlation_p_value(0.5, 10) == pytest.approx(0.1411, abs=1e-4)
+    for t in (0.3, 1.0, 4.0):
+        r = t / math.sqrt(1 + t * t)  # n = 3: one degree of freedom, the Cauchy law
+        assert correlation_p_value(r, 3) == pytest.approx(1 - 2 / math.pi * math.atan(t))
+        r2 = t / math.sqrt(2 + t * t)  # n = 4: two degrees of freedom
+        assert correlation_p_value(r2, 4) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    assert regularized_beta(2, 3, 0.4) == pytest.approx(0.5248)
+    assert regularized_beta(0.5, 0.5, 0.3) == pytest.approx(2 / math.pi * math.asin(math.sqrt(0.3)))
+    assert regularized_beta(30, 40, 0.9) == pytest.approx(1.0)
+    assert correlation_p_value(1.0, 5) == 0.0 and math.isnan(correlation_p_value(0.2, 2))
+    assert correlation_p_value(-0.5, 10) == correlation_p_value(0.5, 10)
+
+
+def test_pearson_and_model_correlation():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=20), rng.normal(size=20)
+    r, _ = pearson_test(x, y)
+    assert r == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert all(math.isnan(v) for v in pearson_test([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    cells = pd.DataFrame(
+        {
+            "role": ["lawyer"] * 3 + ["nurse"] * 3,
+            "condition": ["addition", "addition", "ablation"] * 2,
+            "alpha": [1.0, 3.0, math.nan] * 2,
+            "domain": ["law"] * 6,
+            "relative_change_pct": [1.0, -2.0, 5.0, 0.5, 3.0, -4.0],
+        }
+    )
+    doubled = cells.assign(relative_change_pct=2 * cells["relative_change_pct"] + 1)
+    partial = cells.iloc[1:].assign(relative_change_pct=-cells["relative_change_pct"].iloc[1:])
+    partial.loc[5, "relative_change_pct"] = math.nan
+    corr = model_correlation({"a": cells, "b": doubled, "c": partial})
+    assert list(zip(corr["model_a"], corr["model_b"], strict=True)) == [
+        ("a", "b"),
+        ("a", "c"),
+        ("b", "c"),
+    ]
+    assert corr.loc[0, "r"] == pytest.approx(1.0) and corr.loc[0, "p"] == 0.0
+    assert corr.loc[0, "n"] == 6
+    assert corr.loc[1, "r"] == pytest.approx(-1.0) and corr.loc[1, "n"] == 4  # shared, finite
+    with pytest.raises(ValueError, match="two models"):
+        model_correlation({"a": cells})
+    with pytest.raises(ValueError, match="'relative_change_pct'"):
+        model_correlation({"a": cells, "b": cells.drop(columns="relative_change_pct")})
+
+
+@pytest.fixture(scope="module")
+def fake_directions(tiny_model):
+    gen = torch.Generator().manual_seed(1)
+    n_layers, d_model = tiny_model.cfg.n_layers, tiny_model.cfg.d_model
+    return RoleDirections(
+        role_means=torch.randn(2, 1, n_layers, d_model, generator=gen, dtype=torch.float64),
+        base_mean=torch.randn(1, n_layers, d_model, generator=gen, dtype=torch.float64),
+        role_counts=(4, 4),
+        base_count=8,
+        roles=("lawyer", "nurse"),
+        layers=tuple(range(n_layers)),
+        positions=(-1,),
+    )
+
+
+def test_letter_attribution_matches_the_reference_model(
+    tiny_model, tiny_reference, fake_directions
+):
+    hf_model, _ = tiny_reference
+    table = letter_attribution(tiny_model, fake_directions, "nurse", scale=2.5)
+    assert list(table.columns) == ["role", "position", "layer", "letter", "attribution"]
+    assert len(table) == tiny_model.cfg.n_layers * 4 and table.attrs["scale"] == 2.5
+    ids = rp.answer_letter_ids(tiny_model.tokenizer, rp.LETTERS)
+    with torch.no_grad():
+        w_norm = hf_model.model.norm.weight.double()
+        w_letters = hf_model.lm_head.weight[ids].double()
+    for layer in fake_directions.layers:
+        d = fake_directions.role_means[1, 0, layer] - fake_directions.base_mean[0, layer]
+        logits = w_letters @ (w_norm * d) / 2.5
+        expected = (logits - logits.mean()).numpy()
+        got = table.query("layer == @layer").set_index("letter").loc[list(rp.LETTERS)]
+        np.testing.assert_allclose(got["attribution"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert table.groupby("layer")["attribution"].sum().abs().max() < 1e-9
+    with pytest.raises(ValueError, match="not in these directions"):
+        letter_attribution(tiny_model, fake_directions, "lawyer", position=-2, scale=1.0)
+
+
+def test_letter_attribution_measures_the_scale_by_default(tiny_model, fake_directions, monkeypatch):
+    unit = letter_attribution(tiny_model, fake_directions, "lawyer", layers=[1], scale=1)
+    monkeypatch.setattr(roleprobe.tables, "final_residual_rms", lambda model: 4.0)
+    measured = letter_attribution(tiny_model, fake_directions, "lawyer", layers=[1])
+    assert measured.attrs["scale"] == 4.0 and list(measured["layer"]) == [1] * 4
+    np.testing.assert_allclose(measured["attribution"], unit["attribution"] / 4.0)
+    with pytest.raises(ValueError, match="positive"):
+        letter_attribution(tiny_model, fake_directions, "lawyer", scale=0.0)
+
+
+def test_final_residual_rms_matches_the_reference_model(tiny_model, tiny_reference):
+    hf_model, _ = tiny_reference
+    prompts = ["Explain the law of contracts.", "What is a fever?", "Hello there"]
+    captured = []
+    handle = hf_model.model.norm.register_forward_pre_hook(
+        lambda module, args: captured.append(args[0][0, -1].double())
+    )
+    try:
+        with torch.no_grad():
+            for text in prompts:
+                hf_model(torch.tensor([rp.chat_ids(tiny_model.tokenizer, text)]))
+    finally:
+        handle.remove()
+    expected = float(torch.stack([x.pow(2).mean().sqrt() for x in captured]).mean())
+    got = final_residual_rms(tiny_model, prompts, batch_size=1)
+    assert got == pytest.approx(expected, rel=1e-4)
