@@ -226,3 +226,22 @@ def test_resume_after_sigkill_gives_the_same_table(full, tmp_path):
     rd = rp.compute_directions(model, roles=[*ROLES, "mathematician"], progress=False)
     resumed = sweep(model, rd, _bench(), roles=ROLES, store=store, **KW)
     pd.testing.assert_frame_equal(resumed.table, full.table)
+
+
+def test_evaluate_picks_feeds_the_effect_table(model, directions, bench, full):
+    from roleprobe.selection import evaluate_picks
+
+    picks = select(full, rule="paper", n_perm=200, n_boot=100)
+    runs = evaluate_picks(model, directions, bench, picks, progress=False)
+    # 2 roles x (2 alphas + 1 ablation) x 10 questions
+    assert len(runs) == 2 * 3 * 10
+    lawyer = picks[(picks["role"] == "lawyer") & (picks["source"] == "role")]
+    row = lawyer[lawyer["alpha"] == 3.0].iloc[0]
+    d = directions.vector("lawyer", int(row["layer"]), int(row["position"]))
+    ref = rp.evaluate(model, bench, rp.Addition(d, int(row["layer"]), 3.0), progress=False)
+    got = runs[(runs["role"] == "lawyer") & (runs["alpha"] == 3.0)]
+    np.testing.assert_allclose(got["logprob_correct"], ref["logprob_correct"])
+    base = rp.evaluate(model, bench, progress=False)
+    effects = rp.effect_table(base, runs, n_boot=100, n_perm=200)
+    assert set(effects["condition"]) == {"addition", "ablation"}
+    assert len(effects) == 2 * 3 * 2  # roles x conditions x domains

@@ -100,6 +100,7 @@ _EXPORTS = {
     "SweepResult": "sweeps",
     "SweepConfig": "sweeps",
     "select": "selection",
+    "evaluate_picks": "selection",
     "paper_rule": "selection",
     "Pick": "selection",
     "ResultStore": "store",
@@ -163,6 +164,7 @@ __all__ = [
     "embedded_gguf_path",
     "encode_chat",
     "evaluate",
+    "evaluate_picks",
     "format_question",
     "generate",
     "get_role",
@@ -290,6 +292,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from roleprobe.selection import (
         Pick,
+        evaluate_picks,
         paper_rule,
         select,
     )

@@ -301,3 +301,63 @@ def _grid_significance(
         return 0
     adjusted = adjust_pvalues(pvalues, "holm" if correction == "holm" else "bh")
     return int(sum(p < 0.05 for p in adjusted))
+
+
+def evaluate_picks(
+    model: Any,
+    directions: Any,
+    benchmark: Any,
+    picks: pd.DataFrame,
+    source: str = "role",
+    ablation: bool = True,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Apply each role's pick to a whole benchmark (e.g. all eight domains), as the paper.
+
+    Args:
+        model: the bridge.
+        directions: the :class:`~roleprobe.RoleDirections` the sweep used.
+        benchmark: the questions to report on.
+        picks: output of :func:`select` (rows of other sources are ignored).
+        source: which rows of ``picks`` to apply (``"role"`` by default; a control's name
+            evaluates the control's pick with the role's label, for comparison).
+        ablation: also ablate the direction picked for the smallest α (one ablation per
+            role, the paper's third column).
+        seed: the sweep's seed (for ``source="random"``).
+        batch_size: questions per forward pass; progress: tqdm bars.
+
+    Returns:
+        Per-item rows of :func:`roleprobe.evaluate` with ``role``, ``condition``
+        (``addition``/``ablation``), ``alpha`` (NaN for ablation), ``position`` and
+        ``layer`` — the input of :func:`roleprobe.effect_table`.
+    """
+    from roleprobe.evaluation import evaluate
+    from roleprobe.interventions import Ablation, Addition
+    from roleprobe.sweeps import random_control
+
+    chosen = picks[picks["source"] == source]
+    if chosen.empty:
+        raise ValueError(
+            f"no picks with source {source!r} (sources: {sorted(set(picks['source']))})"
+        )
+    tables = []
+    first_alpha = chosen.groupby("role")["alpha"].transform("min")
+    for (_, row), lowest in zip(chosen.iterrows(), first_alpha, strict=True):
+        role, layer = str(row["role"]), int(row["layer"])
+        position = _make_pick(row, True, "").position
+        vector = directions.vector(row["donor"] or role, layer, position)
+        if source == "random":
+            d = directions.vector(role, layer, position)
+            vector = random_control(d, role, position, layer, seed)
+        labels = {"role": role, "position": position, "layer": layer, "source": source}
+        alpha = float(row["alpha"])
+        add = evaluate(
+            model, benchmark, Addition(vector, layer, alpha), batch_size, progress=progress
+        )
+        tables.append(add.assign(**labels, alpha=alpha, condition="addition"))
+        if ablation and alpha == lowest:
+            abl = evaluate(model, benchmark, Ablation(vector), batch_size, progress=progress)
+            tables.append(abl.assign(**labels, alpha=math.nan, condition="ablation"))
+    return pd.concat(tables, ignore_index=True)
