@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from roleprobe.chat import ChatBatch, ChatTemplate, collate, encode_prompt, left_pad, pad_token_id
+from roleprobe.progress import bar
 
 HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_mid", "hook_resid_post")
 POSITION_NAMES = ("post_instruction", "last", "instruction_mean")
@@ -290,14 +290,14 @@ def stream(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     n_batches = -(-len(prompts) // batch_size)
-    bar = tqdm(
+    bars = bar(
         batches(model, prompts, batch_size, n_post),
+        progress,
         total=n_batches,
         desc=desc,
         unit="batch",
-        disable=not progress,
     )
-    for rows, batch in bar:
+    for rows, batch in bars:
         read = partial(
             _read_selected,
             pick=selector_for(batch.n_post).picker(batch.to(float64_device(batch.input_ids))),

@@ -1,6 +1,13 @@
 """The ``roleprobe`` command line: a thin layer that parses arguments and calls the library.
 
 Subcommands:
+    ``roleprobe run --preset demo --out runs/demo``: the numbered pipeline (see
+    :mod:`roleprobe.pipeline`); ``--config run.toml`` for your own, ``--shard i/n`` for one
+    part of the sweep, ``--until STAGE`` to stop early.
+    ``roleprobe sweep``/``merge``/``figures``: single stages of a run folder.
+    ``roleprobe directions``: compute and save role directions.
+    ``roleprobe evaluate``: score a benchmark under the baseline or a persona.
+    ``roleprobe readout``: patchscope and logit lens of one role's direction.
     ``roleprobe chat "PROMPT"``: answer one prompt with a model (the set-up smoke test).
     ``roleprobe info``: a model's layers, hook names, post-instruction tokens, letter ids.
     ``roleprobe models``: what :func:`roleprobe.load_model` can load here.
@@ -15,6 +22,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from roleprobe import __version__
 
@@ -55,7 +63,56 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(info)
 
     sub.add_parser("models", help="models that can be loaded here")
+
+    run = sub.add_parser("run", help="the pipeline: prompts -> ... -> report, resumable")
+    _add_run_args(run)
+    run.add_argument("--until", default=None, help="stop after this stage (e.g. directions)")
+
+    sweep = sub.add_parser("sweep", help="stages 1-4 of a run (one shard of the sweep)")
+    _add_run_args(sweep)
+
+    merge = sub.add_parser("merge", help="check a run's sweep is complete; list missing parts")
+    merge.add_argument("out", help="the run folder (or a sweep store folder)")
+
+    figures = sub.add_parser("figures", help="(re)build a finished run's figures and report")
+    figures.add_argument("out", help="the run folder")
+
+    directions = sub.add_parser("directions", help="compute role directions and save them")
+    _add_model_args(directions)
+    directions.add_argument("--roles", nargs="+", default=None, help="default: all 29")
+    directions.add_argument("--prompts", default="builtin", help="builtin, paper or a folder")
+    directions.add_argument("--data", default=None, help="the paper's data folder")
+    directions.add_argument("--batch-size", type=int, default=16)
+    directions.add_argument("--out", required=True, help="folder to save the directions in")
+
+    evaluate = sub.add_parser("evaluate", help="score a benchmark (baseline or persona)")
+    _add_model_args(evaluate)
+    evaluate.add_argument("--benchmark", default="builtin", help="builtin, paper, mmlu-local, mmlu")
+    evaluate.add_argument("--data", default=None, help="data folder of the benchmark")
+    evaluate.add_argument("--domain", default=None, help="one of the 8 domains")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--persona", default=None, help="a role to state in the prompt")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--out", default=None, help="per-item CSV to write")
+
+    readout = sub.add_parser("readout", help="patchscope and logit lens of a role direction")
+    readout.add_argument("directions", help="a folder saved by `roleprobe directions`")
+    readout.add_argument("--role", required=True)
+    readout.add_argument("--layer", type=int, required=True)
+    readout.add_argument("--position", type=int, default=-1)
+    readout.add_argument("--alpha", type=float, default=3.0)
+    _add_model_args(readout)
     return parser
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default=None, help="demo, paper or custom")
+    parser.add_argument("--config", default=None, help="a TOML file ([run] table or top level)")
+    parser.add_argument("--out", required=True, help="the run folder (resumes if it exists)")
+    parser.add_argument("--shard", default=None, help="i/n: do only this part of the sweep")
+    parser.add_argument("--model", default=None, help="overrides the preset's model")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
+    parser.add_argument("--roles", nargs="+", default=None, help="overrides the preset's roles")
 
 
 def _cmd_chat(args: argparse.Namespace) -> None:
@@ -114,7 +171,127 @@ def _cmd_models(args: argparse.Namespace) -> None:
         _out(f"{entry.name:24} {status:15} {entry.source:30} {entry.note}")
 
 
-_COMMANDS = {"chat": _cmd_chat, "info": _cmd_info, "models": _cmd_models}
+def _run_config(args: argparse.Namespace) -> Any:
+    from roleprobe.pipeline import load_config
+
+    if args.preset is None and args.config is None:
+        raise ValueError("give --preset (demo, paper, custom) or --config FILE")
+    overrides = {"model": args.model, "device": args.device, "roles": args.roles}
+    return load_config(args.preset, args.config, overrides)
+
+
+def _report_paths(out: str) -> None:
+    from pathlib import Path
+
+    report = Path(out) / "07_report"
+    if (report / "report.html").exists():
+        _out(f"report: {report / 'report.html'}")
+        _out(f"summary: {report / 'summary.md'}")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from roleprobe.pipeline import run_pipeline
+
+    run = run_pipeline(_run_config(args), args.out, shard=args.shard, until=args.until)
+    _out(f"run folder: {run.out}")
+    _report_paths(args.out)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from roleprobe.pipeline import run_pipeline
+
+    run_pipeline(_run_config(args), args.out, shard=args.shard, until="sweep")
+    _out(f"sweep store: {args.out}/04_sweep/store")
+
+
+def _cmd_merge(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from roleprobe.sweeps import merge
+
+    folder = Path(args.out)
+    store = folder / "04_sweep" / "store" if (folder / "04_sweep").exists() else folder
+    result = merge(store)
+    _out(f"complete: {len(result.table)} rows, {len(result.baseline)} baseline rows in {store}")
+
+
+def _cmd_figures(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from roleprobe.pipeline import Run, RunConfig, stage_report
+
+    folder = Path(args.out)
+    path = folder / "config.json"
+    if not path.exists():
+        raise ValueError(f"{folder} is not a run folder (no config.json)")
+    run = Run(RunConfig.from_dict(json.loads(path.read_text()), str(path)), folder)
+    start = time.perf_counter()
+    run.finish("07_report", stage_report(run), time.perf_counter() - start)
+    _report_paths(args.out)
+
+
+def _cmd_directions(args: argparse.Namespace) -> None:
+    from roleprobe.directions import compute_directions
+    from roleprobe.models import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    rd = compute_directions(
+        model, roles=args.roles, source=args.prompts, data_dir=args.data, batch_size=args.batch_size
+    )
+    _out(f"saved {len(rd.roles)} roles x {len(rd.layers)} layers to {rd.save(args.out)}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from roleprobe.benchmarks import load_benchmark
+    from roleprobe.evaluation import Baseline, Persona, evaluate
+    from roleprobe.models import load_model
+    from roleprobe.stats import accuracy
+
+    bench = load_benchmark(args.benchmark, domain=args.domain, split=args.split, path=args.data)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    condition = Persona(args.persona) if args.persona else Baseline()
+    df = evaluate(model, bench, condition, batch_size=args.batch_size)
+    acc = accuracy(df)
+    _out(
+        f"{bench.name}: accuracy {acc['accuracy']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]"
+        f" n={len(df)}; majority letter {acc['majority_letter']} scores "
+        f"{acc['majority_baseline']:.3f}"
+    )
+    if args.out:
+        df.to_csv(args.out, index=False)
+        _out(f"per-item table: {args.out}")
+
+
+def _cmd_readout(args: argparse.Namespace) -> None:
+    from roleprobe.directions import RoleDirections
+    from roleprobe.models import load_model
+    from roleprobe.readouts import logit_lens, patchscope
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    rd = RoleDirections.load(args.directions, model)
+    d = rd.vector(args.role, args.layer, args.position)
+    res = patchscope(model, d, args.layer, alpha=args.alpha)
+    _out(f"patchscope (layer {args.layer}, alpha {args.alpha}):")
+    _out(f"  steered:   {res.steered}")
+    _out(f"  unsteered: {res.unsteered}")
+    lens = logit_lens(model, rd, args.role, args.position, k=8, layers=[args.layer])
+    for sign, rows in lens.groupby("sign", sort=False):
+        _out(f"logit lens {sign}: {' '.join(repr(t) for t in rows['token'])}")
+
+
+_COMMANDS = {
+    "chat": _cmd_chat,
+    "info": _cmd_info,
+    "models": _cmd_models,
+    "run": _cmd_run,
+    "sweep": _cmd_sweep,
+    "merge": _cmd_merge,
+    "figures": _cmd_figures,
+    "directions": _cmd_directions,
+    "evaluate": _cmd_evaluate,
+    "readout": _cmd_readout,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.quiet:
+        from roleprobe.progress import set_progress
+
+        set_progress(False)
     try:
         _COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -31,7 +31,6 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from roleprobe.benchmarks import LETTERS, MultipleChoice
 from roleprobe.chat import (
@@ -44,6 +43,7 @@ from roleprobe.chat import (
 )
 from roleprobe.interventions import Ablation, Addition, Clamp, Intervention, steer
 from roleprobe.prefix import final_last, project_letters
+from roleprobe.progress import bar
 from roleprobe.roles import DOMAIN_SUBJECTS
 
 FORMATS = ("paper", "clean")
@@ -209,7 +209,7 @@ def evaluate(
     order = length_batches(encoded, batch_size)
     scores = torch.empty(len(encoded), len(LETTERS), dtype=torch.float64)
     pad = pad_token_id(tokenizer)
-    for rows in tqdm(order, desc=f"evaluate {benchmark.name}", unit="batch", disable=not progress):
+    for rows in bar(order, progress, desc=f"evaluate {benchmark.name}", unit="batch"):
         batch = collate([encoded[i] for i in rows], template.n_post, pad).to(model.cfg.device)
         with (
             torch.inference_mode(),

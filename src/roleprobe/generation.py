@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from roleprobe.chat import ChatTemplate, encode_chat
 from roleprobe.interventions import Intervention, steer
+from roleprobe.progress import bar
 
 
 def _next_tokens(
@@ -88,7 +88,7 @@ def generate(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     texts: list[str] = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress, unit="batch"):
+    for start in bar(starts, progress, desc="generate", unit="batch"):
         batch = encode_chat(
             tokenizer,
             prompts[start : start + batch_size],

@@ -658,7 +658,7 @@ def paper_table_figure(effects: pd.DataFrame, value: str = "relative_change_pct"
             aligned["mcnemar_p_adj"].to_numpy(),
         ]
     )
-    stars = aligned["stars"].fillna("").to_numpy()
+    stars = aligned["stars"].astype(object).fillna("").to_numpy()
     fig = go.Figure(
         go.Heatmap(
             z=grid.to_numpy(np.float64),

@@ -47,7 +47,6 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from roleprobe.activations import PositionLabel, check_layers
 from roleprobe.benchmarks import LETTERS, MultipleChoice
@@ -64,6 +63,7 @@ from roleprobe.evaluation import (
 from roleprobe.interventions import Ablation, steer
 from roleprobe.models import model_fingerprint, model_name
 from roleprobe.prefix import letters_from, resid_at
+from roleprobe.progress import bar
 from roleprobe.roles import get_role
 from roleprobe.store import ResultStore, code_versions
 
@@ -474,7 +474,7 @@ def sweep(
             count,
             len(todo),
         )
-        for item in tqdm(todo, desc="sweep", unit="item", disable=not progress):
+        for item in bar(todo, progress, desc="sweep", unit="item"):
             table = _run_item(model, directions, plan, item, donors)
             results.write(item.key, table)
         result = merge(root, allow_partial=count > 1)
