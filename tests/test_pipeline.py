@@ -151,3 +151,8 @@ def test_cli_bad_shard_is_one_line(tmp_path, capsys, tiny4):
         == 2
     )
     assert "bad shard '2/2'" in capsys.readouterr().err
+
+
+def test_no_resume_refuses_a_started_folder(finished, capsys):
+    with pytest.raises(ValueError, match="already holds finished stages"):
+        run_pipeline(finished.config, finished.out, resume=False)

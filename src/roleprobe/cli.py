@@ -110,6 +110,12 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="a TOML file ([run] table or top level)")
     parser.add_argument("--out", required=True, help="the run folder (resumes if it exists)")
     parser.add_argument("--shard", default=None, help="i/n: do only this part of the sweep")
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue a run folder that has finished stages (default); --no-resume refuses",
+    )
     parser.add_argument("--model", default=None, help="overrides the preset's model")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
     parser.add_argument("--roles", nargs="+", default=None, help="overrides the preset's roles")
@@ -192,7 +198,9 @@ def _report_paths(out: str) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from roleprobe.pipeline import run_pipeline
 
-    run = run_pipeline(_run_config(args), args.out, shard=args.shard, until=args.until)
+    run = run_pipeline(
+        _run_config(args), args.out, shard=args.shard, until=args.until, resume=args.resume
+    )
     _out(f"run folder: {run.out}")
     _report_paths(args.out)
 
@@ -200,7 +208,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from roleprobe.pipeline import run_pipeline
 
-    run_pipeline(_run_config(args), args.out, shard=args.shard, until="sweep")
+    run_pipeline(_run_config(args), args.out, shard=args.shard, until="sweep", resume=args.resume)
     _out(f"sweep store: {args.out}/04_sweep/store")
 
 

@@ -133,6 +133,7 @@ def load_model(
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype = "float32",
     cache_dir: str | os.PathLike[str] | None = None,
+    n_devices: int = 1,
 ) -> TransformerBridge:
     """Load a model by name as a TransformerLens ``TransformerBridge``.
 
@@ -142,6 +143,8 @@ def load_model(
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:0"``, ...
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` or ``"float64"``.
         cache_dir: where the embedded model's float32 snapshot is cached.
+        n_devices: split a hub model's layers over this many GPUs (TransformerLens's
+            multi-device loading; ``device`` is then ignored).
 
     Returns:
         A ``TransformerBridge`` in eval mode whose tokenizer pads on the left.
@@ -153,6 +156,8 @@ def load_model(
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     resolve_dtype(dtype), resolve_device(device)  # fail on bad arguments before any loading
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be at least 1, got {n_devices}")
     if name == EMBEDDED_MODEL:
         hf_model, tokenizer = load_embedded_hf(cache_dir)
         return wrap_hf_model(hf_model, tokenizer, EMBEDDED_HF_NAME, device, dtype)
@@ -165,13 +170,18 @@ def load_model(
         hf_model = AutoModelForCausalLM.from_pretrained(local, dtype=resolve_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(local)
         return wrap_hf_model(hf_model, tokenizer, str(local), device, dtype)
-    return _load_from_hub(name, resolve_device(device), resolve_dtype(dtype))
+    if n_devices > 1 and name in (EMBEDDED_MODEL, TINY_MODEL):
+        raise ValueError(f"n_devices={n_devices} is for hub models; {name!r} fits one device")
+    return _load_from_hub(name, resolve_device(device), resolve_dtype(dtype), n_devices)
 
 
-def _load_from_hub(name: str, device: torch.device, dtype: torch.dtype) -> TransformerBridge:
+def _load_from_hub(
+    name: str, device: torch.device, dtype: torch.dtype, n_devices: int = 1
+) -> TransformerBridge:
     logger.info("loading %s from the Hugging Face hub through TransformerLens", name)
+    where: dict[str, Any] = {"n_devices": n_devices} if n_devices > 1 else {"device": device}
     try:
-        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+        bridge = TransformerBridge.boot_transformers(name, dtype=dtype, **where)
     except OSError as err:
         raise OSError(
             f"could not load model {name!r} from the Hugging Face hub ({err}). Check the name "

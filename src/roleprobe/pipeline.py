@@ -61,6 +61,7 @@ class RunConfig:
         model: a name for :func:`roleprobe.load_model` (embedded, ``tiny-random``, a folder
             or a hub name).
         device: ``auto``, ``cpu``, ``cuda``, ...; dtype: ``float32``, ``bfloat16``, ...
+        n_devices: GPUs to split a big hub model over (TransformerLens multi-device).
         roles: the roles (``()``: all 29).
         prompts: ``builtin``, ``paper`` or a folder of prompt files.
         data: the paper's data folder (for ``prompts="paper"`` / ``benchmark="paper"``) or
@@ -87,6 +88,7 @@ class RunConfig:
     model: str = "smollm2-135m-instruct"
     device: str = "auto"
     dtype: str = "float32"
+    n_devices: int = 1
     roles: tuple[str, ...] = ("lawyer", "nurse", "mathematician")
     prompts: str = "builtin"
     data: str = ""
@@ -240,7 +242,10 @@ class Run:
             from roleprobe.models import load_model
 
             self._model = load_model(
-                self.config.model, device=self.config.device, dtype=self.config.dtype
+                self.config.model,
+                device=self.config.device,
+                dtype=self.config.dtype,
+                n_devices=self.config.n_devices,
             )
         return self._model
 
@@ -483,8 +488,11 @@ def run_pipeline(
     out: str | os.PathLike[str],
     shard: str | None = None,
     until: str | None = None,
+    resume: bool = True,
 ) -> Run:
     """Run (or resume) every stage in order; stop after ``until`` or after a shard's sweep.
+
+    ``resume=False`` refuses a folder that already holds finished stages.
 
     Returns:
         The :class:`Run` (its ``timings`` hold the seconds of the stages run now).
@@ -493,6 +501,12 @@ def run_pipeline(
         raise ValueError(f"unknown stage {until!r}; use one of {list(_ALIASES)} or {list(STAGES)}")
     last = _ALIASES.get(until or "", until) or STAGES[-1]
     run = Run(config, out)
+    finished = [name for name in STAGES if run.is_done(name)]
+    if finished and not resume:
+        raise ValueError(
+            f"{run.out} already holds finished stages {finished}; drop --no-resume to "
+            "continue it, or choose a new --out folder"
+        )
     steps: list[tuple[str, StageFn]] = [
         ("01_prompts", stage_prompts),
         ("02_means", stage_means),
