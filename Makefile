@@ -44,11 +44,11 @@ pytest: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
-## Performance benchmarks (minutes; not part of the tests).
+## Performance benchmarks (minutes; not part of the tests): one table, and
+## benchmarks/results/bench.json. Options: make bench BENCH_ARGS="--skip-demo --only 1,5".
 bench: $(STAMP)
 	mkdir -p benchmarks/results
-	$(BIN)/python benchmarks/bench_activations.py --out benchmarks/results/activations.json
-	$(BIN)/python benchmarks/bench_evaluation.py --out benchmarks/results/evaluation.json
+	$(BIN)/python benchmarks/run_all.py --out benchmarks/results/bench.json $(BENCH_ARGS)
 
 check: lint typecheck
 

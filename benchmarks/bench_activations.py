@@ -3,20 +3,57 @@
 Prints and writes JSON (``--out``): tokens/s of ``collect_means`` (hooks at every layer's
 ``hook_resid_pre``, float64 accumulation, post-instruction positions) divided by tokens/s of a
 bare forward pass with no hooks that stops at the same layer (no unembedding), timed
-alternately on identical left-padded batches of the built-in prompts.
+alternately on identical left-padded batches of the built-in prompts (best of ``--repeats``
+after a warm-up). ``run_all.py`` runs it as benchmark 1.
 
     python benchmarks/bench_activations.py --model smollm2-135m-instruct --repeats 3
 """
 
 import argparse
-import platform
-import time
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from _report import report
+from _models import load
+from _report import best_of, machine_info, report
 
 import roleprobe as rp
 from roleprobe.activations import batches, check_layers, collect_means
+
+GOAL = ">= 0.95"
+
+
+def run(
+    model: Any, prompts: Sequence[str], batch_size: int = 16, repeats: int = 3
+) -> dict[str, Any]:
+    """Time ``collect_means`` against a bare forward pass; tokens are real (unpadded) ones."""
+    layers = check_layers(model, None)
+    data = list(batches(model, prompts, batch_size))
+    n_tokens = sum(int(b.attention_mask.sum()) for _, b in data)
+    padded = sum(b.input_ids.numel() for _, b in data)
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for _, b in data:
+                model(b.input_ids, attention_mask=b.attention_mask, stop_at_layer=layers[-1])
+
+    def ours() -> None:
+        collect_means(model, prompts, batch_size=batch_size, progress=False)
+
+    timed = best_of({"bare": bare, "collect_means": ours}, repeats, model.cfg.device)
+    best = timed["best"]
+    return {
+        "prompts": len(prompts),
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "real_tokens": n_tokens,
+        "padded_tokens": padded,
+        "seconds_best": best,
+        "seconds_all": timed["all"],
+        "tokens_per_s": {k: n_tokens / v for k, v in best.items()},
+        "ratio_collect_over_bare": best["bare"] / best["collect_means"],
+        "goal": GOAL,
+    }
 
 
 def main() -> None:
@@ -29,42 +66,10 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    model = rp.load_model(args.model, device=args.device)
+    model = load(args.model, device=args.device)
     prompts = list(rp.builtin_generic().instructions)[: args.n_prompts]
-    layers = check_layers(model, None)
-    data = list(batches(model, prompts, args.batch_size))
-    n_tokens = sum(int(b.attention_mask.sum()) for _, b in data)
-    padded = sum(b.input_ids.numel() for _, b in data)
-
-    def bare() -> None:
-        with torch.inference_mode():
-            for _, b in data:
-                model(b.input_ids, attention_mask=b.attention_mask, stop_at_layer=layers[-1])
-
-    def ours() -> None:
-        collect_means(model, prompts, batch_size=args.batch_size, progress=False)
-
-    bare(), ours()  # warm-up
-    times: dict[str, list[float]] = {"bare": [], "collect_means": []}
-    for _ in range(args.repeats):
-        for name, fn in (("bare", bare), ("collect_means", ours)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    best = {k: min(v) for k, v in times.items()}
-    result = {
-        "model": args.model,
-        "device": args.device,
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "prompts": len(prompts),
-        "batch_size": args.batch_size,
-        "real_tokens": n_tokens,
-        "padded_tokens": padded,
-        "seconds_best": best,
-        "tokens_per_s": {k: n_tokens / v for k, v in best.items()},
-        "ratio_collect_over_bare": best["bare"] / best["collect_means"],
-    }
+    result = {"model": args.model, "machine": machine_info(args.device)}
+    result |= run(model, prompts, args.batch_size, args.repeats)
     report(result, args.out)
 
 

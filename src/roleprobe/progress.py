@@ -18,6 +18,7 @@ def set_progress(enabled: bool) -> None:
     _ENABLED["bars"] = enabled
 
 
-def bar(iterable: Iterable[T], enabled: bool = True, **kwargs: Any) -> "tqdm[T]":
-    """``tqdm(iterable, **kwargs)``, hidden when ``enabled`` is False or bars are off."""
+def bar(iterable: Iterable[T] | None = None, enabled: bool = True, **kwargs: Any) -> "tqdm[T]":
+    """``tqdm(iterable, **kwargs)``, hidden when ``enabled`` is False or bars are off
+    (``iterable=None`` with ``total=``: a bar updated by hand)."""
     return tqdm(iterable, disable=not (enabled and _ENABLED["bars"]), **kwargs)

@@ -30,6 +30,7 @@ Example:
     >>> rp.select(result, rule="held-out")
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ from torch import Tensor
 
 from roleprobe.activations import PositionLabel, check_layers
 from roleprobe.benchmarks import LETTERS, MultipleChoice
-from roleprobe.chat import ChatTemplate, answer_letter_ids, collate, pad_token_id
+from roleprobe.chat import ChatBatch, ChatTemplate, answer_letter_ids, collate, pad_token_id
 from roleprobe.directions import RoleDirections
 from roleprobe.evaluation import (
     FORMATS,
@@ -474,36 +476,98 @@ def sweep(
             count,
             len(todo),
         )
-        for item in bar(todo, progress, desc="sweep", unit="item"):
-            table = _run_item(model, directions, plan, item, donors)
-            results.write(item.key, table)
+        # batch-major: each batch's residuals at every layer it needs come from one pass
+        by_batch: dict[tuple[str, int], list[WorkItem]] = {}
+        for item in todo:
+            by_batch.setdefault((item.group, item.batch), []).append(item)
+        bars = bar(total=len(todo), enabled=progress, desc="sweep", unit="item")
+        for (group, b), items in by_batch.items():
+            batch = _batch(model, plan, group, b)
+            layers = [w.layer for w in items if w.layer is not None] if cfg.alphas else []
+            resids, base = _prefix_pass(
+                model, batch, layers, plan.letters, any(w.layer is None for w in items)
+            )
+            for item in items:
+                if item.layer is None:
+                    assert base is not None
+                    table = score_table(_rows(plan, item), base, {"group": item.group})
+                else:
+                    resid = resids.pop(item.layer, None)
+                    table = _run_item(model, directions, plan, item, donors, batch, resid)
+                results.write(item.key, table)
+                bars.update(1)
+        bars.close()
         result = merge(root, allow_partial=count > 1)
         if store is None:
             result.store = None
         return result
 
 
+def _rows(plan: _Plan, item: WorkItem) -> pd.DataFrame:
+    rows = plan.batches[item.group][item.batch]
+    return plan.items[item.group].iloc[rows].reset_index(drop=True)
+
+
+def _batch(model: Any, plan: _Plan, group: str, index: int) -> ChatBatch:
+    rows = plan.batches[group][index]
+    pad = pad_token_id(model.tokenizer)
+    batch = collate([plan.encoded[group][i] for i in rows], plan.template.n_post, pad)
+    return batch.to(model.cfg.device)
+
+
+class _Enough(Exception):
+    pass
+
+
+def _prefix_pass(
+    model: Any, batch: ChatBatch, layers: Sequence[int], letters: Sequence[int], baseline: bool
+) -> tuple[dict[int, Tensor], Tensor | None]:
+    """One forward pass: ``resid_pre`` at each of ``layers`` and, if asked, the baseline
+    letter logits (otherwise the pass stops at the last layer needed)."""
+    captured: dict[int, Tensor] = {}
+    wanted = sorted(set(layers))
+
+    def grab(act: Tensor, hook: Any, layer: int) -> Tensor:
+        captured[layer] = act.clone()
+        if not baseline and layer == wanted[-1]:
+            raise _Enough
+        return act
+
+    hooks = [(f"blocks.{layer}.hook_resid_pre", partial(grab, layer=layer)) for layer in wanted]
+    base = None
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        if baseline:
+            base = letter_logits(model, batch.input_ids, batch.attention_mask, letters)
+            base = base.double().cpu()
+        elif wanted:
+            with contextlib.suppress(_Enough):
+                model(batch.input_ids, attention_mask=batch.attention_mask)
+    return captured, base
+
+
 def _run_item(
-    model: Any, rd: RoleDirections, plan: _Plan, item: WorkItem, donors: dict[str, str]
+    model: Any,
+    rd: RoleDirections,
+    plan: _Plan,
+    item: WorkItem,
+    donors: dict[str, str],
+    batch: ChatBatch,
+    resid: Tensor | None,
 ) -> pd.DataFrame:
     cfg = plan.cfg
-    rows = plan.batches[item.group][item.batch]
-    items = plan.items[item.group].iloc[rows].reset_index(drop=True)
-    pad = pad_token_id(model.tokenizer)
-    batch = collate([plan.encoded[item.group][i] for i in rows], plan.template.n_post, pad)
-    batch = batch.to(model.cfg.device)
+    items = _rows(plan, item)
     ids, mask = batch.input_ids, batch.attention_mask
+    assert item.layer is not None
+    layer = item.layer
+    variants = _variants(rd, plan.groups[item.group], layer, cfg, donors)
+    tables = []
     with torch.inference_mode():
-        if item.layer is None:
-            letters = letter_logits(model, ids, mask, plan.letters)
-            return score_table(items, letters.double().cpu(), {"group": item.group})
-        layer = item.layer
-        variants = _variants(rd, plan.groups[item.group], layer, cfg, donors)
-        tables = []
-        resid = resid_at(model, ids, mask, layer)
-        real = mask.bool()[None, :, :, None]
         jobs = [(v, alpha) for v in variants for alpha in cfg.alphas]
+        if jobs and resid is None:
+            resid = resid_at(model, ids, mask, layer)
+        real = mask.bool()[None, :, :, None]
         for start in range(0, len(jobs), cfg.stack):
+            assert resid is not None
             chunk = jobs[start : start + cfg.stack]
             added = torch.stack(
                 [alpha * v.vector.to(resid.device, resid.dtype) for v, alpha in chunk]

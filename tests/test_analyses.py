@@ -1,0 +1,203 @@
+"""Smoke tests of the analysis scripts in ``analyses/``: each runs as a subprocess on the tiny
+random model (``--quick``) and writes its figures and tables.
+
+The script runs take minutes together and carry the ``slow`` marker; one fast test checks
+the shared ``write_figure`` helper.
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+import roleprobe as rp
+
+ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
+TINY = ["--model", "tiny-random", "--quick", "--device", "cpu", "--no-png"]
+
+
+def _common():
+    sys.path.insert(0, str(ANALYSES))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(ANALYSES))
+    return _common
+
+
+def run(script: str, out: Path, *extra: str) -> str:
+    """Run one analysis on the tiny model into ``out``; fail with its output if it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, str(ANALYSES / script), *TINY, "--out", str(out), *extra]
+    proc = subprocess.run(
+        cmd, cwd=ANALYSES.parent, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def assert_written(out: Path, *patterns: str) -> None:
+    for pattern in patterns:
+        found = sorted(out.glob(pattern))
+        assert found, f"nothing matches {pattern} in {out}: {sorted(p.name for p in out.iterdir())}"
+        for path in found:
+            assert path.stat().st_size > 0, f"{path} is empty"
+
+
+def test_write_figure_writes_html_with_one_shared_plotly_js(tmp_path):
+    common = _common()
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    written = common.write_figure(fig, tmp_path / "figs", "bar", png=False)
+    common.write_figure(fig, tmp_path / "figs", "bar2", png=False)
+    assert written == [tmp_path / "figs" / "bar.html"]
+    html = written[0].read_text()
+    assert 'src="plotly.min.js"' in html and len(html) < 100_000  # the library is not inlined
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
+        "bar.html",
+        "bar2.html",
+        "plotly.min.js",
+    ]
+
+
+@pytest.mark.slow
+def test_write_figure_png_when_an_exporter_works(tmp_path):
+    pytest.importorskip("kaleido")
+    common = _common()
+    written = common.write_figure(go.Figure(go.Bar(y=[1, 2])), tmp_path, "bar")
+    if len(written) == 1:
+        pytest.skip("kaleido is installed but no Chrome/Chromium works here")
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def geometry(tmp_path_factory):
+    out = tmp_path_factory.mktemp("geometry")
+    run("01_role_geometry.py", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    run("02_steering_sweep.py", out)
+    return out
+
+
+@pytest.mark.slow
+def test_01_role_geometry(geometry):
+    assert_written(
+        geometry,
+        "01_direction_heatmaps.html",
+        "01_stability.html",
+        "01_separation_auroc.html",
+        "01_cosine_layer*_centred.html",
+        "01_cosine_slider.html",
+        "01_cosine_slider_centred.html",
+        "01_directions.csv",
+        "01_validation.csv",
+        "01_cosine_layer*.csv",
+        "plotly.min.js",
+    )
+    validation = pd.read_csv(geometry / "01_validation.csv")
+    auroc = validation["auroc"].dropna()  # NaN at layer 0, where directions are zero
+    assert len(auroc) > 0 and auroc.between(0, 1).all()
+    rd = rp.RoleDirections.load(geometry / "directions")
+    assert len(rd.roles) == 4
+
+
+@pytest.mark.slow
+def test_02_steering_sweep(sweep_out):
+    assert_written(
+        sweep_out,
+        "02_sweep_delta_accuracy.html",
+        "02_sweep_delta_logprob.html",
+        "02_layers_lawyer_delta_logprob.html",
+        "02_layers_nurse_delta_accuracy.html",
+        "02_letter_attribution.html",
+        "02_scores.csv",
+        "02_selection_paper.csv",
+        "02_selection_heldout.csv",
+        "02_letter_attribution.csv",
+        "sweep_status.json",
+        "sweep/manifest.json",
+    )
+    held = pd.read_csv(sweep_out / "02_selection_heldout.csv")
+    assert set(held["source"]) == {"role", "random", "shuffled"}
+    assert set(held["rule"]) == {"held-out"}
+
+
+@pytest.mark.slow
+def test_03_paper_table_from_the_sweep_store_with_a_comparison(sweep_out, tmp_path):
+    other = pd.DataFrame(
+        [
+            {"role": r, "condition": c, "alpha": a, "domain": d, "relative_change_pct": i % 7}
+            for i, (r, (c, a), d) in enumerate(
+                itertools.product(
+                    ["lawyer", "nurse"],
+                    [("addition", 1.0), ("addition", 3.0), ("ablation", float("nan"))],
+                    rp.DOMAINS,
+                )
+            )
+        ]
+    )
+    other.to_csv(tmp_path / "other.csv", index=False)
+    out = tmp_path / "out"
+    store = str(sweep_out / "sweep")
+    run("03_paper_table.py", out, "--store", store, "--compare", f"other={tmp_path / 'other.csv'}")
+    assert_written(
+        out,
+        "03_paper_table.html",
+        "03_paper_table_logprob.html",
+        "03_model_correlation.html",
+        "03_selection_paper.csv",
+        "03_effects.csv",
+        "03_pivot_relative_change.csv",
+        "03_pivot_delta_logprob.csv",
+        "03_pivot_stars.csv",
+        "03_model_correlation.csv",
+    )
+    effects = pd.read_csv(out / "03_effects.csv")
+    assert set(effects["role"]) == {"lawyer", "nurse"}
+    assert set(effects["condition"]) == {"addition", "ablation"}
+    corr = pd.read_csv(out / "03_model_correlation.csv")
+    assert list(corr["model_b"]) == ["other"] and corr["n"].iloc[0] > 0
+
+
+@pytest.mark.slow
+def test_04_readouts_with_saved_directions(geometry, tmp_path):
+    run("04_readouts.py", tmp_path, "--directions", str(geometry / "directions"))
+    assert_written(
+        tmp_path,
+        "04_logit_lens_lawyer.html",
+        "04_logit_lens_nurse.html",
+        "04_logit_lens.csv",
+        "04_patchscope.csv",
+        "04_patchscope.md",
+    )
+    patch = pd.read_csv(tmp_path / "04_patchscope.csv", keep_default_na=False)
+    assert len(patch) == 4 and (patch["steered"] != "").all()
+
+
+@pytest.mark.slow
+def test_05_controls_from_the_sweep_store(sweep_out, tmp_path):
+    run("05_controls.py", tmp_path, "--store", str(sweep_out / "sweep"))
+    assert_written(
+        tmp_path,
+        "05_controls_delta_accuracy.html",
+        "05_controls_delta_logprob.html",
+        "05_pass_rates.csv",
+        "05_pass_rates_by_alpha.csv",
+        "05_selection_paper.csv",
+        "05_selection_heldout.csv",
+    )
+    rates = pd.read_csv(tmp_path / "05_pass_rates.csv")
+    assert set(zip(rates["rule"], rates["source"], strict=True)) == {
+        (rule, source)
+        for rule in ("paper", "held-out")
+        for source in ("role", "random", "shuffled")
+    }
