@@ -53,12 +53,12 @@ bench: $(STAMP)
 check: lint typecheck
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks analyses
+	$(BIN)/ruff check src tests benchmarks analyses
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks analyses
+	$(BIN)/ruff check --fix src tests benchmarks analyses
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -132,7 +132,7 @@ def test_02_steering_sweep(sweep_out):
 
 
 @pytest.mark.slow
-def test_03_paper_table_from_the_sweep_store_with_a_comparison(sweep_out, tmp_path):
+def test_03_paper_table_from_the_sweep_store_with_a_comparison(sweep_out, geometry, tmp_path):
     other = pd.DataFrame(
         [
             {"role": r, "condition": c, "alpha": a, "domain": d, "relative_change_pct": i % 7}
@@ -147,8 +147,11 @@ def test_03_paper_table_from_the_sweep_store_with_a_comparison(sweep_out, tmp_pa
     )
     other.to_csv(tmp_path / "other.csv", index=False)
     out = tmp_path / "out"
-    store = str(sweep_out / "sweep")
-    run("03_paper_table.py", out, "--store", store, "--compare", f"other={tmp_path / 'other.csv'}")
+    store, directions = str(sweep_out / "sweep"), str(geometry / "directions")
+    compare = f"other={tmp_path / 'other.csv'}"
+    run(
+        "03_paper_table.py", out, "--store", store, "--directions", directions, "--compare", compare
+    )
     assert_written(
         out,
         "03_paper_table.html",
