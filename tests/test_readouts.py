@@ -68,6 +68,8 @@ def test_bag_of_words_judge():
         "Check the patient's blood pressure and give the medication dose before the ward round."
     )
     assert judge.rank(legal, "lawyer") <= 3 and judge.rank(clinical, "nurse") <= 3
+    n = len(judge.similarities(legal))
+    assert judge.rank("zzz qqq", "lawyer") == (n + 1) / 2  # no overlap: a tie, mid-rank
     assert judge(legal, "lawyer") > judge(legal, "nurse")
     with pytest.raises(ValueError, match="not among"):
         judge("text", "pirate")

@@ -219,16 +219,22 @@ class BagOfWordsJudge:
         """Cosine similarity of ``text`` to every role's prompts."""
         vec = self._vector(Counter(_words(text)))
         return {
-            role: sum(v * ref.get(w, 0.0) for w, v in vec.items())
+            role: float(sum(v * ref.get(w, 0.0) for w, v in vec.items()))
             for role, ref in self.vectors.items()
         }
 
-    def rank(self, text: str, role: str) -> int:
-        """The target role's rank among all roles by similarity (1 = most similar)."""
+    def rank(self, text: str, role: str) -> float:
+        """The target role's rank among all roles by similarity (1 = most similar).
+
+        Ties share the mean of their ranks, so a text that matches no role's words ranks
+        in the middle (15 of 29), not first.
+        """
         sims = self.similarities(text)
         if role not in sims:
             raise ValueError(f"role {role!r} is not among the judge's roles ({sorted(sims)})")
-        return 1 + sum(s > sims[role] for s in sims.values())
+        above = sum(s > sims[role] for s in sims.values())
+        tied = sum(s == sims[role] for s in sims.values())
+        return 1 + above + (tied - 1) / 2
 
     def __call__(self, text: str, role: str) -> float:
         sims = self.similarities(text)
