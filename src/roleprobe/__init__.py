@@ -107,7 +107,7 @@ _EXPORTS = {
     "effect_table": "tables",
     "pivot_effects": "tables",
     "model_correlation": "tables",
-    "letter_attribution": "tables",
+    "letter_attribution": "attribution",
 }
 
 __all__ = [
@@ -206,6 +206,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from roleprobe.activations import (
         ActivationMeans,
         collect_means,
+    )
+    from roleprobe.attribution import (
+        letter_attribution,
     )
     from roleprobe.benchmarks import (
         LETTERS,
@@ -321,7 +324,6 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from roleprobe.tables import (
         effect_table,
-        letter_attribution,
         model_correlation,
         pivot_effects,
     )

@@ -567,7 +567,7 @@ def control_distribution(scores: pd.DataFrame, value: str = "delta_accuracy") ->
 
 # ------------------------------------------------------------------ readouts ----------------
 def letter_attribution_plot(attribution: pd.DataFrame) -> go.Figure:
-    """Layer × letter heatmap of :func:`roleprobe.tables.letter_attribution`, one per role."""
+    """Layer × letter heatmap of :func:`roleprobe.attribution.letter_attribution`, one per role."""
     require_columns(
         attribution, ["role", "position", "layer", "letter", "attribution"], "attribution"
     )
