@@ -81,8 +81,11 @@ def _coloraxis(signed: bool, title: str) -> dict[str, Any]:
 
 def _role_axes(fig: go.Figure, title: str, x_title: str = "layer") -> go.Figure:
     fig.update_layout(title={"text": title}, template="plotly_white")
+    rows = {str(y) for trace in fig.data if isinstance(trace, go.Heatmap) for y in trace.y}
+    if len(rows) > 12:  # every role gets its label: ~22 px per row
+        fig.update_layout(height=max(450, 160 + 22 * len(rows)))
     fig.update_xaxes(title_text=x_title)
-    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_yaxes(type="category", autorange="reversed", dtick=1)
     fig.layout.yaxis.title.text = "role"  # the first panel's axis only
     return fig
 
@@ -182,11 +185,11 @@ def direction_heatmaps(rd: RoleDirections, position: PositionLabel = -1) -> go.F
     """
     p = rd.position_index(position)
     panels = (
-        (_role_frame(rd, rd.norms()[:, p]), "‖d‖ (L2 norm)", False, 0.435),
-        (_role_frame(rd, rd.base_cosine()[:, p]), "cos(d, baseline mean)", True, 1.0),
+        (_role_frame(rd, rd.norms()[:, p]), "‖d‖ (L2 norm)", False, 0.77),
+        (_role_frame(rd, rd.base_cosine()[:, p]), "cos(d, baseline mean)", True, 0.23),
     )
     titles = [t for _, t, _, _ in panels]
-    fig = make_subplots(1, 2, subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.16)
+    fig = make_subplots(1, 2, subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.06)
     counts = _prompt_counts(rd).to_numpy()
     for col, (frame, label, signed, bar_x) in enumerate(panels, start=1):
         roles, layers, z = _cells(frame)
@@ -198,11 +201,17 @@ def direction_heatmaps(rd: RoleDirections, position: PositionLabel = -1) -> go.F
             hovertemplate=f"role: %{{y}}<br>layer: %{{x}}<br>{label}: %{{z:.6g}}<br>"
             "n role prompts: %{customdata[0]}<br>n baseline prompts: %{customdata[1]}"
             "<extra></extra>",
-            colorbar={"title": {"text": label}, "x": bar_x},
+            colorbar={
+                "title": {"text": label, "side": "right"},
+                "x": 1.02,
+                "y": bar_x,
+                "len": 0.45,
+            },
             **_colors(signed, 1.0 if signed else None),
         )
         fig.add_trace(heatmap, row=1, col=col)
-    title = f"Role directions at position {position} ({rd.hook}) {rd.model_name}".rstrip()
+    model = rd.model_name.rsplit("/", 1)[-1]
+    title = f"Role directions at position {position} ({rd.hook}){' · ' + model if model else ''}"
     return _role_axes(fig, title)
 
 
