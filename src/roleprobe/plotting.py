@@ -718,8 +718,9 @@ def paper_table_figure(effects: pd.DataFrame, value: str = "relative_change_pct"
     )
     return fig.update_layout(
         title={
-            "text": f"{value_label(value)} by role, condition and domain "
-            "(outlined: in-domain; stars: McNemar, Holm)"
+            "text": f"{value_label(value)} by role, condition and domain<br>"
+            "<sup>outlined: the role's own domain · stars: McNemar, Holm · blank: undefined "
+            "(e.g. baseline accuracy 0)</sup>"
         },
         template="plotly_white",
         margin={"t": 100},
