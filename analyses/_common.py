@@ -75,6 +75,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="a small, fast version (smoke runs)")
     p.add_argument("--no-png", action="store_true", help="write HTML only")
+    p.add_argument(
+        "--plotlyjs",
+        choices=("directory", "cdn"),
+        default="directory",
+        help="plotly.js beside the pages (offline) or from its CDN (what figures/ uses)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -357,7 +363,9 @@ def _png_exporter() -> bool:
     return bool(_png_state["ok"])
 
 
-def write_figure(fig: Any, out_dir: str | Path, name: str, png: bool = True) -> list[Path]:
+def write_figure(
+    fig: Any, out_dir: str | Path, name: str, png: bool = True, plotlyjs: str = "directory"
+) -> list[Path]:
     """Write ``NAME.html`` (plotly.js once per folder) and, if an exporter works, ``NAME.png``.
 
     Args:
@@ -365,6 +373,8 @@ def write_figure(fig: Any, out_dir: str | Path, name: str, png: bool = True) -> 
         out_dir: the output folder (created if missing).
         name: the file name without extension.
         png: also try a static PNG.
+        plotlyjs: ``"directory"`` (one ``plotly.min.js`` beside the pages; works offline) or
+            ``"cdn"`` (pages load plotly.js from its CDN; nothing else to ship).
 
     Returns:
         The files written.
@@ -372,7 +382,7 @@ def write_figure(fig: Any, out_dir: str | Path, name: str, png: bool = True) -> 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     html = folder / f"{name}.html"
-    fig.write_html(html, include_plotlyjs="directory")
+    fig.write_html(html, include_plotlyjs=plotlyjs)
     written = [html]
     if png and _png_exporter():
         try:
@@ -396,10 +406,11 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, index: bool = 
 
 
 def figure_writer(args: argparse.Namespace) -> Any:
-    """``write(fig, name)`` bound to ``--out`` and ``--no-png``."""
+    """``write(fig, name)`` bound to ``--out``, ``--no-png`` and ``--plotlyjs``."""
+    plotlyjs = getattr(args, "plotlyjs", "directory")
 
     def write(fig: Any, name: str) -> list[Path]:
-        return write_figure(fig, args.out, name, png=not args.no_png)
+        return write_figure(fig, args.out, name, png=not args.no_png, plotlyjs=plotlyjs)
 
     return write
 

@@ -64,6 +64,14 @@ def test_write_figure_writes_html_with_one_shared_plotly_js(tmp_path):
     ]
 
 
+def test_write_figure_can_load_plotly_js_from_the_cdn(tmp_path):
+    common = _common()
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    (page,) = common.write_figure(fig, tmp_path, "bar", png=False, plotlyjs="cdn")
+    assert "cdn.plot.ly/plotly-" in page.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["bar.html"]
+
+
 @pytest.mark.slow
 def test_write_figure_png_when_an_exporter_works(tmp_path):
     pytest.importorskip("kaleido")

@@ -25,10 +25,8 @@ post-instruction position, α ∈ {1, 3}, ablation, controls; GPU hours) and ``c
 """
 
 import dataclasses
-import html
 import json
 import logging
-import math
 import os
 import time
 import tomllib
@@ -545,9 +543,3 @@ _ALIASES = {
     "evaluation": "06_evaluation",
     "report": "07_report",
 }
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.3g}"
-    return html.escape(str(value))

@@ -64,7 +64,7 @@ from roleprobe.evaluation import (
 )
 from roleprobe.interventions import Ablation, steer
 from roleprobe.models import model_fingerprint, model_name
-from roleprobe.prefix import letters_from, resid_at
+from roleprobe.prefix import letters_from
 from roleprobe.progress import bar
 from roleprobe.roles import get_role
 from roleprobe.store import ResultStore, code_versions
@@ -564,7 +564,7 @@ def _run_item(
     with torch.inference_mode():
         jobs = [(v, alpha) for v in variants for alpha in cfg.alphas]
         if jobs and resid is None:
-            resid = resid_at(model, ids, mask, layer)
+            raise RuntimeError(f"no residual captured for layer {layer}")  # pragma: no cover
         real = mask.bool()[None, :, :, None]
         for start in range(0, len(jobs), cfg.stack):
             assert resid is not None
