@@ -1,3 +1,5 @@
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -214,3 +216,101 @@ def test_mathematician_direction_moves_a_maths_prompt(embedded_model):
     assert kl(log_probs(Addition(d, 15, 1.0))) > 0.05
     assert kl(log_probs(Addition(d, 15, 1.0))) > kl(log_probs(Addition(random_d, 15, 1.0)))
     assert kl(log_probs(Ablation(d))) > kl(log_probs(Ablation(random_d)))
+
+
+# --- Ablation placement: "stream" (after post-norms) vs "paper" (before them) -------------
+
+
+def test_ablation_placements_coincide_without_post_norms(tiny_model, batch):
+    d = torch.randn(64)
+    stream, paper = Ablation(d), Ablation(d, at="paper")
+    assert stream.hook_names(tiny_model) != paper.hook_names(tiny_model)  # other names...
+    with steer(tiny_model, stream):
+        a = _logits(tiny_model, batch)
+    with steer(tiny_model, paper):
+        b = _logits(tiny_model, batch)
+    assert torch.equal(a, b)  # ...for the same tensors
+
+
+def _project(x, d_hat):
+    return x - (x @ d_hat)[..., None] * d_hat
+
+
+@contextmanager
+def _hf_ablation(hf, d, writers):
+    """The authors' hooks (utils/hook_utils.py): a forward pre-hook projecting each decoder
+    layer's input, and forward hooks projecting the outputs of ``writers(layer)``."""
+    d_hat = unit(d)
+
+    def pre(module, args):
+        return (_project(args[0], d_hat), *args[1:])
+
+    def post(module, args, output):
+        if isinstance(output, tuple):
+            return (_project(output[0], d_hat), *output[1:])
+        return _project(output, d_hat)
+
+    handles = []
+    try:
+        for layer in hf.model.layers:
+            handles.append(layer.register_forward_pre_hook(pre))
+            handles += [module.register_forward_hook(post) for module in writers(layer)]
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.fixture(scope="module")
+def gemma_pair():
+    from _gemma import tiny_gemma2, tiny_gemma2_hf
+
+    model = tiny_gemma2()
+    return model, tiny_gemma2_hf(), encode_chat(model.tokenizer, PROMPTS)
+
+
+@pytest.mark.parametrize(
+    ("at", "writers"),
+    [
+        ("paper", lambda layer: (layer.self_attn, layer.mlp)),
+        (
+            "stream",
+            lambda layer: (layer.post_attention_layernorm, layer.post_feedforward_layernorm),
+        ),
+    ],
+)
+def test_gemma2_ablation_placements_equal_hf_hooks(gemma_pair, at, writers):
+    model, hf, batch = gemma_pair
+    d = torch.randn(64)
+    real = batch.attention_mask.bool()
+    with torch.no_grad():
+        with steer(model, Ablation(d, at=at)):
+            ours = model(batch.input_ids, attention_mask=batch.attention_mask)
+        with _hf_ablation(hf, d, writers):
+            reference = hf(batch.input_ids, attention_mask=batch.attention_mask).logits
+        plain = hf(batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert (ours - reference)[real].abs().max() < 1e-5
+    assert (reference - plain)[real].abs().max() > 1e-2
+
+
+def test_gemma2_placements_differ_and_only_stream_leaves_nothing_along_d(gemma_pair):
+    model, _, batch = gemma_pair
+    d = torch.randn(64)
+    d_hat = unit(d)
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(2)]
+    left = {}
+    for at in ("stream", "paper"):
+        acts = [_record(model, batch, name, Ablation(d, at=at)) for name in names]
+        left[at] = max(float((act @ d_hat).abs().max()) for act in acts)
+    assert left["stream"] < 1e-4
+    assert left["paper"] > 1e-1  # the post-norms write along d_hat again
+    with steer(model, Ablation(d)):
+        stream = _logits(model, batch)
+    with steer(model, Ablation(d, at="paper")):
+        paper = _logits(model, batch)
+    assert (stream - paper).abs().max() > 1e-3
+
+
+def test_ablation_placement_is_validated(tiny_model):
+    with pytest.raises(ValueError, match=r"at='before'.*\('stream', 'paper'\)"):
+        Ablation(torch.randn(64), at="before")

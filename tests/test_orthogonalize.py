@@ -44,9 +44,64 @@ def test_refusals(tiny_model, monkeypatch):
         orthogonalized(tiny_model, torch.randn(32)),
     ):
         pass
+    with (
+        pytest.raises(ValueError, match=r"at='weights'.*\('stream', 'paper'\)"),
+        orthogonalized(tiny_model, torch.randn(64), at="weights"),
+    ):
+        pass
     monkeypatch.setattr(tiny_model.cfg, "use_normalization_before_and_after", True)
     with (
-        pytest.raises(NotImplementedError, match="use hook ablation"),
+        pytest.raises(NotImplementedError, match="Use hook ablation"),
         orthogonalized(tiny_model, torch.randn(64)),
     ):
         pass
+
+
+def test_both_placements_accepted_without_post_norms(tiny_model):
+    batch = encode_chat(tiny_model.tokenizer, PROMPTS)
+    real = batch.attention_mask.bool()
+    d = torch.randn(64)
+    with torch.no_grad():
+        with steer(tiny_model, Ablation(d, at="paper")):
+            hooked = tiny_model(batch.input_ids, attention_mask=batch.attention_mask)
+        with orthogonalized(tiny_model, d, at="paper"):
+            baked = tiny_model(batch.input_ids, attention_mask=batch.attention_mask)
+    assert (hooked - baked)[real].abs().max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    from _gemma import tiny_gemma2
+
+    return tiny_gemma2()
+
+
+@pytest.mark.parametrize("at", ["stream", "paper"])
+def test_gemma2_refuses_both_placements_naming_them(gemma, at):
+    weights = [p.detach().clone() for p in gemma.parameters()]
+    with pytest.raises(NotImplementedError) as err, orthogonalized(gemma, torch.randn(64), at=at):
+        pass
+    message = str(err.value)
+    assert f"at={at!r}" in message
+    assert "rp.Ablation(d, at='paper')" in message and "rp.Ablation(d, at='stream')" in message
+    assert all(torch.equal(a, b) for a, b in zip(weights, gemma.parameters(), strict=True))
+
+
+def test_gemma2_weight_edit_equals_neither_placement(gemma, monkeypatch):
+    """Why the refusal: forced through, the weight edit (the authors' own
+    ``orthogonalize_gemma_weights``) gives logits unlike either hook placement."""
+    import roleprobe.orthogonalize as orth
+
+    batch = encode_chat(gemma.tokenizer, PROMPTS)
+    real = batch.attention_mask.bool()
+    d = torch.randn(64)
+    with torch.no_grad():
+        hooked = {}
+        for at in ("stream", "paper"):
+            with steer(gemma, Ablation(d, at=at)):
+                hooked[at] = gemma(batch.input_ids, attention_mask=batch.attention_mask)
+        monkeypatch.setattr(orth, "has_post_norms", lambda model: False)
+        with orthogonalized(gemma, d):
+            baked = gemma(batch.input_ids, attention_mask=batch.attention_mask)
+    for at in hooked:
+        assert (baked - hooked[at])[real].abs().max() > 1e-2, at

@@ -8,6 +8,8 @@ An intervention is a small frozen spec:
   layers and models (:func:`residual_norms` measures the norms).
 * :class:`Ablation` — project ``d_hat`` out of ``hook_resid_pre`` of every layer and out of
   every attention and MLP output (after Arditi et al.), so nothing can write along it.
+  On models with post-norms (Gemma-2/3) ``at="paper"`` hooks the sub-layer outputs before
+  those norms, as the authors' code does, and ``at="stream"`` (default) after them.
 * :class:`Clamp` — set the component along ``d_hat`` at one layer to a fixed value.
 
 ``steer(model, *specs)`` turns specs into ``(hook_name, fn)`` pairs around the pure maths of
@@ -43,6 +45,10 @@ PositionSpec = str | Sequence[int]
 HookFn = Callable[..., Tensor]
 _POSITION_NAMES = ("all", "prompt", "generated")
 ABLATION_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+ABLATION_PLACEMENTS = ("stream", "paper")
+# Where ``at="paper"`` hooks a sub-layer's output: the raw attention / MLP module output,
+# before any post-norm (TransformerLens points hook_attn_out/hook_mlp_out after it).
+_RAW_OUTPUTS = {"hook_attn_out": "attn.hook_out", "hook_mlp_out": "mlp.hook_out"}
 
 
 @dataclass
@@ -53,10 +59,13 @@ class SteerState:
         attention_mask: 1 for real tokens, 0 for padding, over every position seen so far
             (the cached prefix included); ``None``: every position is real.
         prompt_length: width of the (padded) prompt; positions past it are generated.
+        suspended: while true the hooks pass activations through unchanged (see
+            :func:`suspended`).
     """
 
     attention_mask: Tensor | None = None
     prompt_length: int | None = None
+    suspended: bool = False
 
 
 def _check_positions(positions: PositionSpec) -> PositionSpec:
@@ -104,6 +113,8 @@ def position_mask(
 
 def _hook(op: Callable[[Tensor], Tensor], positions: PositionSpec, state: SteerState) -> HookFn:
     def hook_fn(act: Float[Tensor, "batch pos d_model"], hook: Any) -> Tensor:
+        if state.suspended:
+            return act
         mask = position_mask(positions, state, act.shape[0], act.shape[1], act.device)
         new = op(act)
         return new if mask is None else torch.where(mask[..., None], new, act)
@@ -181,33 +192,66 @@ class Addition:
 class Ablation:
     """Project a direction out of the residual stream and out of everything written to it.
 
+    Two placements, identical on architectures that add a sub-layer's output to the stream
+    as it is (Llama, Qwen, Mistral, SmolLM2, ...). They differ where a norm sits between
+    the sub-layer and the stream (Gemma-2/3's post-attention and post-feed-forward norms):
+
+    * ``at="stream"`` (default): at TransformerLens's ``hook_attn_out``/``hook_mlp_out``,
+      which on those models are the *post-norm* outputs, i.e. what is really added to the
+      stream. Nothing is written along ``d_hat``: the residual keeps no component along it
+      (float error).
+    * ``at="paper"``: at the raw attention and MLP module outputs, *before* the post-norms,
+      as the authors' code hooks ``self_attn`` and ``mlp`` (``get_all_direction_ablation_hooks``).
+      The post-norm then rescales each coordinate, so the writes (and the residual between
+      block inputs) keep a component along ``d_hat``; each block's input is still projected.
+
     Attributes:
         direction: ``[d_model]`` (only its direction matters; zero norm is an error).
         layers: which blocks (default: all).
         positions: ``"all"``, ``"prompt"``, ``"generated"`` or column indices.
         hooks_at: per-block hook points to project at (default: the block input and the
             attention and MLP outputs, as in the paper).
+        at: ``"stream"`` or ``"paper"``: where ``hook_attn_out``/``hook_mlp_out`` are
+            taken (see above; other hook points are the same for both).
     """
 
     direction: Tensor
     layers: Sequence[int] | None = None
     positions: PositionSpec = "all"
     hooks_at: tuple[str, ...] = field(default=ABLATION_HOOKS)
+    at: str = "stream"
 
     def __post_init__(self) -> None:
         unit(self.direction)  # finite, 1-D, non-zero
         bad = [h for h in self.hooks_at if h not in HOOKS]
         if bad or not self.hooks_at:
             raise ValueError(f"unknown hook points {bad or '(none)'}; use some of {HOOKS}")
+        if self.at not in ABLATION_PLACEMENTS:
+            raise ValueError(
+                f"unknown ablation placement at={self.at!r}; use one of {ABLATION_PLACEMENTS}"
+            )
         object.__setattr__(self, "positions", _check_positions(self.positions))
+
+    def hook_names(self, model: Any) -> list[str]:
+        """The hook points this ablation uses on ``model``, in order."""
+        layers = check_layers(model, self.layers)
+        points = [_RAW_OUTPUTS.get(h, h) if self.at == "paper" else h for h in self.hooks_at]
+        names = [f"blocks.{layer}.{point}" for layer in layers for point in points]
+        missing = [name for name in names if name not in model.hook_dict]
+        if missing:
+            raise ValueError(
+                f"Ablation(at={self.at!r}): the model has no hook point {missing[0]!r} "
+                f"({type(getattr(model, 'adapter', model)).__name__}); try the other placement"
+            )
+        return names
 
     def hooks(self, model: Any, state: SteerState) -> list[tuple[str, HookFn]]:
         """One hook per (layer, hook point)."""
-        layers = check_layers(model, self.layers)
+        names = self.hook_names(model)
         _check_model_width(self.direction, model)
         direction = self.direction
         fn = _hook(lambda x: project_out(x, direction), self.positions, state)
-        return [(f"blocks.{layer}.{name}", fn) for layer in layers for name in self.hooks_at]
+        return [(name, fn) for name in names]
 
 
 @dataclass(frozen=True)
@@ -246,6 +290,25 @@ class Clamp:
 
 
 _ACTIVE: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()
+_STATES: "weakref.WeakKeyDictionary[Any, list[SteerState]]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def suspended(model: Any) -> Iterator[None]:
+    """Inside the block, every :func:`steer` active on ``model`` leaves activations alone.
+
+    For internal probes that run the model on their own small batch (the steering hooks
+    know the caller's batch, not the probe's).
+    """
+    states = list(_STATES.get(model, []))
+    before = [state.suspended for state in states]
+    for state in states:
+        state.suspended = True
+    try:
+        yield
+    finally:
+        for state, flag in zip(states, before, strict=True):
+            state.suspended = flag
 
 
 @contextmanager
@@ -280,11 +343,14 @@ def steer(
             "pass all interventions to one steer(...) call"
         )
     active |= names
+    states = _STATES.setdefault(model, [])
+    states.append(state)
     try:
         with model.hooks(fwd_hooks=hooks):
             yield state
     finally:
         active -= names
+        states[:] = [other for other in states if other is not state]
 
 
 def residual_norms(

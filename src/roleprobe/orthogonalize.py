@@ -8,11 +8,20 @@ Mistral, Qwen, SmolLM2, ...), this equals hook ablation of ``d_hat`` at every bl
 and every attention and MLP output (:class:`roleprobe.Ablation`) up to float error, while
 costing nothing per forward pass.
 
+On those architectures both placements of :class:`roleprobe.Ablation` (``at="stream"``
+and ``at="paper"``) coincide, and either ``at`` is accepted.
+
 Where they differ: architectures that normalise a sub-layer's output *before* adding it
 (Gemma 2/3's post-attention and post-feed-forward norms, OLMo 2) rescale each coordinate of
-the write, so a write orthogonal to ``d_hat`` is no longer orthogonal after the norm;
-:func:`orthogonalized` refuses those models rather than returning a silently different
-intervention. Tied input/output embeddings are untied for the duration, so the unembedding
+the write, so a write orthogonal to ``d_hat`` is no longer orthogonal after the norm. There
+the edited weights equal neither placement: ``at="paper"`` also projects every block's
+input (which the post-norms have moved off ``d_hat`` again) and ``at="stream"`` projects
+the post-norm outputs, which no weight edit can do. (The authors'
+``orthogonalize_gemma_weights`` makes this same edit, so it differs from their own hook
+ablation on Gemma-2.) :func:`orthogonalized` refuses those models rather than returning a
+silently different intervention; use ``rp.steer(model, rp.Ablation(d, at=...))``.
+
+Tied input/output embeddings are untied for the duration, so the unembedding
 keeps reading the original vocabulary.
 
 The edit is in place and temporary: the original weights are copied and written back on
@@ -31,9 +40,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from roleprobe.interventions import ABLATION_PLACEMENTS
 from roleprobe.operators import orthogonalize_output, orthogonalize_rows, project_out, unit
 
 _POST_NORM_FLAGS = ("use_normalization_before_and_after",)
+_POST_NORMS = ("ln1_post", "ln2_post")
+
+
+def has_post_norms(model: Any) -> bool:
+    """Whether ``model`` normalises attention/MLP outputs before adding them to the stream."""
+    if any(getattr(model.cfg, flag, False) for flag in _POST_NORM_FLAGS):
+        return True
+    return any(name in block._modules for block in model.blocks for name in _POST_NORMS)
 
 
 def _component(module: Any, path: str) -> Any:
@@ -68,26 +86,37 @@ def writers(model: Any) -> list[tuple[str, nn.Module, str]]:
 
 
 @contextmanager
-def orthogonalized(model: Any, direction: Float[Tensor, " d_model"]) -> Iterator[Any]:
+def orthogonalized(
+    model: Any, direction: Float[Tensor, " d_model"], at: str = "stream"
+) -> Iterator[Any]:
     """Temporarily project ``direction`` out of every weight that writes to the residual stream.
 
     Args:
         model: a TransformerLens ``TransformerBridge`` of a pre-norm architecture.
         direction: ``[d_model]``, non-zero (only its direction matters).
+        at: the :class:`roleprobe.Ablation` placement this must equal (``"stream"`` or
+            ``"paper"``); both coincide, and equal the weight edit, on the architectures
+            accepted here.
 
     Yields:
         The same model, edited; it is restored bitwise on exit.
 
     Raises:
-        NotImplementedError: architectures with norms after the residual writes.
+        ValueError: an unknown ``at``, or a bad direction.
+        NotImplementedError: architectures with norms after the residual writes (Gemma-2/3),
+            where the weight edit equals neither placement.
     """
-    for flag in _POST_NORM_FLAGS:
-        if getattr(model.cfg, flag, False):
-            raise NotImplementedError(
-                f"{model.cfg.model_name} normalises attention/MLP outputs before adding them to "
-                "the residual stream, so orthogonal weights do not give orthogonal writes; use "
-                "hook ablation (roleprobe.Ablation) instead"
-            )
+    if at not in ABLATION_PLACEMENTS:
+        raise ValueError(f"unknown ablation placement at={at!r}; use one of {ABLATION_PLACEMENTS}")
+    if has_post_norms(model):
+        raise NotImplementedError(
+            f"{model.cfg.model_name} normalises attention/MLP outputs before adding them to the "
+            f"residual stream, so orthogonalised weights equal neither ablation placement "
+            f"(asked: at={at!r}). Use hook ablation instead: "
+            "rp.steer(model, rp.Ablation(d, at='paper')) projects the sub-layer outputs before "
+            "the post-norms (the authors' hooks), rp.steer(model, rp.Ablation(d, at='stream')) "
+            "projects what is added to the stream, after them"
+        )
     d_hat = unit(direction.detach().double())
     if direction.shape[0] != model.cfg.d_model:
         raise ValueError(

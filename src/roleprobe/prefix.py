@@ -17,14 +17,25 @@ the residual for a left-padded batch to give the same logits as a full pass:
   float residual, so rotary models would see padded rows at the wrong positions.
   :func:`position_ids` derives them the same way.
 
+Letter-only scoring (:func:`project_letters`) must also apply what the model's forward
+does after the unembedding: the bias, and Gemma-2's final soft-cap ``cap * tanh(x / cap)``
+(or Cohere's/Granite's logit scales; :func:`output_transform`). Skipping the cap moved
+letter log-probs by up to 0.5 nats on a tiny Gemma-2. :func:`letter_only_supported` checks
+once per model, against the model's own logits, that the maths reproduce its head;
+:func:`last_letter_logits` falls back to the full logits (with a warning) where not.
+
 ``tests/test_prefix.py`` checks that a left-padded batch started at any layer gives the
-same letter logits as the full pass, and that the lower blocks really do not run.
+same letter logits as the full pass, that the lower blocks really do not run, and that a
+soft-capped Gemma-2 gives the full pass's letter log-probs.
 
 Example:
     >>> resid = resid_at(model, batch.input_ids, batch.attention_mask, layer=12)
     >>> logits = letters_from(model, resid + 3.0 * d, 12, batch.attention_mask, letter_ids)
 """
 
+import logging
+import math
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -34,6 +45,9 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from roleprobe.activations import check_layers
+from roleprobe.interventions import suspended
+
+logger = logging.getLogger(__name__)
 
 _SLOT = "_original_component"
 
@@ -112,12 +126,7 @@ def final_last(
     ``inputs`` are token ids, or with ``start_at_layer=l`` the residual entering block
     ``l`` (then blocks below ``l`` are skipped).
     """
-    kwargs: dict[str, Any] = {"attention_mask": attention_mask}
-    skipping: Any = _nothing()
-    if start_at_layer is not None:
-        check_layers(model, [start_at_layer])
-        kwargs |= {"start_at_layer": start_at_layer, "position_ids": position_ids(attention_mask)}
-        skipping = skipping_blocks(model, start_at_layer)
+    kwargs, skipping = _run_args(model, attention_mask, start_at_layer)
     try:
         with skipping, model.hooks(fwd_hooks=[("ln_final.hook_out", _last_and_stop)]):
             model(inputs, **kwargs)
@@ -131,19 +140,187 @@ def _nothing() -> Iterator[None]:
     yield
 
 
+def _run_args(
+    model: Any, attention_mask: Tensor, start_at_layer: int | None
+) -> tuple[dict[str, Any], Any]:
+    """The forward's keyword arguments, and the context that skips the blocks below."""
+    kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+    if start_at_layer is None:
+        return kwargs, _nothing()
+    check_layers(model, [start_at_layer])
+    kwargs |= {"start_at_layer": start_at_layer, "position_ids": position_ids(attention_mask)}
+    return kwargs, skipping_blocks(model, start_at_layer)
+
+
 def _last_and_stop(act: Tensor, hook: Any) -> Tensor:
     raise _Captured(act[:, -1])
+
+
+def output_transform(
+    model: Any, logits: Float[Tensor, "*batch vocab"]
+) -> Float[Tensor, "*batch vocab"]:
+    """What the model's forward applies to its logits after the unembedding.
+
+    TransformerLens 4.3 declares each architecture's post-unembedding transform on its
+    adapter (``apply_output_logits_transform``): Gemma-2's soft-cap ``cap * tanh(x / cap)``
+    (config ``final_logit_softcapping``), Cohere's ``logit_scale``, Granite's
+    ``/ logits_scaling``, ... Without an adapter, the configured soft-cap is applied.
+    Element-wise, so it may be applied to any subset of the vocabulary.
+    """
+    adapter = getattr(model, "adapter", None)
+    transform = getattr(adapter, "apply_output_logits_transform", None)
+    if callable(transform):
+        return transform(logits)
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    if cap is not None and cap > 0:
+        return cap * torch.tanh(logits / cap)
+    return logits
+
+
+def _unembed(model: Any) -> nn.Module:
+    return getattr(model.unembed, "original_component", model.unembed)
+
+
+def _raw_logits(
+    model: Any, final: Float[Tensor, "*batch d_model"], ids: Tensor | None
+) -> Float[Tensor, "*batch vocab"]:
+    unembed = _unembed(model)
+    weight: Tensor = unembed.weight  # type: ignore[assignment]
+    bias: Tensor | None = getattr(unembed, "bias", None)
+    if ids is not None:
+        weight = weight[ids]
+        bias = bias[ids] if bias is not None else None
+    logits = final @ weight.T
+    return logits + bias if bias is not None else logits
+
+
+# What the head check found per model: (dtype, device) of the unembedding -> verdict.
+_HEAD_CHECKS: "weakref.WeakKeyDictionary[Any, tuple[tuple[str, str], bool]]" = (
+    weakref.WeakKeyDictionary()
+)
+_PROBE_LOGIT = 50.0
+
+
+def _head_check(model: Any) -> tuple[bool, float, float]:
+    """Compare the model's logits with :func:`project_letters`'s maths over the vocabulary.
+
+    One forward pass on a few tokens, with the final normalised residual rescaled so that
+    the raw logits reach ±50: large enough that a soft-cap, a scale or a bias the formula
+    missed shows far above float error. Steering hooks are suspended for the probe (its
+    batch is not theirs); they act before the final norm anyway.
+    """
+    weight: Tensor = _unembed(model).weight  # type: ignore[assignment]
+    n = min(4, int(weight.shape[0]))
+    tokens = torch.arange(n, device=getattr(model.cfg, "device", None) or weight.device)[None]
+    seen: dict[str, Tensor] = {}
+
+    def rescale(act: Tensor, hook: Any) -> Tensor:
+        raw = (act @ weight.T).abs().max().float()
+        scaled = act * (_PROBE_LOGIT / raw.clamp(min=1e-6)).to(act.dtype)
+        seen["final"] = scaled
+        return scaled
+
+    with (
+        torch.no_grad(),
+        suspended(model),
+        model.hooks(fwd_hooks=[("ln_final.hook_out", rescale)]),
+    ):
+        logits = model(tokens, attention_mask=torch.ones_like(tokens))
+    if "final" not in seen:
+        return False, math.inf, 0.0
+    with torch.no_grad():
+        ours = output_transform(model, _raw_logits(model, seen["final"], None)).float()
+    reference = logits.float()
+    if ours.shape != reference.shape:
+        return False, math.inf, 0.0
+    half = weight.dtype in (torch.float16, torch.bfloat16)
+    tol = (3e-2 if half else 1e-4) * max(1.0, float(reference.abs().max()))
+    diff = float((ours - reference).abs().max())
+    return diff <= tol, diff, tol
+
+
+def letter_only_supported(model: Any) -> bool:
+    """Whether :func:`project_letters` reproduces ``model``'s own logits.
+
+    Checked once per model (and again after a change of dtype or device) by comparing the
+    model's logits with the letter-only maths over the whole vocabulary on a short probe
+    (see :func:`output_transform`); a model whose head does something else (an unknown
+    post-unembedding transform, a hook-bypassing head) is logged once and scored from the
+    full logits by :func:`last_letter_logits`.
+    """
+    weight: Tensor = _unembed(model).weight  # type: ignore[assignment]
+    key = (str(weight.dtype), str(weight.device))
+    cached = _HEAD_CHECKS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    ok, diff, tol = _head_check(model)
+    name = getattr(model.cfg, "model_name", type(model).__name__)
+    if ok:
+        logger.debug("letter-only scoring reproduces %s's logits (max diff %.3g)", name, diff)
+    else:
+        logger.warning(
+            "letter-only scoring does not reproduce the logits of %s (max difference %.3g > "
+            "%.3g on a probe: an unknown post-unembedding transform?); scoring letters from "
+            "the full logits instead",
+            name,
+            diff,
+            tol,
+        )
+    _HEAD_CHECKS[model] = (key, ok)
+    return ok
 
 
 def project_letters(
     model: Any, final: Float[Tensor, "batch d_model"], letter_ids: Sequence[int]
 ) -> Float[Tensor, "batch choice"]:
-    """Multiply normalised residuals by the unembedding rows of the letters only."""
-    unembed = getattr(model.unembed, "original_component", model.unembed)
+    """The letters' logits from normalised residuals, exactly as the model's head gives them.
+
+    Multiplies by the unembedding rows of the letters only, adds their bias, and applies
+    the model's post-unembedding transform (:func:`output_transform`; Gemma-2's soft-cap).
+
+    Raises:
+        NotImplementedError: the model's logits are not reproducible this way
+            (:func:`letter_only_supported`); use :func:`last_letter_logits`, which then
+            falls back to the full logits.
+    """
+    if not letter_only_supported(model):
+        raise NotImplementedError(
+            f"letter-only scoring cannot reproduce the logits of "
+            f"{getattr(model.cfg, 'model_name', type(model).__name__)}; use "
+            "roleprobe.prefix.last_letter_logits (falls back to full logits) or full_logits=True"
+        )
     ids = torch.tensor(list(letter_ids), device=final.device)
-    logits = final @ unembed.weight[ids].T
-    bias = getattr(unembed, "bias", None)
-    return logits + bias[ids] if bias is not None else logits
+    return output_transform(model, _raw_logits(model, final, ids))
+
+
+def last_letter_logits(
+    model: Any,
+    inputs: Tensor,
+    attention_mask: Tensor,
+    letter_ids: Sequence[int],
+    start_at_layer: int | None = None,
+) -> Float[Tensor, "batch choice"]:
+    """Letter logits at the last position: letter-only where exact, else from full logits.
+
+    Args:
+        model: a TransformerLens bridge.
+        inputs: token ids ``[batch, pos]``, or with ``start_at_layer=l`` the residual
+            entering block ``l`` ``[batch, pos, d_model]`` (blocks below ``l`` are skipped).
+        attention_mask: ``[batch, pos]``, 1 for real tokens.
+        letter_ids: the answer letters' token ids.
+        start_at_layer: see ``inputs``.
+
+    Returns:
+        ``[batch, choice]``, equal to ``model(...)[:, -1, letter_ids]``.
+    """
+    if letter_only_supported(model):
+        final = final_last(model, inputs, attention_mask, start_at_layer)
+        return project_letters(model, final, letter_ids)
+    kwargs, skipping = _run_args(model, attention_mask, start_at_layer)
+    with skipping:
+        logits = model(inputs, **kwargs)
+    ids = torch.tensor(list(letter_ids), device=logits.device)
+    return logits[:, -1, ids]
 
 
 def letters_from(
@@ -154,4 +331,4 @@ def letters_from(
     letter_ids: Sequence[int],
 ) -> Float[Tensor, "batch choice"]:
     """Letter logits at the last position, running only blocks ``layer..L-1`` on ``resid``."""
-    return project_letters(model, final_last(model, resid, attention_mask, layer), letter_ids)
+    return last_letter_logits(model, resid, attention_mask, letter_ids, layer)
