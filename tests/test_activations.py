@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+import _chat_templates as T
 import roleprobe as rp
 from reference import reference_means
 from roleprobe.activations import collect_means, resolve_positions, token_batch
-from roleprobe.chat import encode_chat
+from roleprobe.chat import ChatTemplate, chat_ids, encode_chat
 
 PROMPTS = [
     "Explain how a bill becomes law.",
@@ -20,7 +21,8 @@ def test_means_equal_a_one_by_one_reference(tiny_model, tiny_reference):
     got = collect_means(tiny_model, PROMPTS, batch_size=2, progress=False)
     ref = reference_means(hf_model, tokenizer, PROMPTS, layers=[0, 1])
     assert got.mean.dtype == torch.float64 and got.count == len(PROMPTS)
-    assert torch.allclose(got.mean, ref, rtol=1e-5, atol=1e-7)
+    # float32 forwards, batched vs one by one: rounding differences reach ~3e-7
+    assert torch.allclose(got.mean, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_size_does_not_change_means_and_runs_repeat_bitwise(tiny_model):
@@ -68,6 +70,23 @@ def test_selectors_never_read_bos_or_padding():
     ok = resolve_positions([-1], n_post=1).picker(batch)
     act = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)
     assert ok(act).shape == (2, 1, 2)
+
+
+@pytest.mark.parametrize("system", ["default", "none", "You are a lawyer."])
+def test_the_system_policy_reaches_the_streamed_prompts(tiny_model, monkeypatch, system):
+    """String prompts are formatted under ``system``: their means equal those of the same
+    prompts passed as token ids formatted by ``chat_ids(..., system)``."""
+    monkeypatch.setattr(tiny_model.tokenizer, "chat_template", T.QWEN25_TEMPLATE)
+    tok = tiny_model.tokenizer
+    n_post = ChatTemplate.from_tokenizer(tok, system).n_post
+    got = collect_means(tiny_model, PROMPTS, layers=[1], system=system, progress=False)
+    ids = [chat_ids(tok, p, system) for p in PROMPTS]
+    ref = collect_means(tiny_model, ids, layers=[1], n_post=n_post, progress=False)
+    assert got.system == system and got.positions == ref.positions
+    assert torch.equal(got.mean, ref.mean)
+    default = collect_means(tiny_model, PROMPTS, layers=[1], progress=False)
+    assert default.system == "default"
+    assert torch.equal(got.mean, default.mean) == (system == "default")
 
 
 def test_token_input_needs_no_tokenizer(tiny_model):

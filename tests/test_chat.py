@@ -1,8 +1,12 @@
+import datetime
+
 import pytest
 import torch
 
+import _chat_templates as T
 import roleprobe as rp
-from roleprobe.chat import ChatTemplate, chat_ids, encode_chat, left_pad
+from roleprobe.chat import DATE_STRING, ChatTemplate, chat_ids, encode_chat, left_pad
+from roleprobe.tiny import CHATML_TEMPLATE
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +95,150 @@ def test_answer_letter_must_be_single_token(tok):
 def test_chat_batch_to_device(tok):
     batch = encode_chat(tok, ["Hi"]).to("cpu")
     assert batch.input_ids.device == torch.device("cpu") and len(batch) == 1
+
+
+# ------------------------------------------------------------- system-turn policy ----------
+# The paper formats every family without a system turn; the tokenizers' own templates add a
+# default one (Qwen2.5, SmolLM2) or a dated one (Llama-3.1/3.2). See tests/_chat_templates.py.
+
+
+@pytest.fixture(scope="module")
+def families():
+    return {
+        "llama": T.llama32_tokenizer(),
+        "qwen": T.qwen25_tokenizer(),
+        "gemma": T.gemma2_tokenizer(),
+    }
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen", "gemma"])
+def test_none_renders_exactly_the_papers_format(families, family):
+    tok = families[family]
+    paper = T.PAPER_FORMATS[family]
+    template = ChatTemplate.from_tokenizer(tok, system="none")
+    assert template.system == "none"
+    assert template.render(tok) == paper
+    assert template.render(tok, "What is law?") == paper.replace("{instruction}", "What is law?")
+    # token ids: the paper's string encoded as the chat template is (no second BOS)
+    expected = tok(paper.replace("{instruction}", "Hi"), add_special_tokens=False)["input_ids"]
+    assert chat_ids(tok, "Hi", system="none") == expected
+    assert encode_chat(tok, ["Hi"], system="none").input_ids[0].tolist() == expected
+    suffix = paper[paper.index("{instruction}") + len("{instruction}") :]
+    assert "".join(template.post_instruction_tokens(tok)) == suffix
+    assert [tok.decode([i]) for i in rp.answer_letter_ids(tok, system="none")] == list("ABCD")
+
+
+@pytest.mark.parametrize(
+    ("family", "default_text"),
+    [
+        ("llama", "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"),
+        ("qwen", "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud."),
+    ],
+)
+def test_default_keeps_the_templates_default_system_turn(families, family, default_text):
+    tok = families[family]
+    template = ChatTemplate.from_tokenizer(tok)  # system="default"
+    assert template.system == "default" and default_text in template.render(tok)
+    assert ChatTemplate.from_tokenizer(tok, None).render(tok) == template.render(tok)
+    # "default" is the template as is, with the date pinned
+    messages = [{"role": "user", "content": "Hi"}]
+    as_is = tok.apply_chat_template(
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+        date_string=DATE_STRING,
+    )
+    assert chat_ids(tok, "Hi") == list(as_is) == chat_ids(tok, "Hi", system=None)
+    assert template.render(tok) != ChatTemplate.from_tokenizer(tok, "none").render(tok)
+
+
+def test_default_is_unchanged_for_templates_without_a_default_turn(tok, families):
+    for tokenizer in (tok, families["gemma"]):
+        default = ChatTemplate.from_tokenizer(tokenizer, "default")
+        none = ChatTemplate.from_tokenizer(tokenizer, "none")
+        assert default.render(tokenizer) == none.render(tokenizer)
+        assert (default.prefix_ids, default.suffix_ids) == (none.prefix_ids, none.suffix_ids)
+        assert default.turn.mode == none.turn.mode == "plain"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen"])
+def test_a_system_text_fills_the_system_turn(families, family):
+    tok = families[family]
+    template = ChatTemplate.from_tokenizer(tok, system="You are a lawyer.")
+    text = template.render(tok)
+    assert template.system == "You are a lawyer." and "You are a lawyer.<" in text
+    assert "You are Qwen" not in text
+    assert text.endswith(T.PAPER_FORMATS[family].split("{instruction}")[1])
+    assert "You are a lawyer." in tok.decode(chat_ids(tok, "Hi", system="You are a lawyer."))
+
+
+def test_a_system_text_is_refused_where_the_template_rejects_system_turns(families):
+    with pytest.raises(ValueError, match=r"does not accept a system turn \(System role not"):
+        ChatTemplate.from_tokenizer(families["gemma"], system="You are a lawyer.")
+    with pytest.raises(ValueError, match="does not accept a system turn"):
+        encode_chat(families["gemma"], ["Hi"], system="You are a lawyer.")
+
+
+def test_a_system_text_is_refused_where_the_template_drops_it(tok):
+    dropping = rp.tiny_tokenizer()
+    dropping.chat_template = tok.chat_template.replace(
+        "{% for m in messages %}", "{% for m in messages if m['role'] != 'system' %}"
+    )
+    with pytest.raises(ValueError, match="drops system messages"):
+        chat_ids(dropping, "Hi", system="You are a lawyer.")
+    assert chat_ids(dropping, "Hi", system="none") == chat_ids(tok, "Hi")
+
+
+def test_none_refuses_a_default_turn_it_cannot_locate():
+    # a default system turn that closes differently from the user turn
+    odd = rp.tiny_tokenizer()
+    odd.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}[SYS]{{ messages[0]['content'] }}[/SYS]\n"
+        "{% set messages = messages[1:] %}{% else %}[SYS]Be helpful.[/SYS]\n{% endif %}"
+        + CHATML_TEMPLATE
+    )
+    assert "[SYS]Be helpful." in ChatTemplate.from_tokenizer(odd).render(odd)
+    with pytest.raises(ValueError, match=r"cannot remove this chat template's default system"):
+        ChatTemplate.from_tokenizer(odd, system="none")
+    # a template that rewrites the system text
+    upper = T.family_tokenizer(
+        T.QWEN25_TEMPLATE.replace("messages[0]['content']", "messages[0]['content'] | upper")
+    )
+    with pytest.raises(ValueError, match="changes the system text"):
+        chat_ids(upper, "Hi", system="none")
+
+
+@pytest.mark.parametrize("bad", ["", "   "])
+def test_blank_system_text_is_refused(tok, bad):
+    with pytest.raises(ValueError, match="system is empty"):
+        chat_ids(tok, "Hi", system=bad)
+
+
+def test_chat_template_records_and_checks_the_policy(tok, families):
+    assert ChatTemplate((1,), (2,)).system == "default"
+    template = ChatTemplate.from_tokenizer(families["qwen"], "none")
+    assert template.turn.policy == "none" and "You are Qwen" in template.turn.removed
+    assert template.date_string == DATE_STRING
+    with pytest.raises(ValueError, match="does not match"):
+        ChatTemplate((1,), (2,), "default", template.turn)
+    # a template built by hand resolves its policy on use
+    by_hand = ChatTemplate(template.prefix_ids, template.suffix_ids, "none")
+    assert by_hand.render(families["qwen"]) == T.PAPER_FORMATS["qwen"]
+
+
+@pytest.mark.parametrize("system", ["default", "none", "Be brief."])
+def test_renderings_do_not_depend_on_the_date(families, monkeypatch, system):
+    tok = families["llama"]
+    messages = [{"role": "user", "content": "Hi"}]
+    seen, texts = [], []
+    for day in (datetime.datetime(2024, 12, 31, 23, 59), datetime.datetime(2026, 3, 1, 0, 1)):
+        T.set_clock(monkeypatch, day)
+        # the template reads the clock when no date is passed (the footgun) ...
+        texts.append(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        # ... but roleprobe's renderings are bit-identical
+        template = ChatTemplate.from_tokenizer(tok, system)
+        seen.append((chat_ids(tok, "Hi", system), template.render(tok), template.suffix_ids))
+    assert "Today Date: 31 Dec 2024" in texts[0] and "Today Date: 01 Mar 2026" in texts[1]
+    assert seen[0] == seen[1]
+    assert ("26 Jul 2024" in seen[0][1]) == (system != "none")

@@ -1,8 +1,10 @@
+import datetime
 import json
 
 import pytest
 import torch
 
+import _chat_templates as T
 import roleprobe as rp
 from roleprobe.directions import METADATA_FILE, TENSORS_FILE, RoleDirections, compute_directions
 from roleprobe.tiny import TinyConfig
@@ -24,6 +26,10 @@ def test_shapes_and_definition(directions, tiny_model):
     assert directions.role_counts == (40, 40, 40) and directions.base_count >= 128
     assert directions.model_fingerprint == rp.model_fingerprint(tiny_model)
     assert set(directions.prompt_hashes) == {*ROLES, "base"}
+    assert directions.system == "default" and directions.chat_date == "26 Jul 2024"
+    assert directions.chat_format == (
+        "<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+    )
     # every prompt shares the template tokens, so at layer 0 the post-instruction means agree
     assert torch.all(directions.norms()[:, :, 0] == 0)
     assert torch.all(directions.norms()[:, :, 1] > 0)
@@ -137,6 +143,67 @@ def test_load_refuses_another_model(directions, tmp_path):
         RoleDirections.load(folder, model=narrow, strict=False)
 
 
+SMALL = {"roles": ["lawyer"], "layers": [1], "positions": "last", "batch_size": 64}
+
+
+def test_system_policy_and_format_are_recorded_and_survive_save_load(
+    tiny_model, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(tiny_model.tokenizer, "chat_template", T.QWEN25_TEMPLATE)
+    none = compute_directions(tiny_model, system="none", progress=False, **SMALL)
+    default = compute_directions(tiny_model, progress=False, **SMALL)
+    assert none.system == "none" and none.chat_format == T.PAPER_FORMATS["qwen"]
+    assert default.system == "default" and "You are Qwen" in default.chat_format
+    # the default system turn changes the activations, hence the directions
+    assert not torch.allclose(none.vectors, default.vectors)
+    df = none.to_dataframe()
+    assert set(df["system"]) == {"none"} and df.attrs["chat_format"] == none.chat_format
+    assert df.attrs["chat_date"] == "26 Jul 2024"
+    folder = none.save(tmp_path / "rd")
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    assert meta["system"] == "none" and meta["chat_format"] == T.PAPER_FORMATS["qwen"]
+    loaded = RoleDirections.load(folder, model=tiny_model)
+    assert (loaded.system, loaded.chat_format, loaded.chat_date) == (
+        "none",
+        none.chat_format,
+        none.chat_date,
+    )
+    # directions saved before the policy was recorded load as the template's default
+    for key in ("system", "chat_format", "chat_date"):
+        del meta[key]
+    (folder / METADATA_FILE).write_text(json.dumps(meta))
+    old = RoleDirections.load(folder, model=tiny_model)
+    assert (old.system, old.chat_format, old.chat_date) == ("default", "", "")
+    assert torch.equal(old.vectors, none.vectors)
+
+
+def test_a_bad_system_policy_fails_before_any_forward_pass(tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model.tokenizer, "chat_template", T.GEMMA2_TEMPLATE)
+    calls = []
+    monkeypatch.setattr("roleprobe.directions.collect_means", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match="does not accept a system turn"):
+        compute_directions(tiny_model, system="You are a lawyer.", progress=False, **SMALL)
+    assert calls == []
+
+
+@pytest.mark.parametrize("system", ["default", "none"])
+def test_directions_are_bit_identical_across_calendar_dates(tiny_model, monkeypatch, system):
+    """A template with a dated default system turn (as Llama-3.1/3.2's): two runs on
+    different days give bit-identical directions."""
+    monkeypatch.setattr(tiny_model.tokenizer, "chat_template", T.DATED_CHATML_TEMPLATE)
+    runs = []
+    for day in (datetime.datetime(2024, 12, 31, 23, 59), datetime.datetime(2026, 3, 1)):
+        T.set_clock(monkeypatch, day)
+        runs.append(compute_directions(tiny_model, system=system, progress=False, **SMALL))
+    first, second = runs
+    assert torch.equal(first.role_means, second.role_means)
+    assert torch.equal(first.base_mean, second.base_mean)
+    assert first.chat_format == second.chat_format
+    assert ("Today Date: 26 Jul 2024" in first.chat_format) == (system == "default")
+    if system == "none":
+        assert first.chat_format == T.PAPER_FORMATS["qwen"]
+
+
 def test_fingerprint_ignores_dtype_but_not_weights(tiny_model):
     as64 = rp.load_model("tiny-random", device="cpu", dtype="float64")
     assert rp.model_fingerprint(as64) == rp.model_fingerprint(tiny_model)
@@ -157,7 +224,8 @@ def test_paper_source(tiny_model, paper_dir):
     )
     prompts = rp.paper_prompts("lawyer", data_dir=paper_dir)
     assert rd.role_counts == (128,) and rd.base_count == 128
-    assert rd.prompt_hashes == prompts.hashes() and rd.source == "paper"
+    assert rd.prompt_hashes == prompts.hashes() and rd.source == prompts.source
+    assert rd.source.startswith("paper")
 
 
 @pytest.mark.slow

@@ -16,6 +16,10 @@ Positions (a :class:`PositionSelector`, selected by name):
 * ``"instruction_mean"``: the mean over the instruction's own tokens.
 * a list of negative offsets, e.g. ``[-2, -1]`` (each must be a post-instruction position).
 
+String prompts are formatted under a system-turn policy (``system=``: ``"default"``, the
+template's own; ``"none"``, no system turn, the paper's format; or a system text), see
+:mod:`roleprobe.system_turn`. The policy changes every activation: record it with the means.
+
 Position 0 (BOS) and padding are never selected: in these models they carry residual norms
 two orders of magnitude above the rest (SmolLM2: ~25,000 at layer 15 vs a median ~170) and
 would swamp any mean.
@@ -40,6 +44,7 @@ from torch import Tensor
 
 from roleprobe.chat import ChatBatch, ChatTemplate, collate, encode_prompt, left_pad, pad_token_id
 from roleprobe.progress import bar
+from roleprobe.system_turn import normalize_system
 
 HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_mid", "hook_resid_post")
 POSITION_NAMES = ("post_instruction", "last", "instruction_mean")
@@ -153,12 +158,13 @@ def batches(
     prompts: Prompts,
     batch_size: int,
     n_post: int | None = None,
-    system: str | None = None,
+    system: str | None = "default",
 ) -> Iterator[tuple[list[int], ChatBatch]]:
     """Left-padded batches of prompts, shortest first, with each row's index in ``prompts``.
 
-    Strings are formatted with the model's chat template; token ids (lists or a tensor, one
-    prompt per row) are used as given and need ``n_post`` for post-instruction positions.
+    Strings are formatted with the model's chat template under the system-turn policy
+    ``system``; token ids (lists or a tensor, one prompt per row) are used as given and need
+    ``n_post`` for post-instruction positions.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -280,10 +286,12 @@ def stream(
     n_post: int | None = None,
     progress: bool = True,
     desc: str = "activations",
+    system: str | None = "default",
 ) -> None:
     """Run ``prompts`` through ``model`` and feed the selected activations to ``reducer``.
 
-    ``selector_for(n_post)`` builds the position selector once the template is known.
+    ``selector_for(n_post)`` builds the position selector once the template is known;
+    string prompts are formatted under the system-turn policy ``system``.
     """
     stop = layers[-1] if hook == "hook_resid_pre" else layers[-1] + 1
     stop_at = stop if stop < model.cfg.n_layers else None
@@ -291,7 +299,7 @@ def stream(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     n_batches = -(-len(prompts) // batch_size)
     bars = bar(
-        batches(model, prompts, batch_size, n_post),
+        batches(model, prompts, batch_size, n_post, system),
         progress,
         total=n_batches,
         desc=desc,
@@ -352,6 +360,7 @@ class ActivationMeans:
         layers: the layer of each slice along ``layer``.
         positions: the label of each slice along ``pos``.
         hook: the hook point read (e.g. ``"hook_resid_pre"``).
+        system: the system-turn policy string prompts were formatted with.
     """
 
     mean: Float[Tensor, "pos layer d_model"]
@@ -359,6 +368,7 @@ class ActivationMeans:
     layers: tuple[int, ...]
     positions: tuple[PositionLabel, ...]
     hook: str
+    system: str = "default"
 
 
 def collect_means(
@@ -371,6 +381,7 @@ def collect_means(
     n_post: int | None = None,
     progress: bool = True,
     desc: str = "activations",
+    system: str | None = "default",
 ) -> ActivationMeans:
     """Mean activation of ``prompts`` at every chosen layer and position, in float64.
 
@@ -385,6 +396,8 @@ def collect_means(
         n_post: post-instruction length for token prompts (ignored for strings).
         progress: show a tqdm bar over batches.
         desc: the bar's label.
+        system: the system-turn policy for string prompts: ``"default"`` (or ``None``: the
+            template's own), ``"none"`` (no system turn, the paper's format) or a text.
 
     Returns:
         :class:`ActivationMeans` with ``mean`` of shape ``[pos, layer, d_model]``.
@@ -394,16 +407,28 @@ def collect_means(
     def selector_for(n: int) -> PositionSelector:
         return resolve_positions(positions, n)
 
-    first = resolve_positions(positions, n_post or _template_n_post(model, prompts))
+    first = resolve_positions(positions, n_post or _template_n_post(model, prompts, system))
     device = float64_device(torch.empty(0, device=model.cfg.device))
     reducer = MeanReducer(len(first.labels), len(layer_tuple), model.cfg.d_model, device)
     stream(
-        model, prompts, reducer, layer_tuple, hook, selector_for, batch_size, n_post, progress, desc
+        model,
+        prompts,
+        reducer,
+        layer_tuple,
+        hook,
+        selector_for,
+        batch_size,
+        n_post,
+        progress,
+        desc,
+        system=system,
     )
-    return ActivationMeans(reducer.mean(), reducer.count, layer_tuple, first.labels, hook)
+    return ActivationMeans(
+        reducer.mean(), reducer.count, layer_tuple, first.labels, hook, normalize_system(system)
+    )
 
 
-def _template_n_post(model: Any, prompts: Prompts) -> int:
+def _template_n_post(model: Any, prompts: Prompts, system: str | None) -> int:
     if len(prompts) and isinstance(prompts[0], str) and model.tokenizer is not None:
-        return ChatTemplate.from_tokenizer(model.tokenizer).n_post
+        return ChatTemplate.from_tokenizer(model.tokenizer, system).n_post
     return 1

@@ -137,7 +137,7 @@ def letter_attribution(
     if not s > 0:
         raise ValueError(f"scale must be positive, got {s}")
     unembed = getattr(model.unembed, "original_component", model.unembed)
-    ids = answer_letter_ids(model.tokenizer, LETTERS)
+    ids = answer_letter_ids(model.tokenizer, LETTERS, directions.system)
     with torch.no_grad():
         rows_u = unembed.weight[torch.tensor(ids, device=unembed.weight.device)].double().cpu()
     logits = norm_linear_part(model, stack) @ rows_u.T / s

@@ -13,8 +13,11 @@ Footguns this module handles so callers do not have to:
   begin with it twice. We apply the template with the tokenizer and hand ids to the model.
 * **An explicit attention mask.** SmolLM2's pad token is ``<|im_end|>``, which also occurs
   inside every prompt, so a mask inferred from pad ids would hide real tokens.
-* **The template as is.** We pass ``add_generation_prompt=True`` and no system prompt of our
-  own; SmolLM2's template then inserts its default system prompt, which we keep.
+* **An explicit system-turn policy** (``system=``, see :mod:`roleprobe.system_turn`):
+  ``"default"`` keeps what the template does without a system message (SmolLM2 and Qwen2.5
+  insert a default system prompt, Llama-3.x a dated system block, rendered with the fixed
+  date ``"26 Jul 2024"`` so nothing depends on the day); ``"none"`` renders no system turn at
+  all (the paper's format), removing a default one; any other text is the system prompt.
 
 Example:
     >>> batch = encode_chat(model.tokenizer, ["Explain inflation.", "Hi"])
@@ -29,6 +32,11 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from roleprobe.system_turn import DATE_STRING, SystemTurn, normalize_system
+
+PLACEHOLDER = "{instruction}"
+"""The instruction text :meth:`ChatTemplate.render` shows a template with in manifests."""
+
 # Two instructions whose first and last characters differ: their chat encodings agree
 # exactly on the template before and after the instruction, and nowhere else.
 _PROBES = ("Describe a sunny day", "Quantify our zoo")
@@ -42,32 +50,32 @@ def _validate_instruction(instruction: object, where: str) -> str:
     return instruction
 
 
-def chat_ids(tokenizer: Any, instruction: str, system: str | None = None) -> list[int]:
+def chat_ids(tokenizer: Any, instruction: str, system: str | None = "default") -> list[int]:
     """Token ids of one instruction as the user turn of the tokenizer's chat template.
 
     Args:
         tokenizer: a Hugging Face tokenizer with a ``chat_template``.
         instruction: the user turn.
-        system: an optional system prompt; ``None`` leaves the template's default.
+        system: ``"default"`` (or ``None``: the template's own behaviour), ``"none"`` (no
+            system turn, the paper's format) or a system prompt text.
 
     Returns:
         The ids, ending with the generation prompt (``add_generation_prompt=True``).
     """
     _validate_instruction(instruction, "instruction")
-    if getattr(tokenizer, "chat_template", None) is None:
-        name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
-        raise ValueError(
-            f"tokenizer {name!r} has no chat template; roleprobe formats prompts as chat turns, "
-            "so use an instruction-tuned model (or set tokenizer.chat_template)"
-        )
-    messages = [] if system is None else [{"role": "system", "content": system}]
-    messages.append({"role": "user", "content": instruction})
-    out = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    if isinstance(out, dict) or hasattr(out, "input_ids"):  # older/newer transformers
-        out = out["input_ids"]
+    turn = SystemTurn.resolve(tokenizer, system)
+    return _render_ids(tokenizer, turn, instruction)
+
+
+def _tokenize(tokenizer: Any, text: str) -> list[int]:
+    """Ids of rendered chat text, as ``apply_chat_template`` tokenizes it (no added BOS)."""
+    out = tokenizer(text, add_special_tokens=False)["input_ids"]
     return [int(t) for t in out]
+
+
+def _render_ids(tokenizer: Any, turn: SystemTurn, instruction: str) -> list[int]:
+    text = turn.render(tokenizer, [{"role": "user", "content": instruction}], True)
+    return _tokenize(tokenizer, text)
 
 
 @dataclass(frozen=True)
@@ -75,20 +83,40 @@ class ChatTemplate:
     """The fixed token ids around the instruction in a tokenizer's chat template.
 
     Attributes:
-        prefix_ids: ids before the instruction (BOS, any system prompt, the user header).
+        prefix_ids: ids before the instruction (BOS, any system turn, the user header).
         suffix_ids: the post-instruction ids, from the end of the instruction to the end of
             the generation prompt.
-        system: the system prompt used (``None``: the template's default).
+        system: the system-turn policy: ``"default"``, ``"none"`` or the system text.
+        turn: the policy resolved against the template (resolved on use when ``None``).
     """
 
     prefix_ids: tuple[int, ...]
     suffix_ids: tuple[int, ...]
-    system: str | None = None
+    system: str = "default"
+    turn: SystemTurn | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "system", normalize_system(self.system))
+        if self.turn is not None and self.turn.policy != self.system:
+            raise ValueError(
+                f"ChatTemplate: system {self.system!r} does not match the resolved turn's "
+                f"policy {self.turn.policy!r}"
+            )
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, system: str | None = None) -> "ChatTemplate":
-        """Find the template's fixed prefix and suffix by encoding two unrelated probes."""
-        a, b = (chat_ids(tokenizer, p, system) for p in _PROBES)
+    def from_tokenizer(cls, tokenizer: Any, system: str | None = "default") -> "ChatTemplate":
+        """Find the template's fixed prefix and suffix by encoding two unrelated probes.
+
+        Args:
+            tokenizer: a Hugging Face tokenizer with a chat template.
+            system: ``"default"`` (or ``None``), ``"none"`` or a system prompt text.
+
+        Raises:
+            ValueError: the template has no post-instruction tokens, or the system policy
+                cannot be applied to it (see :class:`roleprobe.system_turn.SystemTurn`).
+        """
+        turn = SystemTurn.resolve(tokenizer, system)
+        a, b = (_render_ids(tokenizer, turn, p) for p in _PROBES)
         n_prefix = common_prefix_length(a, b)
         n_suffix = common_prefix_length(a[n_prefix:][::-1], b[n_prefix:][::-1])
         if n_suffix == 0:
@@ -96,12 +124,37 @@ class ChatTemplate:
                 "the chat template adds no tokens after the instruction, so there are no "
                 "post-instruction positions; is add_generation_prompt supported by this template?"
             )
-        return cls(tuple(a[:n_prefix]), tuple(a[len(a) - n_suffix :]), system)
+        return cls(tuple(a[:n_prefix]), tuple(a[len(a) - n_suffix :]), turn.policy, turn)
 
     @property
     def n_post(self) -> int:
         """Number of post-instruction positions."""
         return len(self.suffix_ids)
+
+    @property
+    def date_string(self) -> str:
+        """The date passed to date-dependent templates (e.g. Llama-3.x's "Today Date")."""
+        return self.turn.date_string if self.turn is not None else DATE_STRING
+
+    def resolved(self, tokenizer: Any) -> SystemTurn:
+        """The system-turn policy resolved against ``tokenizer``'s template."""
+        return self.turn if self.turn is not None else SystemTurn.resolve(tokenizer, self.system)
+
+    def render(self, tokenizer: Any, instruction: str = PLACEHOLDER) -> str:
+        """The exact text of one prompt under this template and system policy.
+
+        Example:
+            >>> ChatTemplate.from_tokenizer(tok, system="none").render(tok)
+            '<|im_start|>user\\n{instruction}<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        _validate_instruction(instruction, "instruction")
+        turn = self.resolved(tokenizer)
+        return turn.render(tokenizer, [{"role": "user", "content": instruction}], True)
+
+    def ids(self, tokenizer: Any, instruction: str) -> list[int]:
+        """Token ids of one prompt under this template and system policy."""
+        _validate_instruction(instruction, "instruction")
+        return _render_ids(tokenizer, self.resolved(tokenizer), instruction)
 
     def post_instruction_tokens(self, tokenizer: Any) -> list[str]:
         """The post-instruction tokens decoded one by one (for display and checks)."""
@@ -206,12 +259,12 @@ def encode_prompt(
     Args:
         tokenizer: a Hugging Face tokenizer with a chat template.
         text: the instruction.
-        template: the tokenizer's :class:`ChatTemplate` (with the same system prompt).
+        template: the tokenizer's :class:`ChatTemplate` (it carries the system policy).
         max_length: reject prompts longer than this many tokens.
         where: how errors name the prompt (e.g. ``"instruction 3"``).
     """
     _validate_instruction(text, where)
-    ids = chat_ids(tokenizer, text, template.system)
+    ids = template.ids(tokenizer, text)
     if max_length is not None and len(ids) > max_length:
         raise ValueError(
             f"{where} ({_preview(text)}) is {len(ids)} tokens long in the chat "
@@ -244,7 +297,7 @@ def collate(prompts: Sequence[EncodedPrompt], n_post: int, pad_id: int) -> ChatB
 def encode_chat(
     tokenizer: Any,
     instructions: Sequence[str],
-    system: str | None = None,
+    system: str | None = "default",
     max_length: int | None = None,
     template: ChatTemplate | None = None,
 ) -> ChatBatch:
@@ -253,7 +306,8 @@ def encode_chat(
     Args:
         tokenizer: a Hugging Face tokenizer with a chat template.
         instructions: user turns, at least one, none empty.
-        system: optional system prompt (``None``: the template's default).
+        system: ``"default"`` (or ``None``: the template's own), ``"none"`` (no system turn)
+            or a system prompt text; ignored when ``template`` is given.
         max_length: reject prompts longer than this many tokens (e.g. the model's context).
         template: a precomputed :class:`ChatTemplate` (computed when ``None``).
 
@@ -277,7 +331,9 @@ def encode_chat(
 
 
 def answer_letter_ids(
-    tokenizer: Any, letters: Sequence[str] = ("A", "B", "C", "D"), system: str | None = None
+    tokenizer: Any,
+    letters: Sequence[str] = ("A", "B", "C", "D"),
+    system: str | None = "default",
 ) -> list[int]:
     """Token ids of answer letters as the model emits them first in the assistant turn.
 
@@ -287,27 +343,23 @@ def answer_letter_ids(
     Args:
         tokenizer: a Hugging Face tokenizer with a chat template.
         letters: the answer letters (no leading space).
-        system: optional system prompt, as used for the questions.
+        system: the system-turn policy used for the questions (``"default"``, ``"none"`` or
+            a text).
 
     Returns:
         One id per letter, in order.
     """
-    base = chat_ids(tokenizer, _PROBES[0], system)
+    turn = SystemTurn.resolve(tokenizer, system)
+    user = {"role": "user", "content": _PROBES[0]}
+    base = _tokenize(tokenizer, turn.render(tokenizer, [user], True))
     ids = []
     for letter in letters:
         single = tokenizer.encode(letter, add_special_tokens=False)
-        messages = [] if system is None else [{"role": "system", "content": system}]
-        messages += [
-            {"role": "user", "content": _PROBES[0]},
-            {"role": "assistant", "content": letter},
-        ]
-        full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
-        if isinstance(full, dict) or hasattr(full, "input_ids"):
-            full = full["input_ids"]
-        full = [int(t) for t in full]
         if len(single) != 1:
             raise ValueError(f"answer letter {letter!r} is not a single token: {single}")
-        if full[: len(base)] != base or full[len(base)] != single[0]:
+        reply = {"role": "assistant", "content": letter}
+        full = _tokenize(tokenizer, turn.render(tokenizer, [user, reply], False))
+        if full[: len(base)] != base or len(full) <= len(base) or full[len(base)] != single[0]:
             raise ValueError(
                 f"answer letter {letter!r} does not open the assistant turn as token "
                 f"{single[0]}; the chat template changes its tokenization"

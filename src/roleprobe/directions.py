@@ -7,7 +7,9 @@ scale of the role signal at that layer), ablation uses the unit vector.
 
 :class:`RoleDirections` keeps the per-set means and counts next to the directions, with the
 provenance needed to reuse them safely (model name and weight fingerprint, hook point,
-positions and their tokens, prompt-set hashes, roleprobe version). It saves as a
+positions and their tokens, prompt-set hashes, roleprobe version, and the chat format: the
+system-turn policy and the exact text of one rendered prompt, since a default system turn
+or the date in Llama-3's template changes every direction). It saves as a
 safetensors file plus a JSON file, never pickle, and refuses to load onto a model with
 other weights or another width.
 
@@ -33,11 +35,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from roleprobe.activations import PositionLabel, check_hook, check_layers, collect_means
-from roleprobe.chat import ChatTemplate
+from roleprobe.chat import PLACEHOLDER, ChatTemplate
 from roleprobe.models import model_fingerprint, model_name
 from roleprobe.prompts import BASE_NAME, RolePrompts, load_prompts
 from roleprobe.roles import ROLES, get_role
 from roleprobe.snapshot import file_digest
+from roleprobe.system_turn import normalize_system
 
 TENSORS_FILE = "directions.safetensors"
 METADATA_FILE = "directions.json"
@@ -64,6 +67,12 @@ class RoleDirections:
         prompt_hashes: content hash of each prompt set (roles and ``"base"``).
         source: where the prompts came from.
         version: the roleprobe version that computed them.
+        system: the system-turn policy prompts were formatted with (``"default"``,
+            ``"none"`` or the system text); directions saved before it was recorded load
+            as ``"default"``.
+        chat_format: the exact text of one prompt as formatted, with the instruction
+            ``"{instruction}"`` (``""`` when unknown).
+        chat_date: the date passed to date-dependent chat templates (``""`` when unknown).
     """
 
     role_means: Float[Tensor, "role pos layer d_model"]
@@ -80,8 +89,12 @@ class RoleDirections:
     prompt_hashes: dict[str, str] = field(default_factory=dict)
     source: str = ""
     version: str = ""
+    system: str = "default"
+    chat_format: str = ""
+    chat_date: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "system", normalize_system(self.system))
         n_role, n_pos, n_layer, _ = self.role_means.shape
         if (n_role, n_pos, n_layer) != (len(self.roles), len(self.positions), len(self.layers)):
             raise ValueError(
@@ -180,7 +193,11 @@ class RoleDirections:
         return unit @ unit.T
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per (role, position, layer): domain, norm, cosine to the base mean, counts."""
+        """One row per (role, position, layer): domain, norm, cosine to the base mean, counts.
+
+        The system-turn policy is a column (``system``); it, the chat format and the date are
+        also in ``df.attrs``.
+        """
         norms, base_cos = self.norms(), self.base_cosine()
         rows = []
         for r, role in enumerate(self.roles):
@@ -197,9 +214,12 @@ class RoleDirections:
                             "base_cosine": float(base_cos[r, p, li]),
                             "n_role": self.role_counts[r],
                             "n_base": self.base_count,
+                            "system": self.system,
                         }
                     )
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        df.attrs.update(system=self.system, chat_format=self.chat_format, chat_date=self.chat_date)
+        return df
 
     # --------------------------------------------------------------- persistence -------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -236,6 +256,9 @@ class RoleDirections:
             "prompt_hashes": self.prompt_hashes,
             "source": self.source,
             "roleprobe_version": self.version,
+            "system": self.system,
+            "chat_format": self.chat_format,
+            "chat_date": self.chat_date,
         }
 
     @classmethod
@@ -286,6 +309,9 @@ class RoleDirections:
                 prompt_hashes=dict(meta["prompt_hashes"]),
                 source=meta["source"],
                 version=meta["roleprobe_version"],
+                system=meta.get("system", "default"),
+                chat_format=meta.get("chat_format", ""),
+                chat_date=meta.get("chat_date", ""),
             )
         except (SafetensorError, KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{folder} holds malformed RoleDirections ({err})") from err
@@ -327,6 +353,8 @@ def compute_directions(
     layers: Sequence[int] | None = None,
     hook: str = "hook_resid_pre",
     progress: bool = True,
+    system: str | None = "default",
+    revision: str | None = None,
 ) -> RoleDirections:
     """Difference-of-means role directions at every layer, from any prompt source.
 
@@ -342,23 +370,35 @@ def compute_directions(
         layers: which layers (default: all).
         hook: per-block hook point (default the residual stream entering the block).
         progress: tqdm bars over batches.
+        system: the system-turn policy: ``"default"`` (or ``None``: the template's own,
+            with a fixed date for date-dependent templates), ``"none"`` (no system turn, the
+            paper's format) or a system prompt text. Recorded with the directions, together
+            with the exact text of one formatted prompt.
+        revision: which published prompt set ``source="paper"`` reads: ``"final"`` (the
+            official release, default) or ``"v1"`` (the first pipeline's, commit cfa1e6e);
+            recorded in ``source``.
 
     Returns:
         :class:`RoleDirections` with ``vectors`` of shape ``[role, pos, layer, d_model]``.
     """
     from roleprobe import __version__
 
-    prompts = load_prompts(source, roles, data_dir)
+    prompts = load_prompts(source, roles, data_dir, revision)
     layer_tuple, hook = check_layers(model, layers), check_hook(hook)
+    template = ChatTemplate.from_tokenizer(model.tokenizer, system)  # fails before any forward
     kwargs: dict[str, Any] = dict(
-        layers=layer_tuple, hook=hook, positions=positions, batch_size=batch_size, progress=progress
+        layers=layer_tuple,
+        hook=hook,
+        positions=positions,
+        batch_size=batch_size,
+        progress=progress,
+        system=template.system,
     )
     base = collect_means(model, list(prompts.base.instructions), desc=BASE_NAME, **kwargs)
     role_means = [
         collect_means(model, list(p.instructions), desc=name, **kwargs)
         for name, p in prompts.roles.items()
     ]
-    template = ChatTemplate.from_tokenizer(model.tokenizer)
     tokens = template.post_instruction_tokens(model.tokenizer)
     position_tokens = tuple(tokens[p] if isinstance(p, int) else "" for p in base.positions)
     return RoleDirections(
@@ -376,4 +416,7 @@ def compute_directions(
         prompt_hashes=prompts.hashes(),
         source=prompts.source,
         version=__version__,
+        system=template.system,
+        chat_format=template.render(model.tokenizer, PLACEHOLDER),
+        chat_date=template.date_string,
     )

@@ -50,7 +50,7 @@ def generate(
     temperature: float = 1.0,
     top_p: float | None = None,
     seed: int | None = None,
-    system: str | None = None,
+    system: str | None = "default",
     batch_size: int = 8,
     progress: bool = False,
 ) -> list[str]:
@@ -66,7 +66,8 @@ def generate(
         temperature: sampling temperature (``do_sample`` only).
         top_p: nucleus sampling mass (``do_sample`` only).
         seed: seeds sampling, for reproducible text.
-        system: optional system prompt (``None``: the template's default).
+        system: the system-turn policy: ``"default"`` (the template's own, date pinned),
+            ``"none"`` (no system turn, the paper's format) or a system prompt text.
         batch_size: prompts per forward pass.
         progress: show a progress bar over batches.
 

@@ -64,6 +64,7 @@ def projections(
         batch_size,
         progress=progress,
         desc=desc,
+        system=directions.system,
     )
     return reducer.values
 
