@@ -5,10 +5,12 @@ import torch
 import roleprobe as rp
 from roleprobe.benchmarks import LETTERS, MultipleChoice
 from roleprobe.evaluation import (
+    TIE_RULES,
     Baseline,
     Persona,
     evaluate,
     format_question,
+    score_table,
     template_has_system,
 )
 
@@ -150,3 +152,60 @@ def test_papers_law_split_on_smollm2(embedded_model, paper_dir):
     df = evaluate(embedded_model, law, batch_size=8, progress=False)
     assert len(df) == 200 and df["correct"].mean() < 0.45  # a 135M model is near chance
     assert df["pred"].nunique() >= 2
+
+
+def _tie_items():
+    return pd.DataFrame(
+        {
+            "id": ["q0", "q1", "q2", "q3"],
+            "subject": ["professional_law"] * 4,
+            "answer": ["B", "A", "C", "D"],
+        }
+    )
+
+
+def _tie_scores():
+    # bf16 logits: q0 ties A=B (answer B), q1 ties A=B=C (answer A), q2 ties A=B (answer C,
+    # not tied), q3 has no tie (answer D wins)
+    bf16 = torch.tensor(
+        [[2.0, 2.0, 1.0, 0.5], [1.5, 1.5, 1.5, 0.0], [3.0, 3.0, 1.0, 1.0], [0.1, 0.2, 0.3, 0.4]],
+        dtype=torch.bfloat16,
+    )
+    return bf16.double()  # upcasting is exact: a bf16 tie stays a tie
+
+
+def test_score_table_counts_ties_and_scores_them_by_the_rule():
+    items, scores = _tie_items(), _tie_scores()
+    tables = {rule: score_table(items, scores, tie_rule=rule) for rule in TIE_RULES}
+    for rule, df in tables.items():
+        assert df["tied"].tolist() == [2, 3, 2, 1]
+        assert (df["tie_rule"] == rule).all()
+    assert tables["first"]["correct"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert tables["first"]["pred"].tolist() == ["A", "A", "A", "D"]
+    assert tables["paper"]["correct"].tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert tables["paper"]["pred"].tolist() == ["B", "A", "A", "D"]
+    assert tables["fractional"]["correct"].tolist() == pytest.approx([0.5, 1 / 3, 0.0, 1.0])
+    assert tables["fractional"]["pred"].tolist() == ["A", "A", "A", "D"]
+    # the default is the neutral rule; the old behaviour (the earlier letter wins) is "first"
+    default = score_table(items, scores)
+    assert default["correct"].tolist() == pytest.approx([0.5, 1 / 3, 0.0, 1.0])
+    acc = {rule: rp.accuracy(df, n_boot=10) for rule, df in tables.items()}
+    assert acc["first"]["accuracy"] == 0.5 and acc["paper"]["accuracy"] == 0.75
+    assert acc["fractional"]["accuracy"] == pytest.approx((0.5 + 1 / 3 + 1) / 4)
+    assert all(a["n_tied"] == 3 and a["tie_rule"] == rule for rule, a in acc.items())
+
+
+def test_score_table_validates_the_rule_and_nan():
+    with pytest.raises(ValueError, match="unknown tie_rule 'coin'"):
+        score_table(_tie_items(), _tie_scores(), tie_rule="coin")
+    scores = _tie_scores()
+    scores[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        score_table(_tie_items(), scores)
+
+
+def test_evaluate_records_the_tie_rule(tiny_model, bench):
+    df = evaluate(tiny_model, bench, progress=False, tie_rule="paper")
+    assert (df["tie_rule"] == "paper").all() and (df["tied"] >= 1).all()
+    with pytest.raises(ValueError, match="unknown tie_rule"):
+        evaluate(tiny_model, bench, progress=False, tie_rule="random")

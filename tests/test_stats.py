@@ -14,6 +14,7 @@ from roleprobe.stats import (
     bootstrap_ci,
     compare,
     mcnemar_exact,
+    paired_accuracy_test,
     paired_bootstrap_ci,
     paired_permutation_test,
     relative_change,
@@ -342,3 +343,52 @@ def test_adjust_pvalues_validates():
         adjust_pvalues([0.1, float("nan")])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         adjust_pvalues([1.5])
+
+
+# --- ties ----------------------------------------------------------------------------------
+
+
+def test_accuracy_reports_the_tie_rule_and_the_number_of_ties():
+    table = _table(["A", "B", "C", "D"], ["A", "A", "C", "A"])
+    plain = accuracy(table, n_boot=10)
+    assert plain["tie_rule"] == "unrecorded" and math.isnan(plain["n_tied"])
+    tied = table.assign(correct=[1.0, 0.5, 1.0, 0.0], tied=[1, 2, 1, 3], tie_rule="fractional")
+    row = accuracy(tied, n_boot=10)
+    assert row["accuracy"] == pytest.approx(2.5 / 4)
+    assert row["tie_rule"] == "fractional" and row["n_tied"] == 2
+    with pytest.raises(ValueError, match="mixes tie rules"):
+        accuracy(tied.assign(tie_rule=["paper", "first", "paper", "paper"]), n_boot=10)
+
+
+def test_paired_accuracy_test_is_mcnemar_on_0_1_and_sign_flip_on_fractions():
+    base = [1, 1, 0, 0, 1, 0, 1, 1]
+    other = [0, 1, 1, 1, 1, 1, 1, 1]
+    result = paired_accuracy_test(base, other)
+    assert result["test"] == "mcnemar"
+    assert result["p_value"] == mcnemar_exact(base, other)["p_value"]
+    # the same discordant items as a sign-flip test: identical p (exact enumeration)
+    diff = np.subtract(other, base, dtype=float)
+    assert paired_permutation_test(diff[diff != 0]) == pytest.approx(result["p_value"])
+    fractional = paired_accuracy_test([0.5, 1.0, 0.0, 1 / 3], [1.0, 1.0, 0.5, 0.0])
+    assert fractional["test"] == "sign-flip" and (fractional["b"], fractional["c"]) == (1, 2)
+    # |sum| of 0.5, 0.5, -1/3 reached by the flips with |±0.5 ±0.5 ±1/3| >= 2/3: 4 of 8
+    assert fractional["p_value"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="must lie in"):
+        paired_accuracy_test([1.5], [1.0])
+
+
+def test_compare_with_fractional_credit_uses_the_sign_flip_test():
+    answers = ["A", "B", "C", "D"] * 3
+    base = _table(answers, answers).assign(tie_rule="fractional", tied=1)
+    base["correct"] = base["correct"].astype(float)
+    other = base.copy()
+    other.loc[[0, 1, 2], "correct"] = [0.5, 0.5, 0.25]
+    other.loc[[0, 1, 2], "tied"] = [2, 2, 4]
+    row = compare(base, other, n_boot=50)
+    assert row["accuracy_test"] == "sign-flip" and row["tie_rule"] == "fractional"
+    assert (row["mcnemar_b"], row["mcnemar_c"]) == (3, 0)
+    assert row["mcnemar_p"] == pytest.approx(0.25)  # all three negative: 2 of 8 flips
+    assert row["accuracy"] == pytest.approx((9 + 1.25) / 12)
+    assert compare(base, base, n_boot=10)["accuracy_test"] == "mcnemar"
+    with pytest.raises(ValueError, match="tie_rule 'fractional' but other_df with 'paper'"):
+        compare(base, other.assign(tie_rule="paper"), n_boot=10)

@@ -155,6 +155,12 @@ def test_config_validation_and_round_trip():
         SweepConfig(roles=("a",), layers=(1,), positions=(-1,), scope="world")
     with pytest.raises(ValueError, match="nothing to sweep"):
         SweepConfig(roles=("a",), layers=(1,), positions=(-1,), alphas=(), ablation=False)
+    assert cfg.tie_rule == "fractional" and cfg.to_dict()["tie_rule"] == "fractional"
+    with pytest.raises(ValueError, match="unknown tie_rule"):
+        SweepConfig(roles=("a",), layers=(1,), positions=(-1,), tie_rule="coin")
+    # a manifest written before ties were counted scored them as the earliest letter
+    old = {k: v for k, v in cfg.to_dict().items() if k != "tie_rule"}
+    assert SweepConfig.from_dict(old).tie_rule == "first"
 
 
 def test_bad_sweep_inputs_are_named(model, directions, bench, tmp_path):
@@ -228,11 +234,9 @@ def test_resume_after_sigkill_gives_the_same_table(full, tmp_path):
     pd.testing.assert_frame_equal(resumed.table, full.table)
 
 
-def test_evaluate_picks_feeds_the_effect_table(model, directions, bench, full):
-    from roleprobe.selection import evaluate_picks
-
+def test_apply_picks_feeds_the_effect_table(model, directions, bench, full):
     picks = select(full, rule="paper", n_perm=200, n_boot=100)
-    runs = evaluate_picks(model, directions, bench, picks, progress=False)
+    runs = rp.apply_picks(model, directions, bench, picks, progress=False)
     # 2 roles x (2 alphas + 1 ablation) x 10 questions
     assert len(runs) == 2 * 3 * 10
     lawyer = picks[(picks["role"] == "lawyer") & (picks["source"] == "role")]
@@ -245,3 +249,37 @@ def test_evaluate_picks_feeds_the_effect_table(model, directions, bench, full):
     effects = rp.effect_table(base, runs, n_boot=100, n_perm=200)
     assert set(effects["condition"]) == {"addition", "ablation"}
     assert len(effects) == 2 * 3 * 2  # roles x conditions x domains
+
+
+def test_candidate_scores_state_the_tie_rule_and_count_ties():
+    from roleprobe.sweeps import candidate_scores
+
+    cell = {"role": "lawyer", "source": "role", "donor": "lawyer", "position": -1, "layer": 1}
+    table = pd.DataFrame(
+        {
+            **{k: [v] * 3 for k, v in cell.items()},
+            "condition": "addition",
+            "alpha": 1.0,
+            "id": ["q0", "q1", "q2"],
+            "pred": ["A", "B", "A"],
+            "correct": [0.5, 1.0, 0.0],
+            "tied": [2, 1, 3],
+            "tie_rule": "fractional",
+            "logprob_correct": -1.0,
+            "margin": 0.0,
+        }
+    )
+    baseline = table[["id", "pred", "correct", "tied", "tie_rule", "logprob_correct"]].assign(
+        group="law", correct=[1.0, 1.0, 0.0], tied=1
+    )
+    row = candidate_scores(table, baseline, "domain").iloc[0]
+    assert row["accuracy"] == pytest.approx(0.5) and row["base_accuracy"] == pytest.approx(2 / 3)
+    assert row["tie_rule"] == "fractional" and row["n_tied"] == 2
+    old = candidate_scores(
+        table.drop(columns=["tied", "tie_rule"]),
+        baseline.drop(columns=["tied", "tie_rule"]),
+        "domain",
+    ).iloc[0]
+    assert old["tie_rule"] == "first" and np.isnan(old["n_tied"])
+    with pytest.raises(ValueError, match="mixes tie rules"):
+        candidate_scores(table, baseline.assign(tie_rule="paper"), "domain")

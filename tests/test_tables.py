@@ -166,10 +166,49 @@ def test_pearson_and_model_correlation():
         ("a", "c"),
         ("b", "c"),
     ]
-    assert corr.loc[0, "r"] == pytest.approx(1.0) and corr.loc[0, "p"] == 0.0
+    # r of an exact linear relation may round to 1 - 1e-16, so p is ~1e-32, not exactly 0
+    assert corr.loc[0, "r"] == pytest.approx(1.0) and corr.loc[0, "p"] < 1e-20
     assert corr.loc[0, "n"] == 6
     assert corr.loc[1, "r"] == pytest.approx(-1.0) and corr.loc[1, "n"] == 4  # shared, finite
     with pytest.raises(ValueError, match="two models"):
         model_correlation({"a": cells})
     with pytest.raises(ValueError, match="'relative_change_pct'"):
         model_correlation({"a": cells, "b": cells.drop(columns="relative_change_pct")})
+
+
+def test_relative_change_from_rounded_accuracies_as_the_paper(law_math):
+    # law: base 6/10; steered 0.64 -> 0.6 vs 0.64 unrounded is +6.67%; rounded to 1 decimal
+    # (0.6 -> 0.6, 0.64 -> 0.6) it is 0
+    correct = [True] * 6 + [False] * 4 + [True, True, False, False]
+    run = _run(law_math, correct, "lawyer", "addition", 1.0, -1.0)
+    unrounded = effect_table(law_math, run, n_boot=10, n_perm=10)
+    assert unrounded["round_accuracies"].isna().all()
+    base = law_math.assign(correct=[0.6449] * 10 + [0.5] * 4)  # fractional credits
+    steered = run.assign(correct=[0.6351] * 10 + [0.5] * 4)
+    exact = effect_table(base, steered, n_boot=10, n_perm=10).set_index("domain")
+    paper = effect_table(base, steered, n_boot=10, n_perm=10, round_accuracies=2)
+    paper = paper.set_index("domain")
+    assert exact.loc["law", "relative_change_pct"] == pytest.approx(
+        100 * (0.6351 - 0.6449) / 0.6449
+    )
+    assert paper.loc["law", "relative_change_pct"] == pytest.approx(100 * (0.64 - 0.64) / 0.64)
+    assert paper.loc["law", "round_accuracies"] == 2
+    assert paper.loc["law", "accuracy"] == pytest.approx(0.6351)  # only the % change is rounded
+    assert paper.loc["law", "accuracy_test"] == "sign-flip"
+    # numpy's rounding, as the paper's notebook: 0.445 -> 0.44 (Python's round gives 0.45)
+    base = law_math.assign(correct=[0.445] * 10 + [0.5] * 4)
+    steered = run.assign(correct=[0.5] * 14)
+    paper = effect_table(base, steered, n_boot=10, n_perm=10, round_accuracies=2)
+    law = paper.set_index("domain").loc["law"]
+    assert law["relative_change_pct"] == pytest.approx(100 * (0.5 - 0.44) / 0.44)
+    with pytest.raises(ValueError, match="round_accuracies"):
+        effect_table(base, steered, round_accuracies=-1)
+
+
+def test_effect_table_carries_the_tie_rule(law_math):
+    base = law_math.assign(tie_rule="paper")
+    run = _run(base, base["correct"], "lawyer", "addition", 1.0, -1.0)
+    table = effect_table(base, run, n_boot=10, n_perm=10)
+    assert (table["tie_rule"] == "paper").all() and (table["accuracy_test"] == "mcnemar").all()
+    with pytest.raises(ValueError, match="tie_rule"):
+        effect_table(base, run.assign(tie_rule="fractional"), n_boot=10, n_perm=10)

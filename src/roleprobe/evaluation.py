@@ -14,6 +14,15 @@ Per item we keep the predicted letter, the four letter log-probs (normalised ove
 log-prob of the correct letter and the margin of the correct letter over the best other —
 continuous scores that still move when accuracy sits at chance.
 
+**Ties.** In bf16 several letters often share the top logit exactly (34 of 200 law questions
+on SmolLM2). ``tied`` counts the letters at the maximum (1: no tie; compared exactly, as the
+model produced them) and ``correct`` is the credit an item earns under a tie rule
+(``tie_rule`` column): ``"fractional"`` (default; ``1/k`` when the correct letter is one of
+``k`` tied), ``"paper"`` (the authors' code: a tie that includes the correct letter counts as
+correct, because their argmax lists the correct letter first) or ``"first"`` (the earliest
+letter wins). ``correct`` is therefore a float in [0, 1]; its mean is the accuracy under the
+rule, and :func:`roleprobe.accuracy` reports the rule and the number of ties.
+
 Conditions: :class:`Baseline`; :class:`Persona` (the role in the prompt, as a system prompt
 where the template has one, else prefixed to the user turn); any intervention of
 :mod:`roleprobe.interventions` (:class:`~roleprobe.Addition`, :class:`~roleprobe.Ablation`).
@@ -27,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -42,11 +52,14 @@ from roleprobe.chat import (
     pad_token_id,
 )
 from roleprobe.interventions import Ablation, Addition, Clamp, Intervention, steer
-from roleprobe.prefix import final_last, project_letters
+from roleprobe.prefix import last_letter_logits, letter_only_supported
 from roleprobe.progress import bar
 from roleprobe.roles import DOMAIN_SUBJECTS
+from roleprobe.system_turn import normalize_system
 
 FORMATS = ("paper", "clean")
+TIE_RULES = ("fractional", "paper", "first")
+"""How a tie at the top of the letter logits is scored (see the module docstring)."""
 _SUBJECT_DOMAIN = {s: d for d, subjects in DOMAIN_SUBJECTS.items() for s in subjects}
 PERSONA_MODES = ("auto", "system", "prefix")
 
@@ -137,6 +150,7 @@ def condition_columns(condition: Condition) -> dict[str, Any]:
         return {
             "condition": "ablation",
             "ablated_layers": layers,
+            "ablation_at": condition.at,
             "positions": str(condition.positions),
         }
     if isinstance(condition, Clamp):
@@ -168,6 +182,8 @@ def evaluate(
     labels: Mapping[str, Any] | None = None,
     full_logits: bool = False,
     progress: bool = True,
+    tie_rule: str = "fractional",
+    system: str | None = "default",
 ) -> pd.DataFrame:
     """Score every question of ``benchmark`` under one condition.
 
@@ -183,27 +199,39 @@ def evaluate(
         full_logits: compute the whole vocabulary's logits and pick the letters from them
             (slower; the letter-only path gives the same scores).
         progress: tqdm bar over batches.
+        tie_rule: how a tie at the top of the letter logits is scored: ``"fractional"``
+            (``1/k`` credit), ``"paper"`` (the authors' rule) or ``"first"`` (earliest letter).
+        system: the system-turn policy of the chat template: ``"default"`` (the template's
+            own, date pinned), ``"none"`` (no system turn: the paper's format) or a text. A
+            :class:`Persona` in system mode replaces it with the persona's sentence.
 
     Returns:
         One row per question, in the benchmark's order: ``id, subject, domain, answer, pred,
-        correct, logprob_A..logprob_D, logprob_correct, margin`` and the condition's columns.
+        correct, logprob_A..logprob_D, logprob_correct, margin, tied, tie_rule, system``
+        and the condition's columns (see :func:`score_table`).
     """
     condition = condition or Baseline()
+    check_tie_rule(tie_rule)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     tokenizer = model.tokenizer
-    system, prefix = None, ""
+    system, prefix = normalize_system(system), ""
     if isinstance(condition, Persona):
         has_system = template_has_system(tokenizer)
         use_system = condition.mode == "system" or (condition.mode == "auto" and has_system)
         if condition.mode == "system" and not has_system:
             raise ValueError("this model's chat template has no system turn; use mode='prefix'")
-        system, prefix = (condition.text, "") if use_system else (None, condition.text + "\n")
+        if use_system:
+            system = condition.text
+        else:
+            prefix = condition.text + "\n"
     interventions: tuple[Intervention, ...] = (
         (condition,) if isinstance(condition, Addition | Ablation | Clamp) else ()
     )
     template = ChatTemplate.from_tokenizer(tokenizer, system)
     letter_ids = answer_letter_ids(tokenizer, LETTERS, system)
+    if not full_logits:
+        letter_only_supported(model)  # probe the output head once, before any hooks are on
     items = benchmark.items
     encoded = encode_questions(model, items, template, prompt_format, prefix, k_shot, dev)
     order = length_batches(encoded, batch_size)
@@ -221,7 +249,8 @@ def evaluate(
             else:
                 letters = letter_logits(model, batch.input_ids, batch.attention_mask, letter_ids)
         scores[torch.tensor(rows)] = letters.double().cpu()
-    return score_table(items, scores, {**condition_columns(condition), **(labels or {})})
+    columns = {"system": template.system, **condition_columns(condition), **(labels or {})}
+    return score_table(items, scores, columns, tie_rule=tie_rule)
 
 
 def encode_questions(
@@ -263,24 +292,62 @@ def letter_logits(
 
     The forward pass is cut right after the final norm (see
     :func:`roleprobe.prefix.final_last`), and the last position's normalised residual is
-    multiplied by the unembedding rows of the letters only.
+    multiplied by the unembedding rows of the letters only, followed by whatever the model's
+    head does after the unembedding (bias, Gemma-2's soft-cap, logit scales). A head that
+    cannot be reproduced falls back to full logits (:func:`roleprobe.prefix.last_letter_logits`).
     """
-    final = final_last(model, input_ids, attention_mask)
-    return project_letters(model, final, letter_ids)
+    return last_letter_logits(model, input_ids, attention_mask, letter_ids)
+
+
+def check_tie_rule(tie_rule: str) -> None:
+    """Raise a ValueError naming the allowed tie rules if ``tie_rule`` is not one of them."""
+    if tie_rule not in TIE_RULES:
+        raise ValueError(f"unknown tie_rule {tie_rule!r}; use one of {TIE_RULES}")
 
 
 def score_table(
     items: pd.DataFrame,
     scores: Float[Tensor, "item choice"],
     labels: Mapping[str, Any] | None = None,
+    tie_rule: str = "fractional",
 ) -> pd.DataFrame:
     """The per-item table from the letter logits of ``items`` (rows in the same order).
 
-    ``labels`` become constant columns (e.g. the condition's parameters).
+    Args:
+        items: the questions (``id, subject, answer``).
+        scores: the letter logits A-D as the model produced them (upcast exactly, e.g. bf16
+            to float64, so a tie in the model's dtype stays a tie).
+        labels: constant columns (e.g. the condition's parameters).
+        tie_rule: ``"fractional"``, ``"paper"`` or ``"first"`` (see the module docstring).
+
+    Returns:
+        ``id, subject, domain, answer, pred`` (the earliest of the tied letters; under
+        ``"paper"`` the correct letter when it is among them, as the authors' argmax),
+        ``correct`` (the credit under the rule, a float in [0, 1]), ``logprob_A..logprob_D``,
+        ``logprob_correct``, ``margin``, ``tied`` (letters at the maximal logit; 1 = no tie),
+        ``tie_rule`` and the ``labels``.
+
+    Raises:
+        ValueError: an unknown tie rule or NaN scores.
     """
+    check_tie_rule(tie_rule)
+    if torch.isnan(scores).any():
+        raise ValueError("the letter scores contain NaN")
     logprobs = torch.log_softmax(scores, dim=-1)
     answer_index = torch.tensor([LETTERS.index(a) for a in items["answer"]])
-    pred_index = logprobs.argmax(dim=-1)
+    at_max = scores == scores.max(dim=-1, keepdim=True).values
+    tied = at_max.sum(dim=-1)
+    first = at_max.int().argmax(dim=-1)  # the earliest letter at the maximum
+    answer_at_max = at_max.gather(1, answer_index[:, None])[:, 0]
+    if tie_rule == "first":
+        pred_index = first
+        credit = (first == answer_index).double()
+    elif tie_rule == "paper":
+        pred_index = torch.where(answer_at_max, answer_index, first)
+        credit = answer_at_max.double()
+    else:
+        pred_index = first
+        credit = answer_at_max.double() / tied.double()
     correct_lp = logprobs.gather(1, answer_index[:, None])[:, 0]
     others = logprobs.masked_fill(
         torch.nn.functional.one_hot(answer_index, 4).bool(), float("-inf")
@@ -292,10 +359,12 @@ def score_table(
             "domain": [subject_domain(s) for s in items["subject"]],
             "answer": items["answer"].to_numpy(),
             "pred": [LETTERS[i] for i in pred_index.tolist()],
-            "correct": (pred_index == answer_index).numpy(),
+            "correct": credit.numpy(),
             **{f"logprob_{letter}": logprobs[:, i].numpy() for i, letter in enumerate(LETTERS)},
             "logprob_correct": correct_lp.numpy(),
             "margin": (correct_lp - others.max(dim=-1).values).numpy(),
+            "tied": tied.numpy().astype(np.int64),
+            "tie_rule": tie_rule,
         }
     )
     for key, value in (labels or {}).items():

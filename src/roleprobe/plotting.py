@@ -720,11 +720,27 @@ def paper_table_figure(effects: pd.DataFrame, value: str = "relative_change_pct"
         title={
             "text": f"{value_label(value)} by role, condition and domain<br>"
             "<sup>outlined: the role's own domain · stars: McNemar, Holm · blank: undefined "
-            "(e.g. baseline accuracy 0)</sup>"
+            f"(e.g. baseline accuracy 0){_paper_table_note(effects, value)}</sup>"
         },
         template="plotly_white",
         margin={"t": 100},
     )
+
+
+def _paper_table_note(effects: pd.DataFrame, value: str) -> str:
+    """Caption additions: how the relative change was computed, and the tie rule."""
+    note = ""
+    if value == "relative_change_pct":
+        decimals = effects.get("round_accuracies", pd.Series(dtype=float)).dropna().unique()
+        note += (
+            f"<br>% change from accuracies rounded to {int(decimals[0])} decimals (as the paper)"
+            if len(decimals) == 1
+            else "<br>% change from unrounded accuracies"
+        )
+    rules = effects.get("tie_rule", pd.Series(dtype=object)).dropna().unique()
+    if len(rules) == 1:
+        note += f" · ties: {rules[0]}"
+    return note
 
 
 def correlation_heatmap(corr: pd.DataFrame) -> go.Figure:

@@ -23,6 +23,13 @@ content of the steering. So :func:`accuracy` always returns, beside the accuracy
 
 Show all three side by side before reading anything into an accuracy change.
 
+**Ties.** ``correct`` is the credit of each item under the evaluation's tie rule (its
+``tie_rule`` column: ``"fractional"`` gives ``1/k`` to a ``k``-way tie that includes the
+correct letter, ``"paper"`` gives it 1, ``"first"`` gives it to the earliest letter). Every
+accuracy here is the mean credit, and :func:`accuracy` / :func:`compare` report the rule
+(``tie_rule``; ``"unrecorded"`` for tables without the column) and :func:`accuracy` the
+number of tied items (``n_tied``, from the ``tied`` column).
+
 **Two evaluations of the same items** (baseline vs steered) are *paired*: each item is answered
 under both conditions, so per-item differences, not two independent samples, carry the signal.
 :func:`compare` reports:
@@ -33,7 +40,11 @@ under both conditions, so per-item differences, not two independent samples, car
 * McNemar's exact test (:func:`mcnemar_exact`). Only discordant items matter: ``b`` right at
   baseline and wrong steered, ``c`` the reverse. Under "no effect" each discordant item is a
   fair coin, so ``b ~ Binomial(b + c, 1/2)`` and the two-sided p-value is
-  ``min(1, 2 * P(X <= min(b, c)))``, computed exactly with integer arithmetic;
+  ``min(1, 2 * P(X <= min(b, c)))``, computed exactly with integer arithmetic. With
+  fractional credits (ties under ``"fractional"``) McNemar does not apply;
+  :func:`paired_accuracy_test` then runs the sign-flip permutation test on the per-item
+  credit differences — on 0/1 credits that test *is* McNemar's (each discordant item is a
+  coin flip of ±1) — and ``accuracy_test`` says which one ran;
 * the mean change in the log-probability of the correct letter (a continuous, more sensitive
   measure than accuracy) with a bootstrap interval and a sign-flip permutation test
   (:func:`paired_permutation_test`): under "no effect" each item's difference is as likely
@@ -73,6 +84,8 @@ Statistic: TypeAlias = Callable[[npt.NDArray[Any]], Any]
 
 _ACCURACY_COLUMNS = ("answer", "pred", "correct")
 _COMPARE_COLUMNS = ("id", "correct", "logprob_correct")
+UNRECORDED = "unrecorded"
+"""The ``tie_rule`` reported for a table without a ``tie_rule`` column."""
 
 
 class McNemarResult(TypedDict):
@@ -81,6 +94,36 @@ class McNemarResult(TypedDict):
     b: int
     c: int
     p_value: float
+
+
+class PairedAccuracyResult(TypedDict):
+    """A paired test of per-item credits: items that lost / gained credit, p-value, test."""
+
+    b: int
+    c: int
+    p_value: float
+    test: str
+
+
+def tie_rule_of(df: pd.DataFrame, name: str = "df") -> str:
+    """The tie rule a per-item table was scored with (``"unrecorded"`` without the column).
+
+    Raises:
+        ValueError: the table mixes several rules.
+    """
+    if "tie_rule" not in df.columns:
+        return UNRECORDED
+    rules = sorted(map(str, df["tie_rule"].dropna().unique()))
+    if len(rules) > 1:
+        raise ValueError(f"{name} mixes tie rules {rules}; score it with one rule")
+    return rules[0] if rules else UNRECORDED
+
+
+def tied_count(df: pd.DataFrame) -> int | float:
+    """Items whose top letter logit is shared (``tied > 1``); NaN without a ``tied`` column."""
+    if "tied" not in df.columns:
+        return math.nan
+    return int((df["tied"].to_numpy() > 1).sum())
 
 
 def _as_1d(values: ArrayLike, name: str) -> npt.NDArray[np.float64]:
@@ -204,16 +247,21 @@ def accuracy(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float =
         level: coverage of the interval.
 
     Returns:
-        ``accuracy``, ``ci_low``, ``ci_high``, ``n``; ``pred_A`` … ``pred_D`` (fraction of items
+        ``accuracy`` (mean credit under the table's tie rule), ``ci_low``, ``ci_high``, ``n``;
+        ``tie_rule`` (the rule, ``"unrecorded"`` without a ``tie_rule`` column) and
+        ``n_tied`` (items with a tie at the top, NaN without a ``tied`` column);
+        ``pred_A`` … ``pred_D`` (fraction of items
         predicted as each letter; they sum to less than 1 if some predictions are not A-D);
         ``majority_letter`` (most common correct letter, ties to the earlier letter) and
         ``majority_baseline`` (accuracy of always answering it); ``answer_A`` … ``answer_D``
         (fraction of items whose correct letter is each letter).
 
     Raises:
-        ValueError: if columns are missing (named in the message) or the table is empty.
+        ValueError: if columns are missing (named in the message), the table is empty or it
+            mixes tie rules.
     """
     _check_columns(df, _ACCURACY_COLUMNS, "df")
+    rule = tie_rule_of(df)
     correct = _as_1d(df["correct"].to_numpy(dtype=np.float64), "correct")
     low, high = bootstrap_ci(correct, np.mean, n_boot=n_boot, seed=seed, level=level)
     n = len(df)
@@ -228,6 +276,8 @@ def accuracy(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float =
             "ci_low": low,
             "ci_high": high,
             "n": n,
+            "tie_rule": rule,
+            "n_tied": tied_count(df),
             **pred_frac,
             "majority_letter": majority,
             "majority_baseline": answer_frac[f"answer_{majority}"],
@@ -372,6 +422,53 @@ def paired_permutation_test(diff: ArrayLike, n_perm: int = 10000, seed: int = 0)
     return (count + 1) / (n_perm + 1)
 
 
+def paired_accuracy_test(
+    base_credit: ArrayLike, other_credit: ArrayLike, n_perm: int = 10000, seed: int = 0
+) -> PairedAccuracyResult:
+    """Paired test that two conditions earn the same mean credit on the same items.
+
+    On 0/1 credits: McNemar's exact test (:func:`mcnemar_exact`). With fractional credits
+    (ties scored ``1/k``): the two-sided sign-flip permutation test
+    (:func:`paired_permutation_test`) on the non-zero per-item differences ``other - base``
+    — exact for at most 16 of them, else ``n_perm`` random flips. On 0/1 credits the two
+    tests coincide (each discordant item is a ±1 coin flip).
+
+    Args:
+        base_credit: per-item credit in [0, 1] under the baseline.
+        other_credit: per-item credit under the other condition, same items and order.
+        n_perm: random sign flips when more than 16 items differ.
+        seed: seed of the random flips.
+
+    Returns:
+        ``b`` (items whose credit fell), ``c`` (rose), ``p_value`` and ``test``
+        (``"mcnemar"`` or ``"sign-flip"``).
+
+    Raises:
+        ValueError: empty, not 1-D, NaN, outside [0, 1], or lengths that differ.
+    """
+    base = _as_1d(base_credit, "base_credit")
+    other = _as_1d(other_credit, "other_credit")
+    if base.size != other.size:
+        raise ValueError(
+            f"base_credit has {base.size} items but other_credit has {other.size}: "
+            "they must be paired"
+        )
+    for name, values in (("base_credit", base), ("other_credit", other)):
+        if ((values < 0.0) | (values > 1.0)).any():
+            raise ValueError(f"{name} must lie in [0, 1]")
+    if np.isin(base, (0.0, 1.0)).all() and np.isin(other, (0.0, 1.0)).all():
+        result = mcnemar_exact(base, other)
+        return PairedAccuracyResult(
+            b=result["b"], c=result["c"], p_value=result["p_value"], test="mcnemar"
+        )
+    diff = other - base
+    moved = diff[diff != 0.0]
+    p = paired_permutation_test(moved, n_perm=n_perm, seed=seed) if moved.size else 1.0
+    return PairedAccuracyResult(
+        b=int((diff < 0).sum()), c=int((diff > 0).sum()), p_value=p, test="sign-flip"
+    )
+
+
 def compare(
     base_df: pd.DataFrame,
     other_df: pd.DataFrame,
@@ -389,17 +486,21 @@ def compare(
         seed: seed of the bootstrap and permutation draws.
 
     Returns:
-        ``base_accuracy``, ``accuracy``, ``delta_accuracy`` (other minus base) with a paired
-        bootstrap interval ``delta_ci_low``/``delta_ci_high``, ``relative_change_pct`` (NaN if
-        the base accuracy is 0), ``mcnemar_b``, ``mcnemar_c``, ``mcnemar_p``,
+        ``base_accuracy``, ``accuracy`` (mean credits under the tie rule), ``delta_accuracy``
+        (other minus base) with a paired bootstrap interval ``delta_ci_low``/
+        ``delta_ci_high``, ``relative_change_pct`` (NaN if the base accuracy is 0),
+        ``mcnemar_b``, ``mcnemar_c`` (items whose credit fell / rose), ``mcnemar_p`` (from
+        :func:`paired_accuracy_test`: McNemar's exact test on 0/1 credits, else the sign-flip
+        test on credit differences), ``accuracy_test`` (which one), ``tie_rule``,
         ``delta_logprob`` (mean per-item change of ``logprob_correct``) with
         ``delta_logprob_ci_low``/``delta_logprob_ci_high`` and its permutation p-value
         ``logprob_p``, and ``n``. Read it beside :func:`accuracy` of both tables: an accuracy
         change can be a shift in letter bias.
 
     Raises:
-        ValueError: if columns are missing, a table is empty, the tables differ in length or
-            their ids differ anywhere (the message counts the differing positions).
+        ValueError: if columns are missing, a table is empty, the tables differ in length,
+            their ids differ anywhere (the message counts the differing positions) or they
+            were scored with different tie rules.
     """
     _check_columns(base_df, _COMPARE_COLUMNS, "base_df")
     _check_columns(other_df, _COMPARE_COLUMNS, "other_df")
@@ -408,6 +509,13 @@ def compare(
             f"base_df has {len(base_df)} items but other_df has {len(other_df)}: "
             "compare needs the same items in the same order"
         )
+    base_rule, other_rule = tie_rule_of(base_df, "base_df"), tie_rule_of(other_df, "other_df")
+    if UNRECORDED not in (base_rule, other_rule) and base_rule != other_rule:
+        raise ValueError(
+            f"base_df was scored with tie_rule {base_rule!r} but other_df with {other_rule!r}: "
+            "compare needs the same rule"
+        )
+    rule = base_rule if base_rule != UNRECORDED else other_rule
     differ = int((base_df["id"].to_numpy() != other_df["id"].to_numpy()).sum())
     if differ:
         raise ValueError(
@@ -421,7 +529,7 @@ def compare(
     base_acc = float(base_correct.mean())
     acc = float(other_correct.mean())
     low, high = paired_bootstrap_ci(base_correct, other_correct, n_boot=n_boot, seed=seed)
-    mcnemar = mcnemar_exact(base_correct, other_correct)
+    test = paired_accuracy_test(base_correct, other_correct, n_perm=n_perm, seed=seed)
     lp_diff = other_lp - base_lp
     lp_low, lp_high = bootstrap_ci(lp_diff, n_boot=n_boot, seed=seed)
     return pd.Series(
@@ -432,9 +540,11 @@ def compare(
             "delta_ci_low": low,
             "delta_ci_high": high,
             "relative_change_pct": relative_change(base_acc, acc) if base_acc else math.nan,
-            "mcnemar_b": mcnemar["b"],
-            "mcnemar_c": mcnemar["c"],
-            "mcnemar_p": mcnemar["p_value"],
+            "mcnemar_b": test["b"],
+            "mcnemar_c": test["c"],
+            "mcnemar_p": test["p_value"],
+            "accuracy_test": test["test"],
+            "tie_rule": rule,
             "delta_logprob": float(lp_diff.mean()),
             "delta_logprob_ci_low": lp_low,
             "delta_logprob_ci_high": lp_high,

@@ -56,18 +56,20 @@ from roleprobe.chat import ChatBatch, ChatTemplate, answer_letter_ids, collate, 
 from roleprobe.directions import RoleDirections
 from roleprobe.evaluation import (
     FORMATS,
+    check_tie_rule,
     encode_questions,
     length_batches,
     letter_logits,
     score_table,
     subject_domain,
 )
-from roleprobe.interventions import Ablation, steer
+from roleprobe.interventions import ABLATION_PLACEMENTS, Ablation, steer
 from roleprobe.models import model_fingerprint, model_name
-from roleprobe.prefix import letters_from
+from roleprobe.prefix import letter_only_supported, letters_from
 from roleprobe.progress import bar
 from roleprobe.roles import get_role
 from roleprobe.store import ResultStore, code_versions
+from roleprobe.system_turn import normalize_system
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,14 @@ class SweepConfig:
         stack: variants stacked into one upper-layer forward pass.
         prompt_format: question format (see :func:`roleprobe.format_question`).
         seed: seed of the control directions.
+        tie_rule: how a tie at the top of the letter logits is scored (see
+            :func:`roleprobe.score_table`); a manifest written before the field existed
+            reads as ``"first"``, the rule such sweeps used.
+        ablation_at: where the ablation projects the direction out of the sub-layer outputs
+            (``"stream"`` or ``"paper"``; see :class:`roleprobe.Ablation`; they differ only on
+            models with post-norms, e.g. Gemma-2).
+        system: the system-turn policy the questions are formatted with (``"default"``,
+            ``"none"`` or a text; see :mod:`roleprobe.system_turn`).
     """
 
     roles: tuple[str, ...]
@@ -105,6 +115,9 @@ class SweepConfig:
     stack: int = 4
     prompt_format: str = "paper"
     seed: int = 0
+    tie_rule: str = "fractional"
+    ablation_at: str = "stream"
+    system: str = "default"
 
     def __post_init__(self) -> None:
         for name in ("roles", "layers", "positions"):
@@ -120,6 +133,12 @@ class SweepConfig:
             raise ValueError(f"unknown scope {self.scope!r}; use one of {SCOPES}")
         if self.prompt_format not in FORMATS:
             raise ValueError(f"unknown prompt format {self.prompt_format!r}; use one of {FORMATS}")
+        check_tie_rule(self.tie_rule)
+        if self.ablation_at not in ABLATION_PLACEMENTS:
+            raise ValueError(
+                f"unknown ablation_at {self.ablation_at!r}; use one of {ABLATION_PLACEMENTS}"
+            )
+        object.__setattr__(self, "system", normalize_system(self.system))
         if self.batch_size < 1 or self.stack < 1:
             raise ValueError(f"batch_size and stack must be >= 1 ({self.batch_size}, {self.stack})")
 
@@ -133,6 +152,9 @@ class SweepConfig:
         fields: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
+        fields.setdefault("tie_rule", "first")  # stores written before ties were counted
+        fields.setdefault("ablation_at", "stream")  # ... and before the placement was a choice
+        fields.setdefault("system", "default")
         return cls(**fields)
 
 
@@ -205,8 +227,9 @@ class SweepResult:
 
     def scores(self, ids: Sequence[Any] | None = None) -> pd.DataFrame:
         """Per candidate: ``n``, ``accuracy``, ``base_accuracy``, ``delta_accuracy``,
-        ``logprob_correct``, ``delta_logprob``, ``margin`` and the predicted-letter shares
-        ``pred_A..pred_D`` (optionally on a subset of question ids only)."""
+        ``logprob_correct``, ``delta_logprob``, ``margin``, the predicted-letter shares
+        ``pred_A..pred_D``, ``n_tied`` (items with a tie at the top) and ``tie_rule`` (how
+        ties were scored) (optionally on a subset of question ids only)."""
         return candidate_scores(self.table, self.baseline, self.config.scope, ids)
 
 
@@ -223,19 +246,31 @@ def role_group(role: str, scope: str) -> str:
 def candidate_scores(
     table: pd.DataFrame, baseline: pd.DataFrame, scope: str, ids: Sequence[Any] | None = None
 ) -> pd.DataFrame:
-    """Aggregate a sweep table per candidate, beside the baseline on the same questions."""
+    """Aggregate a sweep table per candidate, beside the baseline on the same questions.
+
+    ``accuracy`` is the mean credit under the table's tie rule (``tie_rule`` column; tables
+    without one, written before ties were counted, read as ``"first"``).
+    """
+    counted = "tied" in table.columns
+    table = _with_tie_columns(table)
+    baseline = _with_tie_columns(baseline)
+    rules = set(table["tie_rule"].unique()) | set(baseline["tie_rule"].unique())
+    if len(rules) > 1:
+        raise ValueError(f"the sweep mixes tie rules {sorted(rules)}: rescore with one rule")
     if ids is not None:
         wanted = set(ids)
         table = table[table["id"].isin(wanted)]
         baseline = baseline[baseline["id"].isin(wanted)]
     if table.empty:
-        return pd.DataFrame(columns=[*CANDIDATE, "n", "accuracy", "base_accuracy"])
+        return pd.DataFrame(columns=[*CANDIDATE, "n", "accuracy", "base_accuracy", "tie_rule"])
+    table = table.assign(_tie=table["tied"] > 1)
     grouped = table.groupby(CANDIDATE, dropna=False, sort=False)
     out = grouped.agg(
         n=("correct", "size"),
         accuracy=("correct", "mean"),
         logprob_correct=("logprob_correct", "mean"),
         margin=("margin", "mean"),
+        n_tied=("_tie", "sum"),
     )
     shares = table.assign(**{f"pred_{x}": table["pred"] == x for x in LETTERS})
     out = out.join(
@@ -252,7 +287,18 @@ def candidate_scores(
         raise ValueError("candidates and baseline cover different questions (incomplete sweep?)")
     out["delta_accuracy"] = out["accuracy"] - out["base_accuracy"]
     out["delta_logprob"] = out["logprob_correct"] - out["base_logprob"]
+    out["tie_rule"] = rules.pop() if rules else "first"
+    if not counted:
+        out["n_tied"] = np.nan
     return out.drop(columns=["base_n"])
+
+
+def _with_tie_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``tied`` and ``tie_rule``; tables from before they existed scored a
+    tie as the earliest letter and did not count ties (``n_tied`` reads NaN for them)."""
+    missing = {"tied": 1, "tie_rule": "first"}
+    extra = {k: v for k, v in missing.items() if k not in table.columns}
+    return table.assign(**extra) if extra else table
 
 
 def _derangement(roles: Sequence[str], seed: int) -> dict[str, str]:
@@ -327,8 +373,8 @@ class _Plan:
 
     def __init__(self, model: Any, rd: RoleDirections, bench: MultipleChoice, cfg: SweepConfig):
         self.cfg = cfg
-        self.template = ChatTemplate.from_tokenizer(model.tokenizer)
-        self.letters = answer_letter_ids(model.tokenizer, LETTERS)
+        self.template = ChatTemplate.from_tokenizer(model.tokenizer, cfg.system)
+        self.letters = answer_letter_ids(model.tokenizer, LETTERS, cfg.system)
         domains = [subject_domain(s) for s in bench.items["subject"]]
         self.groups: dict[str, list[str]] = {}
         for role in cfg.roles:
@@ -400,6 +446,9 @@ def sweep(
     prompt_format: str = "paper",
     seed: int = 0,
     progress: bool = True,
+    tie_rule: str = "fractional",
+    ablation_at: str = "stream",
+    system: str | None = None,
 ) -> SweepResult:
     """Score every candidate (role, position, layer) × condition on a benchmark.
 
@@ -418,6 +467,11 @@ def sweep(
         batch_size: questions per batch; stack: variants per upper-layer forward pass.
         prompt_format: question format; seed: seed of the control directions.
         progress: a tqdm bar over work items.
+        tie_rule: how a tie at the top of the letter logits is scored (``"fractional"``,
+            ``"paper"`` or ``"first"``; recorded in the store's config).
+        ablation_at: ``"stream"`` or ``"paper"`` (see :class:`roleprobe.Ablation`).
+        system: the system-turn policy of the questions (default: the directions' own,
+            so questions and directions share one chat format).
 
     Returns:
         A :class:`SweepResult` over everything in the store (``missing`` lists unfinished
@@ -436,6 +490,9 @@ def sweep(
         stack=stack,
         prompt_format=prompt_format,
         seed=seed,
+        tie_rule=tie_rule,
+        ablation_at=ablation_at,
+        system=directions.system if system is None else system,
     )
     for role in cfg.roles:
         directions.role_index(role)
@@ -445,6 +502,7 @@ def sweep(
         directions.position_index(pos)
     index, count = parse_shard(shard)
     plan = _Plan(model, directions, benchmark, cfg)
+    letter_only_supported(model)  # probe the output head once, before any hooks are on
     donors = _derangement(directions.roles, cfg.seed) if cfg.controls else {}
     if cfg.controls and not donors:
         logger.warning("one role in the directions: no shuffled-role control")
@@ -490,7 +548,9 @@ def sweep(
             for item in items:
                 if item.layer is None:
                     assert base is not None
-                    table = score_table(_rows(plan, item), base, {"group": item.group})
+                    table = score_table(
+                        _rows(plan, item), base, {"group": item.group}, cfg.tie_rule
+                    )
                 else:
                     resid = resids.pop(item.layer, None)
                     table = _run_item(model, directions, plan, item, donors, batch, resid)
@@ -528,6 +588,8 @@ def _prefix_pass(
     wanted = sorted(set(layers))
 
     def grab(act: Tensor, hook: Any, layer: int) -> Tensor:
+        if act.shape[:2] != batch.input_ids.shape:
+            return act  # another pass under these hooks (e.g. a one-off head probe)
         captured[layer] = act.clone()
         if not baseline and layer == wanted[-1]:
             raise _Enough
@@ -578,12 +640,17 @@ def _run_item(
                 model, stacked.flatten(0, 1), layer, mask.repeat(k, 1), plan.letters
             ).reshape(k, b, -1)
             for (v, alpha), scores in zip(chunk, logits, strict=True):
-                tables.append(_cell(items, scores, v, layer, "addition", alpha, item.group))
+                tables.append(
+                    _cell(items, scores, v, layer, "addition", alpha, item.group, cfg.tie_rule)
+                )
         if cfg.ablation:
             for v in variants:
-                with steer(model, Ablation(v.vector), attention_mask=mask):
+                with steer(model, Ablation(v.vector, at=cfg.ablation_at), attention_mask=mask):
                     scores = letter_logits(model, ids, mask, plan.letters)
-                tables.append(_cell(items, scores, v, layer, "ablation", float("nan"), item.group))
+                cell = _cell(
+                    items, scores, v, layer, "ablation", float("nan"), item.group, cfg.tie_rule
+                )
+                tables.append(cell)
     return pd.concat(tables, ignore_index=True)
 
 
@@ -595,6 +662,7 @@ def _cell(
     condition: str,
     alpha: float,
     group: str,
+    tie_rule: str,
 ) -> pd.DataFrame:
     labels = {
         "role": v.role,
@@ -606,7 +674,7 @@ def _cell(
         "alpha": alpha,
         "group": group,
     }
-    return score_table(items, scores.double().cpu(), labels)
+    return score_table(items, scores.double().cpu(), labels, tie_rule)
 
 
 def merge(store: str | os.PathLike[str], allow_partial: bool = False) -> SweepResult:

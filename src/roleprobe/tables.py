@@ -8,6 +8,16 @@ permutation test (all from :func:`roleprobe.stats.compare`). Stars come from the
 p-values after a Holm correction over the *whole table*: a table of 29 roles × 8 domains ×
 4 conditions is ~900 tests, and uncorrected p < 0.05 would star ~45 cells by chance alone.
 
+**Rounding.** The paper computes the relative change from accuracies rounded to 2 decimals
+(``round(np.mean(scores), 2)`` in its table notebook), which moves small effects by several
+percent; ``effect_table(..., round_accuracies=2)`` does the same (numpy's rounding, half to
+even), the default uses the unrounded accuracies. The ``round_accuracies`` column records
+which (NaN: unrounded).
+
+**Ties.** Accuracies are mean credits under the evaluations' tie rule (``tie_rule`` column;
+see :func:`roleprobe.score_table`); on fractional credits the McNemar columns hold the
+sign-flip test on credit differences (``accuracy_test`` says which test ran).
+
 **Agreement between models.** :func:`model_correlation` correlates two models' effects over
 the cells both have (Pearson r with an exact two-sided t-test p-value).
 
@@ -27,7 +37,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from roleprobe.roles import DOMAINS, ROLES, get_role
-from roleprobe.stats import adjust_pvalues, compare
+from roleprobe.stats import adjust_pvalues, compare, relative_change
 
 BASE_COLUMNS = ("id", "domain", "correct", "logprob_correct")
 RUN_COLUMNS = ("role", "condition", "alpha", "id", "correct", "logprob_correct")
@@ -50,6 +60,8 @@ _COMPARE_FIELDS = (
     "delta_logprob_ci_low",
     "delta_logprob_ci_high",
     "logprob_p",
+    "accuracy_test",
+    "tie_rule",
 )
 
 
@@ -114,6 +126,7 @@ def effect_table(
     n_boot: int = 2000,
     n_perm: int = 10000,
     seed: int = 0,
+    round_accuracies: int | None = None,
 ) -> pd.DataFrame:
     """Per-domain effect of every steered run against the baseline, as in the paper's tables.
 
@@ -126,26 +139,34 @@ def effect_table(
         n_boot: bootstrap resamples for the intervals.
         n_perm: random sign flips for the log-prob permutation test (exact up to 16 items).
         seed: seed of the bootstrap and permutation draws.
+        round_accuracies: compute ``relative_change_pct`` from accuracies rounded to this
+            many decimals (``2``: as the paper); ``None`` (default): unrounded. Only the
+            relative change is affected.
 
     Returns:
         One row per (role, condition, alpha, domain), in catalogue order: ``in_domain`` (the
         role's own domain), ``n``, ``base_accuracy``, ``accuracy``, ``delta_accuracy`` with
         ``delta_ci_low``/``delta_ci_high``, ``relative_change_pct`` (NaN if the base accuracy
-        is 0), ``mcnemar_b``, ``mcnemar_c``, ``mcnemar_p``, ``mcnemar_p_adj`` (Holm over
-        the whole table), ``stars`` (from ``mcnemar_p_adj``), ``delta_logprob`` with its
-        interval and ``logprob_p``.
+        is 0, after rounding if asked), ``mcnemar_b``, ``mcnemar_c``, ``mcnemar_p``,
+        ``mcnemar_p_adj`` (Holm over the whole table), ``stars`` (from ``mcnemar_p_adj``),
+        ``delta_logprob`` with its interval, ``logprob_p``, ``accuracy_test`` (``"mcnemar"``
+        or ``"sign-flip"``, see :func:`roleprobe.stats.paired_accuracy_test`), ``tie_rule``
+        and ``round_accuracies`` (NaN: unrounded).
 
     Raises:
-        ValueError: a missing column (named), duplicated ids, or run ids absent from
-            ``base`` (the message names the role and condition).
+        ValueError: a missing column (named), duplicated ids, run ids absent from ``base``
+            (the message names the role and condition), or a negative ``round_accuracies``.
     """
+    if round_accuracies is not None and round_accuracies < 0:
+        raise ValueError(f"round_accuracies must be >= 0 or None, got {round_accuracies}")
     require_columns(base, BASE_COLUMNS, "base")
     require_columns(runs, RUN_COLUMNS, "runs")
     if len(runs) == 0:
         raise ValueError("runs is empty: need at least one steered run")
     if base["id"].duplicated().any():
         raise ValueError("base has duplicated ids; it must hold one row per question")
-    base_items = base[list(BASE_COLUMNS)]
+    scored = [c for c in ("correct", "logprob_correct", "tie_rule") if c in base.columns]
+    base_items = base[["id", "domain", *scored]].rename(columns={c: f"{c}_base" for c in scored})
     rows: list[dict[str, Any]] = []
     groups = runs.groupby(["role", "condition", "alpha"], dropna=False, sort=False)
     for (role, condition, alpha), run in groups:
@@ -160,15 +181,17 @@ def effect_table(
         absent = run.loc[~run["id"].isin(base_items["id"]), "id"].tolist()
         if absent:
             raise ValueError(f"{where}: {len(absent)} ids are missing in base, e.g. {absent[:3]}")
-        paired = run[["id", "correct", "logprob_correct"]].merge(
-            base_items, on="id", suffixes=("", "_base"), validate="one_to_one"
-        )
+        run_scored = [c for c in ("correct", "logprob_correct", "tie_rule") if c in run.columns]
+        paired = run[["id", *run_scored]].merge(base_items, on="id", validate="one_to_one")
         own = role_domain(str(role))
         for domain, cell in paired.groupby("domain", sort=False):
-            before = cell[["id", "correct_base", "logprob_correct_base"]].set_axis(
-                ["id", "correct", "logprob_correct"], axis=1
-            )
-            stats = compare(before, cell, n_boot=n_boot, n_perm=n_perm, seed=seed)
+            before = cell[["id", *(f"{c}_base" for c in scored)]].set_axis(["id", *scored], axis=1)
+            after = cell[["id", *run_scored]]
+            stats = compare(before, after, n_boot=n_boot, n_perm=n_perm, seed=seed)
+            if round_accuracies is not None:
+                stats["relative_change_pct"] = _rounded_change(
+                    stats["base_accuracy"], stats["accuracy"], round_accuracies
+                )
             rows.append(
                 {
                     "role": role,
@@ -177,6 +200,9 @@ def effect_table(
                     "domain": domain,
                     "in_domain": own == domain,
                     **{key: stats[key] for key in _COMPARE_FIELDS},
+                    "round_accuracies": math.nan
+                    if round_accuracies is None
+                    else float(round_accuracies),
                 }
             )
     table = pd.DataFrame(rows).infer_objects()
@@ -184,7 +210,15 @@ def effect_table(
     table["mcnemar_p_adj"] = adjust_pvalues(table["mcnemar_p"].to_numpy(np.float64), "holm")
     table["stars"] = [significance_stars(p) for p in table["mcnemar_p_adj"]]
     order = [*EFFECT_KEYS, "in_domain", *_COMPARE_FIELDS[:10], "mcnemar_p_adj", "stars"]
-    return table[order + list(_COMPARE_FIELDS[10:])]
+    return table[order + list(_COMPARE_FIELDS[10:]) + ["round_accuracies"]]
+
+
+def _rounded_change(base: float, value: float, decimals: int) -> float:
+    """The paper's relative change: from accuracies rounded as its notebook does
+    (``round(np.mean(...), 2)`` on a numpy float: numpy's rounding)."""
+    rounded_base = float(np.round(np.float64(base), decimals))
+    rounded = float(np.round(np.float64(value), decimals))
+    return relative_change(rounded_base, rounded) if rounded_base else math.nan
 
 
 def _sort_effects(table: pd.DataFrame) -> pd.DataFrame:
