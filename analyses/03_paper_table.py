@@ -68,7 +68,7 @@ print(chosen[["role", "alpha", "position", "layer", "passed", "reason"]].to_stri
 # %%
 bench = _common.load_benchmark(args)
 base = rp.evaluate(model, bench, progress=args.progress)
-runs = rp.evaluate_picks(model, rd, bench, picks, seed=args.seed, progress=args.progress)
+runs = rp.apply_picks(model, rd, bench, picks, seed=args.seed, progress=args.progress)
 _common.write_table(base, args.out, "03_base_items")
 _common.write_table(runs, args.out, "03_runs_items")
 resamples = {"n_boot": 200, "n_perm": 500} if args.quick else {}

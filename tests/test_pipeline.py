@@ -6,6 +6,7 @@ import pytest
 import roleprobe as rp
 from roleprobe.cli import main
 from roleprobe.pipeline import PRESETS, STAGES, RunConfig, load_config, run_pipeline
+from roleprobe.selection import split_ids
 from roleprobe.tiny import TinyConfig
 
 
@@ -49,6 +50,21 @@ def test_every_stage_writes_its_folder(finished):
         assert len(picks) == 3 * 3 * 2  # roles x sources x alphas
     effects = pd.read_csv(out / "06_evaluation" / "effects.csv")
     assert set(effects["condition"]) == {"addition", "ablation"}
+    cells = effects.groupby(["role", "condition", "alpha"], dropna=False)["domain"].agg(set)
+    assert len(cells) == 3 * 3  # 3 roles x (2 alphas + ablation)
+    assert all(d == {"law", "medicine", "math"} for d in cells)  # every role x every domain
+    assert set(effects.loc[effects["in_domain"], "part"]) == {"heldout"}
+    assert set(effects.loc[~effects["in_domain"], "part"]) == {"other"}
+    runs = pd.read_parquet(out / "06_evaluation" / "runs.parquet")
+    result = rp.merge(out / "04_sweep" / "store")
+    for role in ("lawyer", "nurse", "mathematician"):
+        items = result.baseline[result.baseline["id"].isin(result.role_items(role))]
+        selection, report = split_ids(items, 0.5, 0)
+        own = runs[(runs["role"] == role) & runs["own_domain"]]
+        assert set(own["id"]) == set(report) and not set(own["id"]) & set(selection)
+    assert json.loads((out / "config.json").read_text())["prompt_revision"] == "final"
+    patch = pd.read_csv(out / "07_report" / "patchscope.csv")
+    assert set(patch["mode"]) == {"placeholder"}
     report = (out / "07_report" / "report.html").read_text()
     assert report.count("<script") >= 2 and "Run manifest" in report and "chance" in report
     summary = (out / "07_report" / "summary.md").read_text()
@@ -96,6 +112,8 @@ def test_load_config_layers_preset_file_and_flags(tmp_path):
         ("ablation = 'yes'", "ablation must be true or false"),
         ("rules = ['best']", "unknown rules"),
         ("benchmark = 'gsm8k'", "unknown benchmark"),
+        ("prompt_revision = 'latest'", "unknown prompt_revision 'latest'"),
+        ("patchscope_mode = 'everywhere'", "unknown patchscope_mode"),
     ],
 )
 def test_bad_config_files_are_named(tmp_path, text, message):
@@ -156,3 +174,93 @@ def test_cli_bad_shard_is_one_line(tmp_path, capsys, tiny4):
 def test_no_resume_refuses_a_started_folder(finished, capsys):
     with pytest.raises(ValueError, match="already holds finished stages"):
         run_pipeline(finished.config, finished.out, resume=False)
+
+
+def test_paper_rule_without_ablation_reads_every_domain(tiny4, tmp_path, monkeypatch):
+    from roleprobe import readouts
+
+    seen = []
+    real = readouts.patchscope
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **{**kwargs, "max_new_tokens": 3})
+
+    monkeypatch.setattr(readouts, "patchscope", spy)
+    cfg = _config(
+        tiny4,
+        roles=["lawyer"],
+        rules=["paper"],
+        layers=[1],
+        alphas=[3.0],
+        ablation=False,
+        controls=False,
+        evaluate_all_domains=True,
+        questions_per_domain=1,
+        patchscope_mode="paper",
+    )
+    run = run_pipeline(cfg, tmp_path)
+    effects = pd.read_csv(tmp_path / "06_evaluation" / "effects.csv")
+    assert set(effects["condition"]) == {"addition"}  # ablation = false is honoured
+    assert effects.groupby(["role", "alpha"])["domain"].nunique().eq(8).all()  # all 8 domains
+    assert len(effects) == 8 and effects["n"].eq(1).all()
+    assert set(effects.loc[effects["in_domain"], "part"]) == {"selected"}  # the paper's way
+    assert run.summary("06_evaluation")["domains"] == 8
+    assert seen and all(k["mode"] == "paper" and k["max_new_tokens"] is None for k in seen)
+
+
+def test_new_settings_are_validated_and_recorded(tmp_path):
+    from roleprobe.pipeline import CHOICES
+    from roleprobe.prompts import PAPER_REVISIONS
+    from roleprobe.readouts import PATCHSCOPE_MODES
+
+    assert set(CHOICES["prompt_revision"]) == set(PAPER_REVISIONS)
+    assert set(CHOICES["patchscope_mode"]) == set(PATCHSCOPE_MODES)
+    paper = load_config("paper")
+    assert paper.prompt_revision == "v1" and paper.patchscope_mode == "paper"
+    default = RunConfig()
+    assert default.prompt_revision == "final" and default.patchscope_mode == "placeholder"
+    assert RunConfig.from_dict(paper.to_dict()) == paper
+    with pytest.raises(ValueError, match=r"unknown prompt_revision 'v2'.*\['final', 'v1'\]"):
+        RunConfig(prompts="paper", prompt_revision="v2")
+    with pytest.raises(ValueError, match=r"unknown patchscope_mode 'all'.*'placeholder'"):
+        RunConfig(patchscope_mode="all")
+    with pytest.raises(ValueError, match="needs the paper's prompts"):
+        RunConfig(prompt_revision="v1")
+
+
+def test_a_run_started_before_new_settings_still_resumes(tmp_path):
+    from roleprobe.pipeline import Run
+
+    cfg = RunConfig(model="tiny-random", device="cpu")
+    old = {
+        k: v for k, v in cfg.to_dict().items() if k not in ("prompt_revision", "patchscope_mode")
+    }
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    Run(cfg, tmp_path)  # the missing settings read as their defaults
+    with pytest.raises(ValueError, match="prompt_revision"):
+        Run(
+            RunConfig(model="tiny-random", device="cpu", prompts="paper", prompt_revision="v1"),
+            tmp_path,
+        )
+
+
+def test_the_prompt_revision_reaches_the_run(paper_dir, tmp_path):
+    runs = {}
+    for revision in ("final", "v1"):
+        cfg = RunConfig(
+            model="tiny-random",
+            device="cpu",
+            roles=("lawyer",),
+            prompts="paper",
+            data=str(paper_dir),
+            prompt_revision=revision,
+            heldout_fraction=0.0,
+        )
+        run = run_pipeline(cfg, tmp_path / revision, until="prompts")
+        assert run.summary("01_prompts")["source"] == f"paper:{revision}"
+        runs[revision] = json.loads((tmp_path / revision / "01_prompts" / "train.json").read_text())
+        assert runs[revision]["source"] == f"paper:{revision}"
+    final, v1 = runs["final"], runs["v1"]
+    assert final["prompts"]["base"] == v1["prompts"]["base"]
+    assert final["prompts"]["lawyer"] != v1["prompts"]["lawyer"]

@@ -252,3 +252,67 @@ def test_paper_folder_must_exist(tmp_path):
 def test_role_prompts_need_a_role():
     with pytest.raises(ValueError, match="at least one role"):
         RolePrompts({}, PromptSet("base", ("a", "b")))
+
+
+def test_paper_revisions_load_different_role_prompts_and_the_same_base(paper_dir):
+    final = paper_prompts(["lawyer", "nurse"], data_dir=paper_dir)
+    v1 = paper_prompts(["lawyer", "nurse"], data_dir=paper_dir, revision="v1")
+    explicit = load_prompts(
+        "paper", roles=["lawyer", "nurse"], data_dir=paper_dir, revision="final"
+    )
+    assert explicit.roles["lawyer"].instructions == final.roles["lawyer"].instructions
+    for role in ("lawyer", "nurse"):
+        shared = set(final.roles[role].instructions) & set(v1.roles[role].instructions)
+        assert len(shared) <= 10 and len(v1.roles[role]) == 128  # different LLM-generated sets
+        v1_pool = [
+            r["instruction"]
+            for r in json.loads(
+                (paper_dir / "roles-v1" / f"{role_file_stem(role)}.json").read_text()
+            )
+        ]
+        random.seed(42)
+        assert list(v1.roles[role].instructions) == random.sample(v1_pool, 128)
+    assert v1.base.instructions == final.base.instructions
+    assert v1.hashes()["base"] == final.hashes()["base"]
+    assert v1.hashes()["lawyer"] != final.hashes()["lawyer"]
+
+
+def test_paper_revision_is_in_the_provenance(paper_dir, tmp_path):
+    final = load_prompts("paper", roles=["lawyer"], data_dir=paper_dir)
+    v1 = load_prompts(paper_dir, roles=["lawyer"], revision="v1")  # the folder form
+    assert final.source == "paper:final" and v1.source == "paper:v1"
+    assert "paper v1" in v1.roles["lawyer"].source and "paper final" in final.base.source
+    train, held = v1.split(0.25)
+    assert train.source == held.source == "paper:v1"
+    with pytest.raises(FileNotFoundError, match=r"roles-v1/nurse\.json"):
+        (tmp_path / "alpaca_base_train.json").write_text(
+            '[{"instruction": "a"}, {"instruction": "b"}]'
+        )
+        paper_prompts(["nurse"], data_dir=tmp_path, revision="v1")
+
+
+def test_unknown_or_misplaced_revision_is_an_error(paper_dir):
+    with pytest.raises(ValueError, match=r"unknown paper prompt revision 'v2'.*\['final', 'v1'\]"):
+        paper_prompts(["lawyer"], data_dir=paper_dir, revision="v2")
+    with pytest.raises(ValueError, match="unknown paper prompt revision"):
+        load_prompts("paper", roles=["lawyer"], data_dir=paper_dir, revision="latest")
+    with pytest.raises(ValueError, match="paper's prompts only"):
+        load_prompts("builtin", roles=["lawyer"], revision="v1")
+    with pytest.raises(ValueError, match="not to a RolePrompts"):
+        load_prompts(rp.builtin_prompts("lawyer"), revision="v1")
+
+
+def test_v1_is_downloaded_from_the_first_pipeline(monkeypatch, tmp_path):
+    from roleprobe import prompts as module
+
+    seen = []
+
+    def fake_download(self, name):
+        seen.append(self.where + name)
+        raise OSError("offline")
+
+    monkeypatch.setattr(module._PaperFiles, "_download", fake_download)
+    with pytest.raises(OSError, match="offline"):
+        paper_prompts(["lawyer"], revision="v1")
+    assert seen == [module.PAPER_V1_URL + "base_train.json"]
+    assert "danielepoterti/rolevectors_reasoning/cfa1e6e" in module.PAPER_V1_URL

@@ -61,6 +61,78 @@ def test_patchscope(tiny_model, directions):
         patchscope(tiny_model, d, layer=1, positions="middle")
 
 
+def _authors_patchscope(hf_model, tokenizer, vector, layer, alpha, max_new_tokens):
+    """The authors' readout, independently: a forward pre-hook on the decoder layer adds
+    ``alpha * vector`` to its whole input at every call (prompt and each generated token);
+    greedy ``transformers`` generation. Records the sequence length each call changed."""
+    from roleprobe.chat import chat_ids
+
+    touched = []
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        touched.append(hidden.shape[1])
+        steered = hidden + alpha * vector.to(hidden)
+        if args:
+            return (steered, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": steered}
+
+    handle = hf_model.model.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    ids = torch.tensor([chat_ids(tokenizer, rp.readouts.PATCHSCOPE_PROMPT)])
+    try:
+        with torch.no_grad():
+            out = hf_model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+    finally:
+        handle.remove()
+    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    return text, touched, ids.shape[1]
+
+
+def test_patchscope_paper_mode_adds_at_every_position(tiny_model, tiny_reference, directions):
+    d = directions.vector("lawyer", 1) * 20
+    paper = patchscope(tiny_model, d, layer=1, alpha=3.0, mode="paper", max_new_tokens=8)
+    ours = patchscope(tiny_model, d, layer=1, alpha=3.0, max_new_tokens=8)
+    assert paper.mode == "paper" and paper.positions == ()
+    assert ours.mode == "placeholder" and len(ours.positions) >= 1
+    assert paper.unsteered == ours.unsteered and paper.steered != ours.steered
+    hf_model, tokenizer = tiny_reference
+    text, touched, n_prompt = _authors_patchscope(hf_model, tokenizer, d, 1, 3.0, 8)
+    assert touched[0] == n_prompt and all(n == 1 for n in touched[1:])  # prompt, then each token
+    assert paper.steered == text  # the authors' hook, bit for bit in greedy text
+
+
+def test_patchscope_mode_defaults_and_errors(tiny_model, directions, monkeypatch):
+    from roleprobe import readouts
+    from roleprobe.chat import chat_ids
+
+    calls = []
+
+    def spy(model, prompts, interventions=(), max_new_tokens=64, **kw):
+        calls.append((tuple(interventions), max_new_tokens))
+        return ["text"]
+
+    monkeypatch.setattr(readouts, "generate", spy)
+    d = directions.vector("lawyer", 1)
+    patchscope(tiny_model, d, layer=1, mode="paper")
+    patchscope(tiny_model, d, layer=1)
+    (_, paper_tokens), (paper_specs, _), (_, ours_tokens), (ours_specs, _) = calls
+    room = tiny_model.cfg.n_ctx - len(chat_ids(tiny_model.tokenizer, readouts.PATCHSCOPE_PROMPT))
+    assert paper_tokens == min(512, room) and ours_tokens == 48  # 512 unless n_ctx is short
+    patchscope(tiny_model, d, layer=1, mode="paper", max_new_tokens=7)
+    assert calls[-1][1] == 7
+    assert paper_specs[0].positions == "all" and paper_specs[0].alpha == 3.0
+    assert isinstance(ours_specs[0].positions, tuple)
+    with pytest.raises(ValueError, match=r"unknown patchscope mode 'authors'.*'paper'"):
+        patchscope(tiny_model, d, layer=1, mode="authors")
+
+
 def test_bag_of_words_judge():
     judge = BagOfWordsJudge(rp.builtin_prompts())
     legal = "The court ruled the contract void, and counsel filed an appeal citing the statute."

@@ -39,6 +39,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64")
+    parser.add_argument(
+        "--system",
+        default="default",
+        help="system-turn policy: default (the template's own, date pinned), none (the "
+        "paper's format: no system turn) or a system prompt text",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     directions.add_argument("--roles", nargs="+", default=None, help="default: all 29")
     directions.add_argument("--prompts", default="builtin", help="builtin, paper or a folder")
     directions.add_argument("--data", default=None, help="the paper's data folder")
+    directions.add_argument(
+        "--revision",
+        default=None,
+        choices=("final", "v1"),
+        help="--prompts paper: the official release (final, default) or the first pipeline's (v1)",
+    )
     directions.add_argument("--batch-size", type=int, default=16)
     directions.add_argument("--out", required=True, help="folder to save the directions in")
 
@@ -101,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     readout.add_argument("--layer", type=int, required=True)
     readout.add_argument("--position", type=int, default=-1)
     readout.add_argument("--alpha", type=float, default=3.0)
+    readout.add_argument(
+        "--mode",
+        default="placeholder",
+        choices=("placeholder", "paper"),
+        help="patchscope: add at the placeholder only (default) or everywhere (the paper's)",
+    )
     _add_model_args(readout)
     return parser
 
@@ -134,6 +152,7 @@ def _cmd_chat(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,
         seed=args.seed,
+        system=args.system,
     )
     _out(text)
 
@@ -144,8 +163,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     tokenizer = model.tokenizer
-    template = ChatTemplate.from_tokenizer(tokenizer)
-    letters = answer_letter_ids(tokenizer)
+    template = ChatTemplate.from_tokenizer(tokenizer, args.system)
+    letters = answer_letter_ids(tokenizer, system=args.system)
     n_layers = model.cfg.n_layers
     info = {
         "model": args.model,
@@ -158,6 +177,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
             f"blocks.{{0..{n_layers - 1}}}.{name}"
             for name in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
         ],
+        "system": template.system,
+        "chat_format": template.render(tokenizer),
         "post_instruction_ids": list(template.suffix_ids),
         "post_instruction_tokens": template.post_instruction_tokens(tokenizer),
         "answer_letter_ids": dict(zip("ABCD", letters, strict=True)),
@@ -245,7 +266,13 @@ def _cmd_directions(args: argparse.Namespace) -> None:
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     rd = compute_directions(
-        model, roles=args.roles, source=args.prompts, data_dir=args.data, batch_size=args.batch_size
+        model,
+        roles=args.roles,
+        source=args.prompts,
+        data_dir=args.data,
+        batch_size=args.batch_size,
+        system=args.system,
+        revision=args.revision,
     )
     _out(f"saved {len(rd.roles)} roles x {len(rd.layers)} layers to {rd.save(args.out)}")
 
@@ -259,7 +286,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     bench = load_benchmark(args.benchmark, domain=args.domain, split=args.split, path=args.data)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     condition = Persona(args.persona) if args.persona else Baseline()
-    df = evaluate(model, bench, condition, batch_size=args.batch_size)
+    df = evaluate(model, bench, condition, batch_size=args.batch_size, system=args.system)
     acc = accuracy(df)
     _out(
         f"{bench.name}: accuracy {acc['accuracy']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]"
@@ -279,7 +306,8 @@ def _cmd_readout(args: argparse.Namespace) -> None:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     rd = RoleDirections.load(args.directions, model)
     d = rd.vector(args.role, args.layer, args.position)
-    res = patchscope(model, d, args.layer, alpha=args.alpha)
+    # the prompt is formatted as the directions were (their recorded system-turn policy)
+    res = patchscope(model, d, args.layer, alpha=args.alpha, mode=args.mode, system=rd.system)
     _out(f"patchscope (layer {args.layer}, alpha {args.alpha}):")
     _out(f"  steered:   {res.steered}")
     _out(f"  unsteered: {res.unsteered}")

@@ -9,8 +9,9 @@
                                held-out AUROC of the role vs generic prompts
     <out>/04_sweep/            the sweep's result store (resumable, shardable)
     <out>/05_selection/        picks by each rule (paper, held-out), with statistics
-    <out>/06_evaluation/       the held-out picks on questions selection never saw:
-                               per-item runs and the effect table (paired tests)
+    <out>/06_evaluation/       every role's pick on every domain (own domain: only the
+                               questions selection never saw): per-item runs and the
+                               effect table (paired tests), with each cell's ``part``
     <out>/07_report/           figures (HTML), report.html (self-contained) and summary.md
 
 A stage is complete when its ``done.json`` exists (written last, atomically); a rerun
@@ -49,6 +50,18 @@ STAGES = (
     "07_report",
 )
 DONE = "done.json"
+CHOICES: dict[str, tuple[str, ...]] = {
+    "benchmark": ("builtin", "paper", "mmlu-local", "mmlu"),
+    "scope": ("domain", "all"),
+    "correction": ("holm", "bh"),
+    "prompt_revision": ("final", "v1"),
+    "patchscope_mode": ("placeholder", "paper"),
+    "ablation_at": ("stream", "paper"),
+    "tie_rule": ("fractional", "paper", "first"),
+}
+"""Settings that take one of a few values (kept equal to the library's constants by the
+tests: ``prompts.PAPER_REVISIONS``, ``readouts.PATCHSCOPE_MODES``, ...). A new such
+setting needs a field and one entry here."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,10 @@ class RunConfig:
         n_devices: GPUs to split a big hub model over (TransformerLens multi-device).
         roles: the roles (``()``: all 29).
         prompts: ``builtin``, ``paper`` or a folder of prompt files.
+        prompt_revision: which of the paper's two published role prompt sets
+            (``prompts="paper"``): ``final`` (the official repository; default) or ``v1``
+            (the first pipeline's, which ran the experiments; the paper preset). Recorded
+            in the prompts' source, hence in the directions and the sweep manifest.
         data: the paper's data folder (for ``prompts="paper"`` / ``benchmark="paper"``) or
             the MMLU release folder (``benchmark="mmlu-local"``).
         heldout_fraction: share of every prompt set kept out of the means, for AUROC.
@@ -75,10 +92,23 @@ class RunConfig:
         rules: selection rules to run; the last one's picks are evaluated in stage 6.
         select_fraction: share of each role's questions used for held-out selection.
         correction: ``holm`` or ``bh``.
-        evaluate_all_domains: also apply the picks to every other domain's questions
-            (the paper's table; costs forward passes); otherwise stage 6 uses the held-out
-            part of the sweep only.
+        evaluate_all_domains: stage 6 applies every role's pick to every domain of the
+            benchmark (the paper's table); otherwise to every domain the sweep covered.
+            Either way a role's own domain is read only on the questions selection did not
+            see (the whole own domain for ``rule="paper"``, marked ``selected``).
         patchscope: write what the model says a picked direction is (stage 7).
+        patchscope_mode: ``placeholder`` (add at the placeholder's tokens; default) or
+            ``paper`` (add at every position, 512 new tokens, as the authors; the paper
+            preset). See :func:`roleprobe.patchscope`.
+        system: the system-turn policy of every prompt and question: ``default`` (the
+            template's own, date pinned), ``none`` (no system turn: the paper's format; the
+            paper preset) or a system prompt text. See :mod:`roleprobe.system_turn`.
+        ablation_at: where the ablation sits on models with post-norms (Gemma-2/3):
+            ``stream`` (after them, default) or ``paper`` (before them, as the authors'
+            hooks; the paper preset). See :class:`roleprobe.Ablation`.
+        tie_rule: how a tie at the top of the letter logits scores: ``fractional``
+            (1/k credit, default), ``paper`` (correct if the correct letter is among the
+            tied, as the authors; the paper preset) or ``first``.
         batch_size: questions and prompts per forward pass.
         seed: seed of every split and control.
     """
@@ -89,6 +119,7 @@ class RunConfig:
     n_devices: int = 1
     roles: tuple[str, ...] = ("lawyer", "nurse", "mathematician")
     prompts: str = "builtin"
+    prompt_revision: str = "final"
     data: str = ""
     heldout_fraction: float = 0.25
     benchmark: str = "builtin"
@@ -105,18 +136,33 @@ class RunConfig:
     correction: str = "holm"
     evaluate_all_domains: bool = False
     patchscope: bool = True
+    patchscope_mode: str = "placeholder"
+    system: str = "default"
+    ablation_at: str = "stream"
+    tie_rule: str = "fractional"
     batch_size: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        bad = [r for r in self.rules if r not in ("paper", "held-out")]
+        from roleprobe.selection import RULES
+
+        bad = [r for r in self.rules if r not in RULES]
         if bad or not self.rules:
-            raise ValueError(f"unknown rules {bad or '(none)'}; use paper and/or held-out")
-        if self.benchmark not in ("builtin", "paper", "mmlu-local", "mmlu"):
+            raise ValueError(f"unknown rules {bad or '(none)'}; use some of {list(RULES)}")
+        if not isinstance(self.system, str) or not self.system.strip():
             raise ValueError(
-                f"unknown benchmark {self.benchmark!r}; use builtin, paper, mmlu-local or mmlu"
+                f"system must be 'default', 'none' or a system prompt text, got {self.system!r}"
+            )
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; use one of {list(allowed)}")
+        if self.prompt_revision != "final" and self.prompts == "builtin":
+            raise ValueError(
+                f"prompt_revision={self.prompt_revision!r} needs the paper's prompts "
+                "(prompts = 'paper' or the paper's data folder), not the built-in ones"
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
@@ -160,8 +206,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "prompts": "paper",
         "benchmark": "paper",
         "data": "../shared/data/role-vectors-paper",
+        "prompt_revision": "v1",
+        "system": "none",
+        "ablation_at": "paper",
+        "tie_rule": "paper",
         "heldout_fraction": 0.0,
         "evaluate_all_domains": True,
+        "patchscope_mode": "paper",
         "batch_size": 32,
     },
     "custom": {},
@@ -217,7 +268,9 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / "config.json"
         if path.exists():
-            stored = json.loads(path.read_text())
+            # settings added after the run was started read as their defaults (the
+            # behaviour the run had)
+            stored = {**RunConfig().to_dict(), **json.loads(path.read_text())}
             if stored != config.to_dict():
                 keys = sorted(
                     k
@@ -280,7 +333,8 @@ class Run:
         from roleprobe.prompts import load_prompts
 
         cfg = self.config
-        prompts = load_prompts(cfg.prompts, list(self.roles()), cfg.data or None)
+        revision = None if cfg.prompt_revision == "final" else cfg.prompt_revision
+        prompts = load_prompts(cfg.prompts, list(self.roles()), cfg.data or None, revision)
         if cfg.heldout_fraction == 0:
             return prompts, None
         train, held = prompts.split(cfg.heldout_fraction, cfg.seed)
@@ -320,8 +374,12 @@ def stage_prompts(run: Run) -> dict[str, Any]:
             continue
         data = {role: list(prompts.roles[role].instructions) for role in prompts.role_names}
         data["base"] = list(prompts.base.instructions)
-        _write_json(folder / f"{label}.json", {"hashes": prompts.hashes(), "prompts": data})
+        _write_json(
+            folder / f"{label}.json",
+            {"source": prompts.source, "hashes": prompts.hashes(), "prompts": data},
+        )
     return {
+        "source": train.source,
         "roles": len(train.role_names),
         "train_prompts": sum(len(train.roles[r].instructions) for r in train.role_names),
         "heldout_prompts": 0
@@ -342,9 +400,17 @@ def stage_means(run: Run) -> dict[str, Any]:
         positions=list(cfg.positions) or "post_instruction",
         layers=list(cfg.layers) or None,
         batch_size=cfg.batch_size,
+        system=cfg.system,
     )
     rd.save(run.stage("02_means") / "directions")
-    return {"roles": len(rd.roles), "layers": len(rd.layers), "positions": len(rd.positions)}
+    return {
+        "roles": len(rd.roles),
+        "layers": len(rd.layers),
+        "positions": len(rd.positions),
+        "source": rd.source,
+        "system": rd.system,
+        "chat_format": rd.chat_format,
+    }
 
 
 def stage_directions(run: Run) -> dict[str, Any]:
@@ -384,6 +450,9 @@ def stage_sweep(run: Run, shard: str | None = None) -> dict[str, Any]:
         scope=cfg.scope,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
+        tie_rule=cfg.tie_rule,
+        ablation_at=cfg.ablation_at,
+        system=cfg.system,
     )
     return {"complete": result.complete, "missing": len(result.missing), "rows": len(result.table)}
 
@@ -412,60 +481,74 @@ def stage_selection(run: Run) -> dict[str, Any]:
 
 
 def stage_evaluation(run: Run) -> dict[str, Any]:
-    """Stage 6: the last rule's picks on questions selection never saw."""
+    """Stage 6: the last rule's picks on every domain (:func:`roleprobe.picks.apply_picks`).
+
+    A role's own-domain cells read only the questions its selection did not see (held-out
+    rules) or, for ``rule="paper"``, the very questions it was picked on (marked
+    ``selected``); other domains are read in full. ``effects.csv`` has a ``part`` column
+    (``heldout``, ``selected``, ``other``) saying which.
+    """
     from roleprobe.benchmarks import MultipleChoice
     from roleprobe.evaluation import evaluate
-    from roleprobe.selection import evaluate_picks, split_ids
+    from roleprobe.picks import apply_picks
+    from roleprobe.selection import split_ids
     from roleprobe.sweeps import merge
-    from roleprobe.tables import effect_table
+    from roleprobe.tables import RUN_COLUMNS, effect_table
 
     cfg = run.config
     result = merge(run.out / "04_sweep" / "store")
     rule = cfg.rules[-1]
     picks = pd.read_csv(run.out / "05_selection" / f"picks_{rule}.csv", keep_default_na=False)
     picks["alpha"] = picks["alpha"].astype(float)
-    picks = picks[picks["source"] == "role"]
-    runs, bases = [], []
-    for role in run.roles():
-        ids = result.role_items(role)
-        items = result.baseline[result.baseline["id"].isin(ids)].drop_duplicates("id")
-        report = ids if rule == "paper" else split_ids(items, cfg.select_fraction, cfg.seed)[1]
-        t = result.table
-        mine = picks[picks["role"] == role]
-        lowest = mine["alpha"].min()
-        for _, pick in mine.iterrows():
-            cell = t[(t["role"] == role) & (t["source"] == "role")]
-            cell = cell[
-                (cell["layer"] == int(pick["layer"])) & (cell["position"] == int(pick["position"]))
-            ]
-            add = cell[(cell["condition"] == "addition") & (cell["alpha"] == pick["alpha"])]
-            runs.append(add[add["id"].isin(report)])
-            if pick["alpha"] == lowest and cfg.ablation:
-                abl = cell[cell["condition"] == "ablation"]
-                runs.append(abl[abl["id"].isin(report)])
-        base = result.baseline[result.baseline["id"].isin(report)]
-        bases.append(base[base["group"] == result.role_group(role)])
-    own = pd.concat(runs, ignore_index=True)
-    base = pd.concat(bases, ignore_index=True).drop_duplicates("id")
-    if cfg.evaluate_all_domains:
-        bench = run.benchmark()
-        seen = set(result.baseline["id"])
-        other = MultipleChoice(bench.items[~bench.items["id"].isin(seen)], f"{bench.name}-unseen")
-        if len(other):
-            rd = run.directions()
-            more = evaluate_picks(run.model, rd, other, picks, batch_size=cfg.batch_size)
-            own = pd.concat([own, more], ignore_index=True)
-            base = pd.concat([base, evaluate(run.model, other, batch_size=cfg.batch_size)])
-    folder = run.stage("06_evaluation")
-    own.to_parquet(folder / "runs.parquet", index=False)
-    base.to_parquet(folder / "baseline.parquet", index=False)
-    effects = effect_table(
-        base, own[["role", "condition", "alpha", "id", "correct", "logprob_correct"]]
+    bench = run.benchmark()
+    if not cfg.evaluate_all_domains:
+        swept = bench.items["id"].isin(set(result.baseline["id"]))
+        bench = MultipleChoice(bench.items[swept], f"{bench.name}[swept]", bench.split)
+    heldout: dict[str, list[Any]] | None = None
+    if rule == "held-out":  # the same split as stage 5's selection
+        heldout = {}
+        for role in run.roles():
+            ids = result.role_items(role)
+            items = result.baseline[result.baseline["id"].isin(ids)].drop_duplicates("id")
+            heldout[role] = split_ids(items, cfg.select_fraction, cfg.seed)[1]
+    runs = apply_picks(
+        run.model,
+        run.directions(),
+        bench,
+        picks,
+        heldout_ids=heldout,
+        alphas=cfg.alphas,
+        ablation=cfg.ablation,
+        scope=cfg.scope,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        ablation_at=cfg.ablation_at,
+        tie_rule=cfg.tie_rule,
+        system=cfg.system,
     )
+    used = bench.items[bench.items["id"].isin(set(runs["id"]))]
+    base = evaluate(
+        run.model,
+        MultipleChoice(used, bench.name, bench.split),
+        None,
+        cfg.batch_size,
+        tie_rule=cfg.tie_rule,
+        system=cfg.system,
+    )
+    folder = run.stage("06_evaluation")
+    runs.to_parquet(folder / "runs.parquet", index=False)
+    base.to_parquet(folder / "baseline.parquet", index=False)
+    effects = effect_table(base, runs[list(RUN_COLUMNS)])
+    parts = runs.drop_duplicates(["role", "domain"]).set_index(["role", "domain"])["part"]
+    effects["part"] = [
+        parts[(r, d)] for r, d in zip(effects["role"], effects["domain"], strict=True)
+    ]
     _write_csv(folder / "effects.csv", effects)
     return {
         "rule": rule,
         "cells": len(effects),
+        "domains": int(effects["domain"].nunique()),
+        "parts": {k: int(v) for k, v in effects["part"].value_counts().items()},
         "significant_accuracy": int((effects["mcnemar_p_adj"] < 0.05).sum()),
         "significant_logprob": int((effects["logprob_p"] < 0.05).sum()),
     }

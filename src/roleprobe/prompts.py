@@ -7,7 +7,14 @@ One interface, three sources:
 * **paper** — the authors' published files: 128 role prompts per role and the Alpaca
   no-input pool, from a local folder or over HTTP from their repository. Sampling is
   reproduced exactly: ``random.seed(42)``, ``random.sample(role_prompts, 128)``, then
-  ``random.sample(base_train, 128)``.
+  ``random.sample(base_train, 128)``. The authors published **two** role prompt sets
+  (:data:`PAPER_REVISIONS`): ``"v1"``, from their first pipeline (danielepoterti/
+  rolevectors_reasoning at cfa1e6e, the code that ran the experiments), and ``"final"``
+  (the default), from the later official repository (Crisp-Unimib/Role-Vectors). They are
+  different LLM-generated sets (0-10 of 128 prompts shared per role); the baseline pool is
+  the same. Which one produced the published tables is not stated, so choose with
+  ``revision=``; the choice is part of the prompts' ``source`` (``"paper:v1"``) and so of
+  every result's provenance.
 * **custom** — Python lists, JSON/JSONL/CSV/TXT files or ``datasets.Dataset`` columns.
 
 A :class:`PromptSet` is an ordered, duplicate-free tuple of instructions with a content hash
@@ -57,6 +64,15 @@ PAPER_URL = (
     "https://raw.githubusercontent.com/Crisp-Unimib/Role-Vectors/"
     f"{PAPER_COMMIT}/target_direction/pipeline/dataset/splits/"
 )
+PAPER_V1_COMMIT = "cfa1e6e0b329eb2e0f37ac7f1f6ce5cbf15008e8"
+PAPER_V1_URL = (
+    "https://raw.githubusercontent.com/danielepoterti/rolevectors_reasoning/"
+    f"{PAPER_V1_COMMIT}/target_direction/pipeline/dataset/splits/"
+)
+PAPER_REVISIONS = ("final", "v1")
+"""The paper's role prompt sets: ``final`` (official repository), ``v1`` (first pipeline)."""
+PAPER_REVISION_URLS = {"final": PAPER_URL, "v1": PAPER_V1_URL}
+PAPER_REVISION_FOLDERS = {"final": "roles", "v1": "roles-v1"}
 PAPER_N = 128
 PAPER_SEED = 42
 _SUFFIXES = (".json", ".jsonl", ".csv", ".txt")
@@ -319,11 +335,21 @@ def builtin_generic() -> PromptSet:
         return PromptSet(BASE_NAME, tuple(read_instructions(path)), "builtin")
 
 
+def check_revision(revision: str) -> str:
+    """``revision`` if it names one of the paper's prompt sets, else a ValueError."""
+    if revision not in PAPER_REVISIONS:
+        raise ValueError(
+            f"unknown paper prompt revision {revision!r}; use one of {list(PAPER_REVISIONS)}"
+        )
+    return revision
+
+
 def paper_prompts(
     roles: str | Sequence[str] | None = None,
     data_dir: str | Path | None = None,
     n: int = PAPER_N,
     seed: int = PAPER_SEED,
+    revision: str = "final",
 ) -> RolePrompts:
     """The paper's prompt samples, drawn exactly as the authors' code draws them.
 
@@ -333,19 +359,32 @@ def paper_prompts(
 
     Args:
         roles: role names (default: all 29).
-        data_dir: a local folder (``roles/<role>.json`` + ``alpaca_base_train.json``, or the
-            repository's ``splits/`` layout) or an ``http(s)://`` base URL; ``None`` downloads
-            the files from the authors' repository at a pinned commit (cached).
+        data_dir: a local folder (``roles/<role>.json`` for ``"final"``,
+            ``roles-v1/<role>.json`` for ``"v1"``, plus ``alpaca_base_train.json``; or one
+            repository's ``splits/`` layout, read as the revision you name) or an
+            ``http(s)://`` base URL; ``None`` downloads the files from the revision's
+            repository at a pinned commit (cached).
         n: prompts per set (the paper: 128).
         seed: the paper's seed (42).
+        revision: which published role prompt set: ``"final"`` (the official repository,
+            default) or ``"v1"`` (the first pipeline's, which ran the experiments); see the
+            module docstring. Recorded in the returned prompts' ``source``.
 
     Returns:
-        Role prompt sets and the baseline sample (identical for every role).
+        Role prompt sets and the baseline sample (identical for every role and for both
+        revisions); ``source`` is ``"paper:<revision>"``.
+
+    Example:
+        >>> v1 = paper_prompts("lawyer", data_dir="data/role-vectors-paper", revision="v1")
+        >>> v1.source
+        'paper:v1'
     """
+    check_revision(revision)
     names = resolve_roles(roles)
-    files = _PaperFiles(data_dir)
+    files = _PaperFiles(data_dir, revision)
     base_pool = files.read("base")
     sets, base = {}, None
+    where = f"paper {revision} ({files.where})"
     for name in names:
         pool = files.read(name)
         rng = random.Random(seed)
@@ -361,17 +400,18 @@ def paper_prompts(
                 f"the paper's sampling gives {name!r} a different baseline sample than "
                 f"{names[0]!r} (their prompt files differ in length); load them separately"
             )
-        base = base or PromptSet(BASE_NAME, base_sample, f"paper ({files.where})")
-        sets[name] = PromptSet(name, tuple(role_sample), f"paper ({files.where})")
+        base = base or PromptSet(BASE_NAME, base_sample, where)
+        sets[name] = PromptSet(name, tuple(role_sample), where)
     assert base is not None
-    return RolePrompts(sets, base, "paper")
+    return RolePrompts(sets, base, f"paper:{revision}")
 
 
 class _PaperFiles:
     """Finds the paper's files in a local folder (two layouts) or at a URL (cached)."""
 
-    def __init__(self, data_dir: str | Path | None) -> None:
-        location = PAPER_URL if data_dir is None else str(data_dir)
+    def __init__(self, data_dir: str | Path | None, revision: str = "final") -> None:
+        self.revision = check_revision(revision)
+        location = PAPER_REVISION_URLS[revision] if data_dir is None else str(data_dir)
         self.remote = location.startswith(("http://", "https://"))
         self.where = location
         if not self.remote and not Path(location).is_dir():
@@ -381,7 +421,7 @@ class _PaperFiles:
         if key == "base":
             return ["alpaca_base_train.json", "splits/base_train.json", "base_train.json"]
         return [
-            f"roles/{role_file_stem(key)}.json",
+            f"{PAPER_REVISION_FOLDERS[self.revision]}/{role_file_stem(key)}.json",
             f"splits/target_train_{key}.json",
             f"target_train_{key}.json",
         ]
@@ -455,6 +495,7 @@ def load_prompts(
     source: "str | Path | RolePrompts" = "builtin",
     roles: str | Sequence[str] | None = None,
     data_dir: str | Path | None = None,
+    revision: str | None = None,
 ) -> RolePrompts:
     """Role prompts from any source.
 
@@ -465,23 +506,42 @@ def load_prompts(
             restricted to ``roles``).
         roles: which roles (default: all in the source).
         data_dir: the paper's data folder or URL (``source="paper"``).
+        revision: the paper's prompt set, ``"final"`` (default) or ``"v1"`` (see
+            :func:`paper_prompts`); only for the paper's prompts.
+
+    Raises:
+        ValueError: an unknown source or revision, or a revision for a source that is not
+            the paper's.
     """
+    if revision is not None:
+        check_revision(revision)
+    paper_revision = revision or "final"
     if isinstance(source, RolePrompts):
+        if revision is not None:
+            raise ValueError("revision= applies to source='paper', not to a RolePrompts")
         return (
             source
             if roles is None
             else source.subset([roles] if isinstance(roles, str) else list(roles))
         )
+    if source == "paper":
+        return paper_prompts(roles, data_dir, revision=paper_revision)
+    folder = Path(source)
+    is_paper_folder = source != "builtin" and (
+        (folder / "alpaca_base_train.json").is_file() or (folder / "splits").is_dir()
+    )
+    if revision is not None and not is_paper_folder:
+        raise ValueError(
+            f"revision={revision!r} applies to the paper's prompts only, not to source "
+            f"{str(source)!r}"
+        )
     if source == "builtin":
         return builtin_prompts(roles)
-    if source == "paper":
-        return paper_prompts(roles, data_dir)
-    folder = Path(source)
     if not folder.is_dir():
         raise ValueError(
             f"unknown prompt source {str(source)!r}: use 'builtin', 'paper', a folder of prompt "
             "files, or a RolePrompts"
         )
-    if (folder / "alpaca_base_train.json").is_file() or (folder / "splits").is_dir():
-        return paper_prompts(roles, folder)
+    if is_paper_folder:
+        return paper_prompts(roles, folder, revision=paper_revision)
     return _folder_prompts(folder, roles)

@@ -3,10 +3,22 @@
 * :func:`logit_lens` — put the direction (and its negative) through the final norm and the
   unembedding and list the tokens it promotes, per layer. RMS/LayerNorm makes the readout
   independent of the direction's scale.
-* :func:`patchscope` — as in the paper: the model answers "What does ⧫ represent?" greedily
-  with the direction added (``alpha``, default 3) at the placeholder's tokens in one layer,
-  and once unsteered; both texts are kept. Whether the steered text adopts the role is
-  then a *judgement*:
+* :func:`patchscope` — the model answers "What does ⧫ represent?" greedily with the
+  direction added (``alpha``, default 3) in one layer, and once unsteered; both texts are
+  kept. Two modes (:data:`PATCHSCOPE_MODES`):
+
+  - ``"placeholder"`` (default): the direction is added at the placeholder's tokens only,
+    as in the patchscopes method, and the answer is short (48 tokens). The question then
+    reads the patched representation rather than a globally shifted model.
+  - ``"paper"``: what the authors' code does (``test_directions`` in
+    ``submodules/select_direction.py`` at cfa1e6e): a forward pre-hook on the block adds
+    ``alpha * direction`` at **every** position — every prompt token, the placeholder
+    included, and every generated token — greedy decoding, 512 new tokens
+    (``Config.max_new_tokens``), the raw (unnormalised) direction, α ∈ {1, 3} (their
+    interpretation tables read α = 3), run for every (position, layer) candidate and judged
+    by an LLM (claude-3.5-haiku, temperature 0) against the unsteered answer.
+
+  Whether the steered text adopts the role is then a *judgement*:
 
   - :class:`BagOfWordsJudge` (built in, offline): TF-IDF cosine between the text and each
     role's prompt set; it reports the target role's similarity and rank among the roles.
@@ -25,6 +37,7 @@ Example:
 """
 
 import json
+import logging
 import math
 import os
 import re
@@ -46,8 +59,14 @@ from roleprobe.interventions import Addition
 from roleprobe.operators import check_direction
 from roleprobe.prompts import RolePrompts
 
+logger = logging.getLogger(__name__)
+
 PATCHSCOPE_PROMPT = "What does ⧫ represent?"
 PLACEHOLDER = "⧫"
+PATCHSCOPE_MODES = ("placeholder", "paper")
+"""``placeholder``: add at the placeholder's tokens (ours); ``paper``: at every position."""
+PATCHSCOPE_POSITIONS = ("placeholder", "all")
+_MODE_DEFAULTS = {"placeholder": ("placeholder", 48), "paper": ("all", 512)}
 Judge = Callable[[str, str], float]
 
 
@@ -124,7 +143,9 @@ class PatchscopeResult:
         layer: where it was added.
         alpha: its strength.
         prompt: the question asked.
-        positions: the prompt columns it was added at (relative to the prompt's end).
+        positions: the prompt columns it was added at (relative to the prompt's end);
+            ``()`` when it was added at every position.
+        mode: ``"placeholder"`` or ``"paper"`` (see :func:`patchscope`).
     """
 
     steered: str
@@ -133,19 +154,27 @@ class PatchscopeResult:
     alpha: float
     prompt: str
     positions: tuple[int, ...]
+    mode: str = "placeholder"
 
 
 def placeholder_positions(
-    tokenizer: Any, prompt: str, placeholder: str = PLACEHOLDER
+    tokenizer: Any, prompt: str, placeholder: str = PLACEHOLDER, system: str | None = "default"
 ) -> tuple[int, ...]:
     """Offsets from the end of the chat-formatted prompt of the placeholder's tokens."""
     if prompt.count(placeholder) != 1:
         raise ValueError(f"the prompt must contain the placeholder {placeholder!r} exactly once")
-    full = chat_ids(tokenizer, prompt)
-    without = chat_ids(tokenizer, prompt.replace(placeholder, ""))
+    full = chat_ids(tokenizer, prompt, system)
+    without = chat_ids(tokenizer, prompt.replace(placeholder, ""), system)
     start = common_prefix_length(full, without)
     end = common_prefix_length(full[start:][::-1], without[start:][::-1])
     return tuple(range(start - len(full), -end))
+
+
+def check_patchscope_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`PATCHSCOPE_MODES`, else a ValueError listing them."""
+    if mode not in PATCHSCOPE_MODES:
+        raise ValueError(f"unknown patchscope mode {mode!r}; use one of {list(PATCHSCOPE_MODES)}")
+    return mode
 
 
 def patchscope(
@@ -154,32 +183,74 @@ def patchscope(
     layer: int,
     alpha: float = 3.0,
     prompt: str = PATCHSCOPE_PROMPT,
-    positions: str = "placeholder",
-    max_new_tokens: int = 48,
+    positions: str | None = None,
+    max_new_tokens: int | None = None,
+    mode: str = "placeholder",
+    system: str | None = "default",
 ) -> PatchscopeResult:
     """Ask the model what the direction "represents": greedy answers with and without it.
+
+    ``mode`` sets the defaults (see the module docstring):
+
+    ========================  ==========================  ===============================
+    mode                      added at                    new tokens
+    ========================  ==========================  ===============================
+    ``"placeholder"``         the placeholder's tokens    48
+    ``"paper"`` (authors')    every position, generated   512
+                              tokens included
+    ========================  ==========================  ===============================
+
+    Both decode greedily, add the raw direction times ``alpha`` to the input of block
+    ``layer`` and ask the same prompt; ``positions`` and ``max_new_tokens`` override the
+    mode's defaults.
 
     Args:
         model: a TransformerLens bridge with a chat tokenizer.
         direction: the raw direction (``rd.vector(role, layer, pos)``).
         layer: the block whose input receives ``alpha * direction``.
-        alpha: strength (the paper's default 3).
+        alpha: strength (the paper uses 1 and 3; its tables read 3).
         prompt: the question, containing the placeholder ``⧫`` once.
         positions: ``"placeholder"`` (the placeholder's tokens, as in patchscopes) or
-            ``"all"`` (every position, generated ones included).
-        max_new_tokens: answer length.
+            ``"all"`` (every position, generated ones included); ``None``: the mode's.
+        max_new_tokens: answer length; ``None``: the mode's (48 or 512), capped to what
+            the model's context leaves after the prompt.
+        mode: ``"placeholder"`` (default) or ``"paper"``.
+        system: the system-turn policy of the prompt (``"default"``, ``"none"`` — the
+            paper's — or a text; use the directions' own, ``rd.system``).
+
+    Returns:
+        A :class:`PatchscopeResult` with both texts, the offsets used and the mode.
+
+    Example:
+        >>> patchscope(model, rd.vector("lawyer", 6), layer=6, mode="paper").steered
     """
+    default_positions, default_tokens = _MODE_DEFAULTS[check_patchscope_mode(mode)]
+    positions = default_positions if positions is None else positions
+    if max_new_tokens is None:
+        room = int(model.cfg.n_ctx) - len(chat_ids(model.tokenizer, prompt, system))
+        max_new_tokens = min(default_tokens, room)
+        if max_new_tokens < default_tokens:
+            logger.warning(
+                "patchscope: the model's context (%d tokens) leaves room for %d new tokens, "
+                "not the %s mode's %d",
+                model.cfg.n_ctx,
+                max_new_tokens,
+                mode,
+                default_tokens,
+            )
     if positions == "placeholder":
-        where: str | tuple[int, ...] = placeholder_positions(model.tokenizer, prompt)
+        where: str | tuple[int, ...] = placeholder_positions(model.tokenizer, prompt, system=system)
     elif positions == "all":
         where = "all"
     else:
-        raise ValueError(f"positions must be 'placeholder' or 'all', got {positions!r}")
+        raise ValueError(
+            f"positions must be one of {list(PATCHSCOPE_POSITIONS)}, got {positions!r}"
+        )
     spec = Addition(direction, layer, alpha, positions=where)
-    (unsteered,) = generate(model, [prompt], max_new_tokens=max_new_tokens)
-    (steered,) = generate(model, [prompt], [spec], max_new_tokens=max_new_tokens)
+    (unsteered,) = generate(model, [prompt], max_new_tokens=max_new_tokens, system=system)
+    (steered,) = generate(model, [prompt], [spec], max_new_tokens=max_new_tokens, system=system)
     offsets = where if isinstance(where, tuple) else ()
-    return PatchscopeResult(steered, unsteered, layer, alpha, prompt, offsets)
+    return PatchscopeResult(steered, unsteered, layer, alpha, prompt, offsets, mode)
 
 
 _WORD = re.compile(r"[a-z][a-z'-]+")

@@ -107,7 +107,7 @@ def write_report(run: "Run") -> dict[str, Any]:
         figures.append(
             (
                 "effects",
-                "Picked directions on held-out questions (% change)",
+                "Picked directions on every domain (% change; own-domain cells: see part)",
                 plotting.paper_table_figure(effects),
             )
         )
@@ -139,7 +139,11 @@ def write_report(run: "Run") -> dict[str, Any]:
         parts.append(pio.to_html(fig, include_plotlyjs=False, full_html=False))
     parts.append(f"<h2>Picks ({html.escape(rule)} rule)</h2>" + _table_html(sel))
     if not effects.empty:
-        parts.append("<h2>Effects on held-out questions</h2>" + _table_html(effects))
+        parts.append(
+            "<h2>Effects on every domain (column part: own-domain cells read on the "
+            "held-out questions, or on the selection questions for the paper rule)</h2>"
+            + _table_html(effects)
+        )
     if not patch.empty:
         parts.append("<h2>Patchscope: what the model says each picked direction is</h2>")
         parts.append(_table_html(patch))
@@ -180,15 +184,21 @@ def _finished(run: "Run") -> list[str]:
 def _patchscope(run: "Run", rd: Any, selected: pd.DataFrame) -> pd.DataFrame:
     from roleprobe.readouts import patchscope
 
+    mode = run.config.patchscope_mode
+    tokens = 32 if mode == "placeholder" else None  # None: the mode's (the paper's 512)
     rows = []
     for _, pick in selected[selected["alpha"] == selected["alpha"].max()].iterrows():
         role, layer, pos = pick["role"], int(pick["layer"]), int(pick["position"])
-        res = patchscope(run.model, rd.vector(role, layer, pos), layer, max_new_tokens=32)
+        vector = rd.vector(role, layer, pos)
+        res = patchscope(
+            run.model, vector, layer, max_new_tokens=tokens, mode=mode, system=rd.system
+        )
         rows.append(
             {
                 "role": role,
                 "layer": layer,
                 "position": pos,
+                "mode": res.mode,
                 "steered": res.steered,
                 "unsteered": res.unsteered,
             }
@@ -249,6 +259,7 @@ def _markdown(
             "condition",
             "alpha",
             "domain",
+            "part",
             "n",
             "base_accuracy",
             "accuracy",
@@ -257,7 +268,16 @@ def _markdown(
             "delta_logprob",
             "logprob_p",
         ]
-        lines += ["## Effects on held-out questions", "", _md_table(effects[ecols]), ""]
+        lines += [
+            "## Effects on every domain",
+            "",
+            "Own-domain cells (`part`) read the questions selection did not see (`heldout`), "
+            "or, for the paper's rule, the questions the pick was chosen on (`selected`); "
+            "other domains are read in full (`other`).",
+            "",
+            _md_table(effects[[c for c in ecols if c in effects]]),
+            "",
+        ]
     if not patch.empty:
         lines += ["## Patchscope", "", _md_table(patch), ""]
     lines += ["## Stages", "", "| stage | seconds |", "|---|---|"]
