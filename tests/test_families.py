@@ -169,7 +169,7 @@ def test_table_marks_passes_and_failures(monkeypatch):
     assert results["passed"].tolist() == [True, False]
     assert "on purpose" in results["detail"].iloc[1]
     table = conformance.conformance_table(results)
-    assert "| chat_template: Post-instruction tokens" in table and "| ✓ |" in table
-    assert "| ✗ |" in table and "`MistralForCausalLM`" in table
+    assert "- **chat_template**: Post-instruction tokens" in table
+    assert "| `tiny-random-mistral` | `MistralForCausalLM` | ✓ | ✗ |" in table
     with pytest.raises(ValueError, match="unknown checks"):
         conformance.run_checks(["mistral"], ["nope"])

@@ -253,6 +253,27 @@ def check_chat_template(subject: Subject) -> str:
     return f"{template.n_post} tokens"
 
 
+def check_paper_format(subject: Subject) -> str:
+    """``system="none"`` renders the family's no-system format (the authors' for llama,
+    gemma2, qwen2) and its token ids equal that text's; the default rendering differs from it
+    exactly where the family's template adds a default system turn."""
+    from roleprobe.chat import ChatTemplate, chat_ids
+
+    tokenizer, family = subject.tokenizer, subject.family
+    none = ChatTemplate.from_tokenizer(tokenizer, "none")
+    rendered = none.render(tokenizer)
+    _check(
+        rendered == family.paper_format,
+        f"system='none' renders {rendered!r}, not {family.paper_format!r}",
+    )
+    text = family.paper_format.replace("{instruction}", PROMPTS[1])
+    want = tokenizer(text, add_special_tokens=False)["input_ids"]
+    got = chat_ids(tokenizer, PROMPTS[1], "none")
+    _check(got == list(want), "system='none' ids differ from the no-system text's ids")
+    default = ChatTemplate.from_tokenizer(tokenizer).render(tokenizer)
+    return "same as default" if default == rendered else "default system turn removed"
+
+
 def check_letter_ids(subject: Subject) -> str:
     """``answer_letter_ids`` finds one token per letter, each decoding to the letter."""
     from roleprobe.chat import answer_letter_ids
@@ -421,6 +442,7 @@ def check_left_padding(subject: Subject) -> str:
 CHECKS: dict[str, Callable[[Subject], str]] = {
     "bridge_logits": check_bridge_logits,
     "chat_template": check_chat_template,
+    "paper_format": check_paper_format,
     "letter_ids": check_letter_ids,
     "activation_means": check_activation_means,
     "addition": check_addition,
@@ -464,25 +486,29 @@ def _mark(cell: "pd.Series[Any]") -> str:
 
 
 def conformance_table(results: pd.DataFrame | None = None) -> str:
-    """The "Supported model families" Markdown table: one row per check, one column per
-    family (✓ passed, ✗ failed), from :func:`run_checks` (run now when ``None``)."""
+    """The "Supported model families" Markdown: one row per family, one column per check
+    (✓ passed, ✓ (refuses) for a clear refusal, ✗ failed), then what each check compares and
+    what each tiny model reproduces, from :func:`run_checks` (run now when ``None``)."""
     results = run_checks() if results is None else results
     families = list(dict.fromkeys(results["family"]))
-    header = ["check", *(f"`{get_family(f).model_name}`" for f in families)]
+    checks = list(dict.fromkeys(results["check"]))
+    header = ["family", "transformers class", *checks]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     cells = results.set_index(["check", "family"])
-    for check in dict.fromkeys(results["check"]):
-        doc = (inspect.getdoc(CHECKS[check]) or check).split("\n\n")[0].replace("\n", " ")
-        marks = [_mark(cells.loc[(check, f)]) for f in families]
-        lines.append(f"| {check}: {doc} | " + " | ".join(marks) + " |")
-    lines += [
-        "",
-        "| family | transformers class | what the tiny model reproduces |",
-        "|---|---|---|",
-    ]
     for f in families:
         family = get_family(f)
+        marks = [_mark(cells.loc[(check, f)]) for check in checks]
         lines.append(
-            f"| `{family.model_name}` | `{family.model_class.__name__}` | {family.notes} |"
+            f"| `{family.model_name}` | `{family.model_class.__name__}` | "
+            + " | ".join(marks)
+            + " |"
         )
+    lines += ["", "The checks:", ""]
+    for check in checks:
+        doc = (inspect.getdoc(CHECKS[check]) or check).split("\n\n")[0].replace("\n", " ")
+        lines.append(f"- **{check}**: {doc}")
+    lines += ["", "The tiny models:", ""]
+    for f in families:
+        family = get_family(f)
+        lines.append(f"- `{family.model_name}`: {family.notes}")
     return "\n".join(lines)

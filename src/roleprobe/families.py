@@ -199,6 +199,9 @@ class Family:
         tokenizer: the tokenizer's special tokens and template.
         suffix: the family's documented post-instruction text (from the end of the user's
             instruction to the end of the generation prompt).
+        paper_format: the prompt ``"{instruction}"`` rendered with no system turn
+            (``system="none"``): the authors' format for llama, gemma2 and qwen2 (their
+            ``model_utils/*_model.py``), the family's documented one otherwise.
         post_norms: whether sub-layer outputs are normalised before the residual add
             (Gemma-2/3), where the paper's and the stream's ablation points differ.
         notes: what this tiny model reproduces, and what it does not.
@@ -209,6 +212,7 @@ class Family:
     model_class: type[PreTrainedModel]
     tokenizer: TokenizerSpec
     suffix: str
+    paper_format: str
     post_norms: bool
     notes: str
 
@@ -310,6 +314,8 @@ FAMILIES: dict[str, Family] = {
                 template=LLAMA3_TEMPLATE,
             ),
             suffix="<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+            paper_format="<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+            "{instruction}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
             post_norms=False,
             notes="Llama-3.2 style: tied embeddings, llama3 RoPE scaling, grouped-query "
             "attention; the template's system block carries a 'Today Date' line.",
@@ -320,6 +326,8 @@ FAMILIES: dict[str, Family] = {
             Gemma2ForCausalLM,
             TokenizerSpec(_GEMMA_SPECIALS, "<bos>", "<eos>", "<pad>", "<unk>", GEMMA2_TEMPLATE),
             suffix="<end_of_turn>\n<start_of_turn>model\n",
+            paper_format="<bos><start_of_turn>user\n{instruction}<end_of_turn>\n"
+            "<start_of_turn>model\n",
             post_norms=True,
             notes="Gemma-2: attention and final logit soft-capping (caps lowered to 5 and 3 "
             "so that they act on tiny logits), post-attention/post-feed-forward norms, "
@@ -332,6 +340,8 @@ FAMILIES: dict[str, Family] = {
             Gemma3ForCausalLM,
             TokenizerSpec(_GEMMA_SPECIALS, "<bos>", "<eos>", "<pad>", "<unk>", GEMMA3_TEMPLATE),
             suffix="<end_of_turn>\n<start_of_turn>model\n",
+            paper_format="<bos><start_of_turn>user\n{instruction}<end_of_turn>\n"
+            "<start_of_turn>model\n",
             post_norms=True,
             notes="Gemma-3 text model: query/key norms, post-norms, sliding-window (8 tokens "
             "here) and global layers; the template prepends a system text to the first "
@@ -350,6 +360,7 @@ FAMILIES: dict[str, Family] = {
                 template=QWEN2_TEMPLATE,
             ),
             suffix="<|im_end|>\n<|im_start|>assistant\n",
+            paper_format="<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n",
             post_norms=False,
             notes="Qwen-2.5 style: query/key/value biases, tied embeddings, no BOS; ChatML "
             "with the default 'You are Qwen' system turn.",
@@ -368,6 +379,7 @@ FAMILIES: dict[str, Family] = {
                 prefix_space=True,
             ),
             suffix="[/INST]",
+            paper_format="<s>[INST] {instruction}[/INST]",
             post_norms=False,
             notes="Mistral-7B-Instruct-v0.3 style: [INST]/[/INST] control tokens, system text "
             "prepended to the last user message, no pad token, untied embeddings.",
@@ -394,6 +406,7 @@ FAMILIES: dict[str, Family] = {
                 template=PHI3_TEMPLATE,
             ),
             suffix="<|end|>\n<|assistant|>\n",
+            paper_format="<|user|>\n{instruction}<|end|>\n<|assistant|>\n",
             post_norms=False,
             notes="Phi-3 style: fused qkv and gate/up projections, untied embeddings; the "
             "template writes no BOS.",
