@@ -7,6 +7,7 @@ checks can fail (a wrong reference, Gemma-2's soft-cap, the two ablation placeme
 
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -173,3 +174,26 @@ def test_table_marks_passes_and_failures(monkeypatch):
     assert "| `tiny-random-mistral` | `MistralForCausalLM` | ✓ | ✗ |" in table
     with pytest.raises(ValueError, match="unknown checks"):
         conformance.run_checks(["mistral"], ["nope"])
+
+
+def test_readme_table_is_what_the_suite_checks():
+    """The README's families table is ``conformance_table`` of an all-passing run (which the
+    parametrised tests above assert), with Gemma's orthogonalisation refused."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- families-table -->\n", "\n<!-- /families-table -->"
+    assert start in readme and end in readme, "README lacks the families-table markers"
+    shown = readme.split(start, 1)[1].split(end, 1)[0]
+    rows = [
+        {
+            "family": name,
+            "check": check,
+            "passed": True,
+            "detail": "refused" if check == "orthogonalized" and family.post_norms else "ok",
+        }
+        for name, family in FAMILIES.items()
+        for check in CHECKS
+    ]
+    expected = conformance.conformance_table(pd.DataFrame(rows))
+    assert shown == expected, "README families table is stale: python analyses/_families_table.py"

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -125,6 +126,10 @@ def test_shards_union_equals_the_unsharded_run(model, directions, bench, full, t
     merged = merge(tmp_path)
     pd.testing.assert_frame_equal(merged.table, full.table)
     pd.testing.assert_frame_equal(merged.baseline, full.baseline)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["config"]["sweep"]["system"] == directions.system
+    assert manifest["config"]["sweep"]["ablation_at"] == "stream"
+    assert manifest["chat_format"] == directions.chat_format  # questions formatted as prompts
 
 
 def test_merge_lists_missing_parts(model, directions, bench, tmp_path):

@@ -519,6 +519,7 @@ def sweep(
             "skipped": [list(x) for x in plan.skipped],
         },
         "benchmark_name": benchmark.name,
+        "chat_format": plan.template.render(model.tokenizer),
         "directions_prompts": {"source": directions.source, **directions.prompt_hashes},
         "versions": code_versions(),
     }
