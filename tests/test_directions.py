@@ -67,11 +67,11 @@ def test_geometry(directions):
     assert df.query("role == 'nurse'")["domain"].unique().tolist() == ["medicine"]
 
 
-def test_lookup_errors_name_the_input(directions):
+def test_lookup_errors_name_the_input(directions, tiny_model):
     with pytest.raises(ValueError, match="'surgeon' is not in these directions"):
         directions.vector("surgeon", 1)
     with pytest.raises(ValueError, match="did you mean 'lawyer'"):
-        rp.compute_directions(None, roles=["lawyr"])
+        rp.compute_directions(tiny_model, roles=["lawyr"])
     with pytest.raises(ValueError, match="layer 5 is not in"):
         directions.vector("nurse", 5)
     with pytest.raises(ValueError, match="position -20 is not in"):

@@ -45,6 +45,7 @@ from torch import Tensor
 from roleprobe.chat import ChatBatch, ChatTemplate, collate, encode_prompt, left_pad, pad_token_id
 from roleprobe.progress import bar
 from roleprobe.system_turn import normalize_system
+from roleprobe.types import Model
 
 HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_mid", "hook_resid_post")
 POSITION_NAMES = ("post_instruction", "last", "instruction_mean")
@@ -131,7 +132,7 @@ def float64_device(tensor: Tensor) -> torch.device:
     return torch.device("cpu") if tensor.device.type == "mps" else tensor.device
 
 
-def check_layers(model: Any, layers: Sequence[int] | None) -> tuple[int, ...]:
+def check_layers(model: Model, layers: Sequence[int] | None) -> tuple[int, ...]:
     """Layers as a sorted tuple (default: all), each checked against the model's depth."""
     n_layers = int(model.cfg.n_layers)
     if layers is None:
@@ -154,7 +155,7 @@ def check_hook(hook: str) -> str:
 
 
 def batches(
-    model: Any,
+    model: Model,
     prompts: Prompts,
     batch_size: int,
     n_post: int | None = None,
@@ -276,7 +277,7 @@ class ProjectionReducer:
 
 
 def stream(
-    model: Any,
+    model: Model,
     prompts: Prompts,
     reducer: Reducer,
     layers: tuple[int, ...],
@@ -372,7 +373,7 @@ class ActivationMeans:
 
 
 def collect_means(
-    model: Any,
+    model: Model,
     prompts: Prompts,
     layers: Sequence[int] | None = None,
     hook: str = "hook_resid_pre",
@@ -428,7 +429,7 @@ def collect_means(
     )
 
 
-def _template_n_post(model: Any, prompts: Prompts, system: str | None) -> int:
+def _template_n_post(model: Model, prompts: Prompts, system: str | None) -> int:
     if len(prompts) and isinstance(prompts[0], str) and model.tokenizer is not None:
         return ChatTemplate.from_tokenizer(model.tokenizer, system).n_post
     return 1

@@ -12,7 +12,6 @@ Example:
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 import torch
@@ -23,9 +22,10 @@ from roleprobe.activations import PositionLabel, resolve_positions, stream
 from roleprobe.benchmarks import LETTERS
 from roleprobe.chat import answer_letter_ids
 from roleprobe.directions import RoleDirections
+from roleprobe.types import Model
 
 
-def _centres(model: Any) -> bool:
+def _centres(model: Model) -> bool:
     """Whether the final norm subtracts the mean (LayerNorm) rather than only scaling (RMS)."""
     return str(getattr(model.cfg, "normalization_type", "RMS")).upper().startswith("LN")
 
@@ -38,7 +38,7 @@ def _scale(x: Tensor, centre: bool) -> Tensor:
 
 
 def final_residual_rms(
-    model: Any, prompts: Sequence[str] | None = None, batch_size: int = 16
+    model: Model, prompts: Sequence[str] | None = None, batch_size: int = 16
 ) -> float:
     """Mean scale of the final residual stream (the final norm's input) at the last token.
 
@@ -69,7 +69,7 @@ def final_residual_rms(
 
 
 def norm_linear_part(
-    model: Any, vectors: Float[Tensor, "vec d_model"]
+    model: Model, vectors: Float[Tensor, "vec d_model"]
 ) -> Float[Tensor, "vec d_model"]:
     """The final norm's linear map applied to ``vectors`` (e.g. ``w * d`` for RMSNorm).
 
@@ -88,7 +88,7 @@ def norm_linear_part(
 
 
 def letter_attribution(
-    model: Any,
+    model: Model,
     directions: RoleDirections,
     role: str,
     position: PositionLabel = -1,

@@ -41,6 +41,7 @@ from roleprobe.prompts import BASE_NAME, RolePrompts, load_prompts
 from roleprobe.roles import ROLES, get_role
 from roleprobe.snapshot import file_digest
 from roleprobe.system_turn import normalize_system
+from roleprobe.types import Model
 
 TENSORS_FILE = "directions.safetensors"
 METADATA_FILE = "directions.json"
@@ -263,7 +264,7 @@ class RoleDirections:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], model: Any = None, strict: bool = True
+        cls, path: str | os.PathLike[str], model: Model | None = None, strict: bool = True
     ) -> "RoleDirections":
         """Load directions saved by :meth:`save`, optionally checking them against ``model``.
 
@@ -319,7 +320,7 @@ class RoleDirections:
             directions.check_model(model, strict=strict)
         return directions
 
-    def check_model(self, model: Any, strict: bool = True) -> None:
+    def check_model(self, model: Model, strict: bool = True) -> None:
         """Raise unless these directions were computed on ``model`` (width always checked)."""
         if model.cfg.d_model != self.d_model:
             raise ValueError(
@@ -344,7 +345,7 @@ def _cosine(a: Tensor, b: Tensor) -> Tensor:
 
 
 def compute_directions(
-    model: Any,
+    model: Model,
     roles: str | Sequence[str] | None = None,
     source: "str | Path | RolePrompts" = "builtin",
     positions: str | Sequence[int] = "post_instruction",

@@ -42,12 +42,13 @@ from torch import Tensor, nn
 
 from roleprobe.interventions import ABLATION_PLACEMENTS
 from roleprobe.operators import orthogonalize_output, orthogonalize_rows, project_out, unit
+from roleprobe.types import Model
 
 _POST_NORM_FLAGS = ("use_normalization_before_and_after",)
 _POST_NORMS = ("ln1_post", "ln2_post")
 
 
-def has_post_norms(model: Any) -> bool:
+def has_post_norms(model: Model) -> bool:
     """Whether ``model`` normalises attention/MLP outputs before adding them to the stream."""
     if any(getattr(model.cfg, flag, False) for flag in _POST_NORM_FLAGS):
         return True
@@ -62,7 +63,7 @@ def _component(module: Any, path: str) -> Any:
     return getattr(module, "original_component", module)
 
 
-def writers(model: Any) -> list[tuple[str, nn.Module, str]]:
+def writers(model: Model) -> list[tuple[str, nn.Module, str]]:
     """The modules that write to the residual stream: ``(name, module, kind)`` where kind is
     ``"rows"`` (an embedding table) or ``"output"`` (a linear map into the stream)."""
     found: list[tuple[str, nn.Module, str]] = []
@@ -87,7 +88,7 @@ def writers(model: Any) -> list[tuple[str, nn.Module, str]]:
 
 @contextmanager
 def orthogonalized(
-    model: Any, direction: Float[Tensor, " d_model"], at: str = "stream"
+    model: Model, direction: Float[Tensor, " d_model"], at: str = "stream"
 ) -> Iterator[Any]:
     """Temporarily project ``direction`` out of every weight that writes to the residual stream.
 

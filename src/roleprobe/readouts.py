@@ -58,6 +58,7 @@ from roleprobe.generation import generate
 from roleprobe.interventions import Addition
 from roleprobe.operators import check_direction
 from roleprobe.prompts import RolePrompts
+from roleprobe.types import Model
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ Judge = Callable[[str, str], float]
 
 
 def logit_lens(
-    model: Any,
+    model: Model,
     directions: RoleDirections | Float[Tensor, "layer d_model"],
     role: str | None = None,
     pos: int | str = -1,
@@ -178,7 +179,7 @@ def check_patchscope_mode(mode: str) -> str:
 
 
 def patchscope(
-    model: Any,
+    model: Model,
     direction: Float[Tensor, " d_model"],
     layer: int,
     alpha: float = 3.0,

@@ -25,6 +25,7 @@ from torch import Tensor
 from roleprobe.activations import ProjectionReducer, check_hook, resolve_positions, stream
 from roleprobe.directions import RoleDirections, compute_directions
 from roleprobe.prompts import RolePrompts
+from roleprobe.types import Model
 
 
 def auroc(
@@ -43,7 +44,7 @@ def auroc(
 
 
 def projections(
-    model: Any,
+    model: Model,
     directions: RoleDirections,
     prompts: list[str],
     batch_size: int = 16,
@@ -70,7 +71,7 @@ def projections(
 
 
 def separation_auroc(
-    model: Any,
+    model: Model,
     directions: RoleDirections,
     heldout: RolePrompts,
     batch_size: int = 16,
@@ -111,7 +112,7 @@ def separation_auroc(
 
 
 def split_half_stability(
-    model: Any,
+    model: Model,
     prompts: RolePrompts,
     seed: int = 0,
     **kwargs: Any,
