@@ -2,11 +2,13 @@
 
 import itertools
 import math
+import time
 from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from roleprobe.stats import (
     accuracy,
@@ -103,6 +105,44 @@ def test_bootstrap_ci_narrows_with_level():
 def test_bootstrap_ci_validates(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bootstrap_ci(**kwargs)
+
+
+def _mean_square(values):
+    """A statistic without ``axis``: the bootstrap calls it once per resample."""
+    return float(np.mean(values**2))
+
+
+def _loop_bootstrap(samples, statistic, n_boot, seed, level):
+    """The former hand-written resampler: one ``rng.integers(0, n, size=n)`` draw per resample."""
+    rng = np.random.default_rng(seed)
+    n = len(samples[0])
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        picked = [np.asarray(s, dtype=float)[idx] for s in samples]
+        values.append(statistic(*picked))
+    alpha = (1 - level) / 2
+    return tuple(float(q) for q in np.quantile(values, [alpha, 1 - alpha]))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 50, 301])
+def test_bootstrap_keeps_the_numbers_of_its_seed(n):
+    # scipy.stats.bootstrap draws the same index stream as the former loop: equal bit for bit
+    rng = np.random.default_rng(n)
+    x, y = rng.normal(size=n), rng.normal(size=n)
+    for seed, n_boot, level in ((0, 2000, 0.95), (3, 101, 0.9), (1, 1, 0.95)):
+        assert bootstrap_ci(x, n_boot=n_boot, seed=seed, level=level) == _loop_bootstrap(
+            [x], np.mean, n_boot, seed, level
+        )
+        assert bootstrap_ci(x, np.median, n_boot, seed, level) == _loop_bootstrap(
+            [x], np.median, n_boot, seed, level
+        )
+        assert paired_bootstrap_ci(x, y, n_boot=n_boot, seed=seed, level=level) == (
+            _loop_bootstrap([x, y], lambda a, b: b.mean() - a.mean(), n_boot, seed, level)
+        )
+        assert bootstrap_ci(x, _mean_square, n_boot, seed, level) == _loop_bootstrap(
+            [x], _mean_square, n_boot, seed, level
+        )
 
 
 def test_paired_bootstrap_ci_keeps_the_pairing():
@@ -215,6 +255,17 @@ def test_mcnemar_exact_accepts_0_1_values_and_lists():
         mcnemar_exact([0.5, 1.0], [1.0, 1.0])
 
 
+def test_mcnemar_exact_is_fast_at_a_million_discordant_pairs():
+    base, other = _pairs(499_000, 501_000)
+    start = time.perf_counter()
+    p = mcnemar_exact(base, other)["p_value"]
+    assert time.perf_counter() - start < 1.0  # the former Fraction sum took minutes at 39,000
+    # normal approximation with continuity correction: z = (|b - c| - 1) / sqrt(b + c)
+    z = (2000 - 1) / 1000
+    assert p == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-3)
+    assert mcnemar_exact(*_pairs(500_000, 500_000))["p_value"] == 1.0
+
+
 # --- paired permutation --------------------------------------------------------------------
 
 
@@ -230,6 +281,21 @@ def test_mcnemar_exact_accepts_0_1_values_and_lists():
 )
 def test_paired_permutation_test_exact_matches_brute_force(diff):
     assert paired_permutation_test(np.array(diff)) == pytest.approx(_brute_force_sign_flip_p(diff))
+
+
+@pytest.mark.parametrize("n", [2, 5, 9, 12])
+def test_paired_permutation_test_exact_matches_scipy(n):
+    # scipy's permutation_test on one sample flips signs; |sum| with "greater" is two-sided
+    diff = np.round(np.random.default_rng(n).normal(0.3, size=n), 1)
+    reference = scipy_stats.permutation_test(
+        (diff,),
+        lambda d, axis: np.abs(np.sum(d, axis=axis)),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=2**n,
+        alternative="greater",
+    )
+    assert paired_permutation_test(diff) == pytest.approx(reference.pvalue)
 
 
 def test_paired_permutation_test_exact_known_values():

@@ -1,21 +1,14 @@
 """Effect tables and correlations against hand-computed answers."""
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from roleprobe.tables import (
-    condition_label,
-    correlation_p_value,
-    effect_table,
-    model_correlation,
-    pearson_test,
-    pivot_effects,
-    regularized_beta,
-    significance_stars,
-)
+from roleprobe.labels import condition_label
+from roleprobe.tables import effect_table, model_correlation, pearson_test, pivot_effects
 
 
 def _base(correct, domains, logprob=-1.0):
@@ -117,29 +110,36 @@ def test_pivot_orders_roles_and_conditions():
     assert condition_label("clamp", 2.0) == "clamp α=2"
 
 
-def test_significance_stars():
-    assert [significance_stars(p) for p in (0.0009, 0.001, 0.009, 0.04, 0.05, math.nan)] == [
-        "***",
-        "**",
-        "**",
-        "*",
-        "",
-        "",
-    ]
+def _pairs_with_r(r, n):
+    """``n`` pairs whose sample correlation is exactly ``r`` (up to rounding)."""
+    design = np.column_stack([np.ones(n), np.arange(n), np.arange(n) ** 2.0])
+    basis = np.linalg.qr(design)[0]  # orthonormal: constant, linear, quadratic
+    u, v = basis[:, 1], basis[:, 2]
+    return u, r * u + math.sqrt(1 - r * r) * v
 
 
-def test_correlation_p_values_match_closed_forms():
-    assert correlation_p_value(0.5, 10) == pytest.approx(0.1411, abs=1e-4)
+def test_pearson_p_values_match_closed_forms():
+    # the t-test with n - 2 degrees of freedom, t = r sqrt(df / (1 - r^2))
+    assert pearson_test(*_pairs_with_r(0.5, 10))[1] == pytest.approx(0.1411, abs=1e-4)
     for t in (0.3, 1.0, 4.0):
         r = t / math.sqrt(1 + t * t)  # n = 3: one degree of freedom, the Cauchy law
-        assert correlation_p_value(r, 3) == pytest.approx(1 - 2 / math.pi * math.atan(t))
+        got_r, p = pearson_test(*_pairs_with_r(r, 3))
+        assert got_r == pytest.approx(r) and p == pytest.approx(1 - 2 / math.pi * math.atan(t))
         r2 = t / math.sqrt(2 + t * t)  # n = 4: two degrees of freedom
-        assert correlation_p_value(r2, 4) == pytest.approx(1 - t / math.sqrt(2 + t * t))
-    assert regularized_beta(2, 3, 0.4) == pytest.approx(0.5248)
-    assert regularized_beta(0.5, 0.5, 0.3) == pytest.approx(2 / math.pi * math.asin(math.sqrt(0.3)))
-    assert regularized_beta(30, 40, 0.9) == pytest.approx(1.0)
-    assert correlation_p_value(1.0, 5) == 0.0 and math.isnan(correlation_p_value(0.2, 2))
-    assert correlation_p_value(-0.5, 10) == correlation_p_value(0.5, 10)
+        assert pearson_test(*_pairs_with_r(r2, 4))[1] == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    x, y = _pairs_with_r(0.5, 10)
+    assert pearson_test(x, -y)[1] == pytest.approx(pearson_test(x, y)[1])  # two-sided
+    assert pearson_test(x, 2 * x + 1)[1] < 1e-20  # |r| = 1
+
+
+def test_pearson_test_gives_nan_where_scipy_would_not():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and without scipy's warnings
+        # two pairs: scipy says r = -1, p = 1; a line through two points says nothing
+        assert all(math.isnan(v) for v in pearson_test([1.0, 2.0], [3.0, 1.0]))
+        assert all(math.isnan(v) for v in pearson_test([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
+    with pytest.raises(ValueError, match="same length"):
+        pearson_test([1.0, 2.0, 3.0], [1.0, 2.0])
 
 
 def test_pearson_and_model_correlation():

@@ -33,16 +33,15 @@ from torch import Tensor
 from roleprobe.activations import PositionLabel
 from roleprobe.benchmarks import LETTERS
 from roleprobe.directions import RoleDirections
-from roleprobe.tables import (
-    EFFECT_KEYS,
+from roleprobe.labels import (
     condition_label,
     condition_rank,
-    pivot_effects,
-    require_columns,
     role_domain,
     role_order,
     significance_stars,
 )
+from roleprobe.stats import require_columns
+from roleprobe.tables import EFFECT_KEYS, pivot_effects
 
 SIGNED_SCALE = "RdBu"
 SEQUENTIAL_SCALE = "Viridis"

@@ -40,7 +40,7 @@ under both conditions, so per-item differences, not two independent samples, car
 * McNemar's exact test (:func:`mcnemar_exact`). Only discordant items matter: ``b`` right at
   baseline and wrong steered, ``c`` the reverse. Under "no effect" each discordant item is a
   fair coin, so ``b ~ Binomial(b + c, 1/2)`` and the two-sided p-value is
-  ``min(1, 2 * P(X <= min(b, c)))``, computed exactly with integer arithmetic. With
+  ``min(1, 2 * P(X <= min(b, c)))`` (:func:`scipy.stats.binomtest`). With
   fractional credits (ties under ``"fractional"``) McNemar does not apply;
   :func:`paired_accuracy_test` then runs the sign-flip permutation test on the per-item
   credit differences — on 0/1 credits that test *is* McNemar's (each discordant item is a
@@ -55,6 +55,14 @@ under both conditions, so per-item differences, not two independent samples, car
 with :func:`adjust_pvalues` (Holm for the family-wise error rate, Benjamini-Hochberg for the
 false discovery rate).
 
+**What comes from scipy.** McNemar's test is :func:`scipy.stats.binomtest`, the bootstrap
+resamples and bootstrap distributions are :func:`scipy.stats.bootstrap`'s, and
+Benjamini-Hochberg is :func:`scipy.stats.false_discovery_control`. The wrappers keep their
+seeds and their numbers: scipy draws the resamples from the same ``numpy.random.Generator``
+stream the earlier hand-written loop drew, and the interval is the same ``numpy.quantile``
+of that distribution. Two pieces stay ours, each a few lines: Holm's step-down (scipy has
+none) and the sign-flip resampler of :func:`paired_permutation_test` (see there why).
+
 Example:
     >>> base = evaluate(model, items)
     >>> steered = evaluate(model, items, rp.Addition(vec, layer=15, alpha=3.0))
@@ -63,20 +71,24 @@ Example:
     >>> adjust_pvalues([row["mcnemar_p"], ...], method="holm")
 """
 
+import inspect
 import math
+import warnings
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from typing import Any, TypeAlias, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from roleprobe.benchmarks import LETTERS
 
 ADJUST_METHODS = ("holm", "bh")
 EXACT_PERMUTATION_MAX_N = 16
 """Up to this many items :func:`paired_permutation_test` enumerates all sign flips."""
+_BOOTSTRAP_BATCH_VALUES = 2_000_000
+"""Values per batch of bootstrap resamples (``batch * n_items``): bounds their memory."""
 
 # Sequence[int] admits lists of bools (beartype does not treat int as float).
 ArrayLike: TypeAlias = npt.NDArray[Any] | pd.Series | Sequence[float] | Sequence[int]
@@ -146,19 +158,79 @@ def _check_ci_args(n_boot: int, level: float) -> None:
 
 
 def _percentile_interval(stats: npt.NDArray[np.float64], level: float) -> tuple[float, float]:
+    """The percentile interval, as ``numpy.quantile`` (linear interpolation) computes it.
+
+    scipy's own interval (``scipy.stats.quantile``) can differ in the last bit; numpy's keeps
+    every interval identical to the earlier releases'.
+    """
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(stats, [alpha, 1.0 - alpha])
     return float(low), float(high)
 
 
-def _check_columns(df: pd.DataFrame, required: Sequence[str], name: str) -> None:
-    missing = [col for col in required if col not in df.columns]
+def require_columns(
+    df: pd.DataFrame, columns: Sequence[str], name: str, *, allow_empty: bool = True
+) -> None:
+    """Check that a table has the columns a function needs (the one check of the package).
+
+    Args:
+        df: the table.
+        columns: the column names it must have.
+        name: how the error message calls the table (e.g. ``"base_df"``).
+        allow_empty: ``False`` also rejects a table without rows.
+
+    Raises:
+        ValueError: naming the missing columns and the ones present, or saying the table is
+            empty.
+    """
+    missing = [col for col in columns if col not in df.columns]
     if missing:
         raise ValueError(
             f"{name} lacks required column(s) {missing}; it has {list(map(str, df.columns))}"
         )
-    if len(df) == 0:
+    if not allow_empty and len(df) == 0:
         raise ValueError(f"{name} is empty: need at least one item")
+
+
+def _vectorized(statistic: Statistic) -> bool:
+    """Whether ``statistic`` takes ``axis`` (as numpy's reductions do), as scipy decides it."""
+    try:
+        return "axis" in inspect.signature(statistic).parameters
+    except (TypeError, ValueError):  # a callable without an inspectable signature
+        return False
+
+
+def _bootstrap_distribution(
+    samples: tuple[npt.NDArray[np.float64], ...],
+    statistic: Callable[..., Any],
+    n_boot: int,
+    seed: int,
+) -> npt.NDArray[np.float64]:
+    """``n_boot`` values of ``statistic`` over paired resamples of the items (scipy's bootstrap).
+
+    :func:`scipy.stats.bootstrap` draws the item indices as ``rng.integers(0, n, (batch, n))``
+    from ``numpy.random.default_rng(seed)``: the same stream as ``n_boot`` draws of ``n``
+    indices, so the distribution equals the one of the former hand-written loop. Its resamples
+    are taken in batches of at most ~2 million values to bound memory. scipy needs two items;
+    one item resamples to itself, so its distribution is the statistic of that item.
+    """
+    n = samples[0].size
+    if n == 1:
+        return np.full(n_boot, float(statistic(*samples)), dtype=np.float64)
+    with warnings.catch_warnings():
+        if n_boot < 2:  # scipy's standard error of a single resample warns; we do not use it
+            warnings.simplefilter("ignore", RuntimeWarning)
+        result = scipy_stats.bootstrap(
+            samples,
+            statistic,
+            n_resamples=n_boot,
+            batch=max(1, _BOOTSTRAP_BATCH_VALUES // n),
+            vectorized=_vectorized(statistic),
+            paired=len(samples) > 1,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    return np.asarray(result.bootstrap_distribution, dtype=np.float64)
 
 
 def bootstrap_ci(
@@ -168,11 +240,12 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic`` over items.
+    """Percentile bootstrap interval of ``statistic`` over items (:func:`scipy.stats.bootstrap`).
 
     Args:
         values: one value per item (e.g. 0/1 correctness or a log-probability).
-        statistic: maps a 1-D array of item values to a number (default: the mean).
+        statistic: maps a 1-D array of item values to a number (default: the mean). One
+            that takes ``axis`` (numpy's reductions do) is applied to all resamples at once.
         n_boot: bootstrap resamples.
         seed: seed of the ``numpy.random.Generator`` that draws the resamples.
         level: coverage of the interval, in (0, 1).
@@ -187,11 +260,7 @@ def bootstrap_ci(
     """
     array = _as_1d(values, "values")
     _check_ci_args(n_boot, level)
-    rng = np.random.default_rng(seed)
-    n = array.size
-    stats = np.empty(n_boot, dtype=np.float64)
-    for i in range(n_boot):
-        stats[i] = statistic(array[rng.integers(0, n, size=n)])
+    stats = _bootstrap_distribution((array,), statistic, n_boot, seed)
     return _percentile_interval(stats, level)
 
 
@@ -228,12 +297,18 @@ def paired_bootstrap_ci(
     if a.size != b.size:
         raise ValueError(f"base has {a.size} items but other has {b.size}: they must be paired")
     _check_ci_args(n_boot, level)
-    rng = np.random.default_rng(seed)
-    n = a.size
-    stats = np.empty(n_boot, dtype=np.float64)
-    for i in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        stats[i] = statistic(b[idx]) - statistic(a[idx])
+    difference: Callable[..., Any]
+    if _vectorized(statistic):
+
+        def difference(x: npt.NDArray[Any], y: npt.NDArray[Any], axis: int = -1) -> Any:
+            return statistic(y, axis=axis) - statistic(x, axis=axis)  # type: ignore[call-arg]
+
+    else:
+
+        def difference(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> Any:
+            return statistic(y) - statistic(x)
+
+    stats = _bootstrap_distribution((a, b), difference, n_boot, seed)
     return _percentile_interval(stats, level)
 
 
@@ -260,7 +335,7 @@ def accuracy(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float =
         ValueError: if columns are missing (named in the message), the table is empty or it
             mixes tie rules.
     """
-    _check_columns(df, _ACCURACY_COLUMNS, "df")
+    require_columns(df, _ACCURACY_COLUMNS, "df", allow_empty=False)
     rule = tie_rule_of(df)
     correct = _as_1d(df["correct"].to_numpy(dtype=np.float64), "correct")
     low, high = bootstrap_ci(correct, np.mean, n_boot=n_boot, seed=seed, level=level)
@@ -302,7 +377,7 @@ def accuracy_by(
         One row per group, indexed by it, with :func:`accuracy`'s fields as columns.
     """
     keys = [by] if isinstance(by, str) else list(by)
-    _check_columns(df, keys, "df")
+    require_columns(df, keys, "df", allow_empty=False)
     grouping = keys[0] if len(keys) == 1 else keys
     rows = {name: accuracy(group, n_boot=n_boot, seed=seed) for name, group in df.groupby(grouping)}
     table = pd.DataFrame(rows).T.infer_objects()
@@ -342,11 +417,6 @@ def _as_bool(values: ArrayLike, name: str) -> npt.NDArray[np.bool_]:
     return array
 
 
-def _binom_half_cdf(k: int, n: int) -> Fraction:
-    """Exact ``P(X <= k)`` for ``X ~ Binomial(n, 1/2)``."""
-    return Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)
-
-
 def mcnemar_exact(base_correct: ArrayLike, other_correct: ArrayLike) -> McNemarResult:
     """McNemar's exact test of paired correctness (two-sided binomial test on discordant pairs).
 
@@ -356,8 +426,10 @@ def mcnemar_exact(base_correct: ArrayLike, other_correct: ArrayLike) -> McNemarR
 
     Returns:
         ``b`` (right at baseline, wrong under the other condition), ``c`` (wrong, then right)
-        and ``p_value = min(1, 2 * P(X <= min(b, c)))`` with ``X ~ Binomial(b + c, 1/2)``,
-        computed exactly; 1 when there are no discordant pairs.
+        and ``p_value = min(1, 2 * P(X <= min(b, c)))`` with ``X ~ Binomial(b + c, 1/2)``:
+        the two-sided :func:`scipy.stats.binomtest` of ``b`` successes in ``b + c`` trials
+        (exact binomial probabilities, well under a millisecond at ``b + c = 10**6``); 1
+        when there are no discordant pairs.
 
     Raises:
         ValueError: if an input is empty, not 1-D or not boolean, or the lengths differ.
@@ -374,8 +446,10 @@ def mcnemar_exact(base_correct: ArrayLike, other_correct: ArrayLike) -> McNemarR
     n = b + c
     if n == 0:
         return McNemarResult(b=b, c=c, p_value=1.0)
-    p = min(Fraction(1), 2 * _binom_half_cdf(min(b, c), n))
-    return McNemarResult(b=b, c=c, p_value=float(p))
+    # With p = 1/2 the null is symmetric, so scipy's two-sided p (outcomes no more likely than
+    # the observed one) is min(1, 2 * P(X <= min(b, c))).
+    p = scipy_stats.binomtest(b, n, 0.5, alternative="two-sided").pvalue
+    return McNemarResult(b=b, c=c, p_value=min(1.0, float(p)))
 
 
 def paired_permutation_test(diff: ArrayLike, n_perm: int = 10000, seed: int = 0) -> float:
@@ -384,6 +458,14 @@ def paired_permutation_test(diff: ArrayLike, n_perm: int = 10000, seed: int = 0)
     Under the null each item's difference is symmetric around 0, so its sign is a coin flip.
     The p-value is the share of sign assignments whose ``|mean|`` reaches the observed one
     (ties within floating-point rounding count as reaching it).
+
+    This is :func:`scipy.stats.permutation_test` with ``permutation_type="samples"`` on one
+    sample (a sign flip per item), statistic ``|sum|`` and ``alternative="greater"``, and
+    ``tests/test_stats.py`` checks the two agree. The resampler stays our own, vectorised
+    numpy code: scipy enumerates the ``2**16`` flips through Python tuples (about 20 times
+    slower) and draws its random flips from another stream (about 40 times slower at 500
+    items, and different p-values for the same seed), while :func:`compare` runs this test
+    for every cell of an effect table.
 
     Args:
         diff: per-item differences (other minus base).
@@ -502,8 +584,8 @@ def compare(
             their ids differ anywhere (the message counts the differing positions) or they
             were scored with different tie rules.
     """
-    _check_columns(base_df, _COMPARE_COLUMNS, "base_df")
-    _check_columns(other_df, _COMPARE_COLUMNS, "other_df")
+    require_columns(base_df, _COMPARE_COLUMNS, "base_df", allow_empty=False)
+    require_columns(other_df, _COMPARE_COLUMNS, "other_df", allow_empty=False)
     if len(base_df) != len(other_df):
         raise ValueError(
             f"base_df has {len(base_df)} items but other_df has {len(other_df)}: "
@@ -563,7 +645,8 @@ def adjust_pvalues(
     Args:
         p: the p-values, each in [0, 1].
         method: ``"holm"`` (Holm-Bonferroni step-down; controls the family-wise error rate) or
-            ``"bh"`` (Benjamini-Hochberg step-up; controls the false discovery rate).
+            ``"bh"`` (Benjamini-Hochberg step-up, :func:`scipy.stats.false_discovery_control`;
+            controls the false discovery rate).
 
     Returns:
         Adjusted p-values in the input order, monotone in the raw p-values and capped at 1.
@@ -585,12 +668,11 @@ def adjust_pvalues(
     m = values.size
     if m == 0:
         return values
+    if method == "bh":
+        return np.asarray(scipy_stats.false_discovery_control(values, method="bh"), np.float64)
+    # Holm's step-down (scipy has none): the k-th smallest p times (m - k + 1), made monotone.
     order = np.argsort(values, kind="stable")
-    ranked = values[order]
-    if method == "holm":
-        adjusted = np.maximum.accumulate(ranked * np.arange(m, 0, -1))
-    else:
-        adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    adjusted = np.maximum.accumulate(values[order] * np.arange(m, 0, -1))
     out = np.empty(m, dtype=np.float64)
     out[order] = np.minimum(adjusted, 1.0)
     return out

@@ -19,7 +19,11 @@ see :func:`roleprobe.score_table`); on fractional credits the McNemar columns ho
 sign-flip test on credit differences (``accuracy_test`` says which test ran).
 
 **Agreement between models.** :func:`model_correlation` correlates two models' effects over
-the cells both have (Pearson r with an exact two-sided t-test p-value).
+the cells both have (Pearson r with its exact two-sided p-value, :func:`scipy.stats.pearsonr`).
+
+Orders and labels (roles in catalogue order, ``"α=3"``, stars) come from
+:mod:`roleprobe.labels`, which the figures share; figures themselves live in
+:mod:`roleprobe.plotting`.
 
 Example:
     >>> effects = effect_table(base, pd.concat(runs))
@@ -35,16 +39,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from scipy import stats as scipy_stats
 
-from roleprobe.roles import DOMAINS, ROLES, get_role
-from roleprobe.stats import adjust_pvalues, compare, relative_change
+from roleprobe.labels import (
+    alpha_missing,
+    condition_label,
+    condition_rank,
+    domain_order,
+    role_domain,
+    role_order,
+    significance_stars,
+)
+from roleprobe.stats import adjust_pvalues, compare, relative_change, require_columns
 
 BASE_COLUMNS = ("id", "domain", "correct", "logprob_correct")
 RUN_COLUMNS = ("role", "condition", "alpha", "id", "correct", "logprob_correct")
 EFFECT_KEYS = ("role", "condition", "alpha", "domain")
-STAR_LEVELS = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
-CONDITION_ORDER = ("addition", "ablation", "persona")
-_ROLE_RANK = {role.name: i for i, role in enumerate(ROLES)}
 _COMPARE_FIELDS = (
     "n",
     "base_accuracy",
@@ -63,60 +73,6 @@ _COMPARE_FIELDS = (
     "accuracy_test",
     "tie_rule",
 )
-
-
-# ------------------------------------------------------------------ helpers -----------------
-def require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    """Raise a ValueError naming the columns of ``columns`` that ``df`` lacks."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{name} lacks required column(s) {missing}; it has {list(map(str, df.columns))}"
-        )
-
-
-def significance_stars(p: float | int) -> str:
-    """``"***"`` for p < 0.001, ``"**"`` for p < 0.01, ``"*"`` for p < 0.05, else ``""``."""
-    if math.isnan(p):
-        return ""
-    return next((stars for level, stars in STAR_LEVELS if p < level), "")
-
-
-def role_domain(role: str) -> str | None:
-    """The domain of a catalogue role, or ``None`` for a role the catalogue does not know."""
-    try:
-        return get_role(role).domain
-    except ValueError:
-        return None
-
-
-def role_order(roles: Sequence[str]) -> list[str]:
-    """Distinct roles in catalogue order (by domain, as :data:`roleprobe.roles.ROLES`), then
-    unknown roles alphabetically."""
-    return sorted(dict.fromkeys(roles), key=lambda r: (_ROLE_RANK.get(r, len(_ROLE_RANK)), r))
-
-
-def domain_order(domains: Sequence[str]) -> list[str]:
-    """Distinct domains in :data:`roleprobe.roles.DOMAINS` order, then unknown ones."""
-    rank = {d: i for i, d in enumerate(DOMAINS)}
-    return sorted(dict.fromkeys(domains), key=lambda d: (rank.get(d, len(rank)), d))
-
-
-def _missing(alpha: float | int | None) -> bool:
-    return alpha is None or math.isnan(alpha)
-
-
-def condition_label(condition: str, alpha: float | int | None) -> str:
-    """A column label: ``"α=3"`` for an addition, the condition's name when α is NaN."""
-    if _missing(alpha):
-        return condition
-    return f"α={alpha:g}" if condition == "addition" else f"{condition} α={alpha:g}"
-
-
-def condition_rank(condition: str, alpha: float | int | None) -> tuple[int, float, str]:
-    """Sort key: additions by α, then ablation, persona, and any other condition."""
-    rank = CONDITION_ORDER.index(condition) if condition in CONDITION_ORDER else 3
-    return rank, 0.0 if alpha is None or math.isnan(alpha) else float(alpha), condition
 
 
 # ------------------------------------------------------------------ effects -----------------
@@ -171,7 +127,7 @@ def effect_table(
     groups = runs.groupby(["role", "condition", "alpha"], dropna=False, sort=False)
     for (role, condition, alpha), run in groups:
         where = f"role {role!r}, condition {condition!r}" + (
-            "" if _missing(alpha) else f", alpha {alpha:g}"
+            "" if alpha_missing(alpha) else f", alpha {alpha:g}"
         )
         if run["id"].duplicated().any():
             raise ValueError(
@@ -278,71 +234,25 @@ def pivot_effects(effects: pd.DataFrame, value: str = "relative_change_pct") -> 
 
 
 # ------------------------------------------------------------------ models ------------------
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz evaluation)."""
-    tiny, eps = 1e-300, 1e-15
-
-    def guard(v: float) -> float:
-        return tiny if abs(v) < tiny else v
-
-    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1.0))
-    f = d
-    for m in range(1, 10_000):
-        for num in (
-            m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0)),
-        ):
-            d = 1.0 / guard(1.0 + num * d)
-            c = guard(1.0 + num / c)
-            f *= d * c
-        if abs(d * c - 1.0) < eps:
-            return f
-    raise ArithmeticError(f"incomplete beta continued fraction did not converge ({a}, {b}, {x})")
-
-
-def regularized_beta(a: float | int, b: float | int, x: float | int) -> float:
-    """The regularised incomplete beta function ``I_x(a, b)`` for ``a, b > 0``, ``x`` in [0, 1]."""
-    a, b, x = float(a), float(b), float(x)
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"x must lie in [0, 1], got {x}")
-    if x in (0.0, 1.0):
-        return x
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def correlation_p_value(r: float | int, n: int) -> float:
-    """Two-sided p-value of Pearson's ``r`` over ``n`` pairs (t-test with ``n - 2`` d.f.).
-
-    ``t = r * sqrt((n - 2) / (1 - r**2))`` and ``p = P(|T| >= |t|) = I_{df/(df+t²)}(df/2, 1/2)``.
-    NaN for ``n < 3`` or a NaN ``r``; 0 for ``|r| = 1``.
-    """
-    if n < 3 or math.isnan(r):
-        return math.nan
-    if abs(r) >= 1.0:
-        return 0.0
-    df = n - 2
-    t2 = r * r * df / (1.0 - r * r)
-    return regularized_beta(df / 2.0, 0.5, df / (df + t2))
-
-
 def pearson_test(
     x: npt.NDArray[Any] | Sequence[float], y: npt.NDArray[Any] | Sequence[float]
 ) -> tuple[float, float]:
-    """Pearson's r and its two-sided p-value (NaN for fewer than 3 pairs or a constant input)."""
+    """Pearson's r and its two-sided p-value, from :func:`scipy.stats.pearsonr`.
+
+    The p-value is the exact one under bivariate normality (the t-test with ``n - 2`` degrees
+    of freedom). Unlike scipy, fewer than 3 pairs (where ``|r| = 1`` says nothing) and a
+    constant input give NaN for both, without a warning.
+
+    Raises:
+        ValueError: ``x`` and ``y`` are not 1-D of one length.
+    """
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"x and y must be 1-D of the same length, got {a.shape} and {b.shape}")
     if a.size < 3 or a.std() == 0 or b.std() == 0:
         return math.nan, math.nan
-    da, db = a - a.mean(), b - b.mean()
-    r = float(np.clip((da @ db) / math.sqrt((da @ da) * (db @ db)), -1.0, 1.0))
-    return r, correlation_p_value(r, int(a.size))
+    result = scipy_stats.pearsonr(a, b)
+    return float(result.statistic), float(result.pvalue)
 
 
 def model_correlation(
