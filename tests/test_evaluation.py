@@ -1,13 +1,19 @@
+from contextlib import contextmanager
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from beartype.roar import BeartypeCallHintViolation
 
 import roleprobe as rp
 from roleprobe.benchmarks import LETTERS, MultipleChoice
+from roleprobe.conditions import split_condition
 from roleprobe.evaluation import (
     TIE_RULES,
     Baseline,
     Persona,
+    condition_columns,
     evaluate,
     format_question,
     score_table,
@@ -209,3 +215,78 @@ def test_evaluate_records_the_tie_rule(tiny_model, bench):
     assert (df["tie_rule"] == "paper").all() and (df["tied"] >= 1).all()
     with pytest.raises(ValueError, match="unknown tie_rule"):
         evaluate(tiny_model, bench, progress=False, tie_rule="random")
+
+
+class AddAtLast:
+    """A user's own intervention: no base class, plain torch, hooks at one layer's input."""
+
+    def __init__(self, vector, layer):
+        self.vector, self.layer = vector, layer
+
+    def hooks(self, model, state):
+        def add_last(act, hook):
+            act = act.clone()
+            act[:, -1] += self.vector
+            return act
+
+        return [(f"blocks.{self.layer}.hook_resid_pre", add_last)]
+
+
+@contextmanager
+def _count_forwards(model):
+    calls = []
+
+    def count(act, hook):
+        calls.append(1)
+        return act
+
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", count)]):
+        yield calls
+
+
+def test_a_user_defined_intervention_runs_like_the_builtin(tiny_model, bench):
+    d = torch.randn(64) * 4
+    mine = evaluate(tiny_model, bench, AddAtLast(d, 1), progress=False)
+    builtin = evaluate(tiny_model, bench, rp.Addition(d, 1, positions=[-1]), progress=False)
+    base = evaluate(tiny_model, bench, progress=False)
+    cols = [f"logprob_{x}" for x in LETTERS]
+    np.testing.assert_allclose(mine[cols], builtin[cols], atol=1e-6)
+    assert not np.allclose(mine[cols], base[cols])  # it did steer
+    # a class without columns() is named by its type; one with columns() names itself
+    assert mine["condition"].unique().tolist() == ["AddAtLast"]
+    assert builtin["condition"].iloc[0] == "addition" and builtin["positions"].iloc[0] == "(-1,)"
+
+
+def test_a_non_intervention_is_refused_before_any_forward_pass(tiny_model, bench):
+    class NotAnIntervention:
+        hooks = "not a method"
+
+    with _count_forwards(tiny_model) as calls:
+        with pytest.raises(TypeError, match="NotAnIntervention"):
+            evaluate(tiny_model, bench, NotAnIntervention(), progress=False)
+        with pytest.raises(TypeError, match="NotAnIntervention"):
+            evaluate(tiny_model, bench, [Persona("lawyer"), NotAnIntervention()], progress=False)
+        # (under the test suite's beartype checks a plain string fails the annotation first)
+        with pytest.raises((TypeError, BeartypeCallHintViolation), match="str"):
+            evaluate(tiny_model, bench, "lawyer", progress=False)
+    assert calls == []
+    with pytest.raises(TypeError, match=r"rp\.Persona"):
+        split_condition("lawyer")
+
+
+def test_persona_and_interventions_compose(tiny_model, bench):
+    d = torch.randn(64) * 4
+    persona = evaluate(tiny_model, bench, Persona("lawyer"), progress=False)
+    zero = evaluate(tiny_model, bench, [Persona("lawyer"), rp.Addition(d, 1, 0.0)], progress=False)
+    both = evaluate(tiny_model, bench, [Persona("lawyer"), rp.Addition(d, 1, 3.0)], progress=False)
+    added = evaluate(tiny_model, bench, rp.Addition(d, 1, 3.0), progress=False)
+    cols = [f"logprob_{x}" for x in LETTERS]
+    assert (zero[cols].to_numpy() == persona[cols].to_numpy()).all()
+    assert not np.allclose(both[cols], persona[cols]) and not np.allclose(both[cols], added[cols])
+    row = both.iloc[0]
+    assert row["condition"] == "persona+addition" and row["role"] == "lawyer"
+    assert row["alpha"] == 3.0 and row["system"] == "You are a lawyer."
+    assert condition_columns(None) == {"condition": "baseline"}
+    assert condition_columns([Baseline(), Persona("nurse", mode="prefix")])["condition"] == (
+        "persona"
+    )

@@ -314,3 +314,61 @@ def test_gemma2_placements_differ_and_only_stream_leaves_nothing_along_d(gemma_p
 def test_ablation_placement_is_validated(tiny_model):
     with pytest.raises(ValueError, match=r"at='before'.*\('stream', 'paper'\)"):
         Ablation(torch.randn(64), at="before")
+
+
+class ScaledAddition:
+    """A user's own intervention (no base class): the built-in maths through position_hook."""
+
+    def __init__(self, direction, layer, alpha):
+        self.direction, self.layer, self.alpha = direction, layer, alpha
+
+    def hooks(self, model, state):
+        fn = rp.interventions.position_hook(lambda x: x + self.alpha * self.direction, "all", state)
+        return [(f"blocks.{self.layer}.hook_resid_pre", fn)]
+
+
+def test_a_user_defined_intervention_steers_and_generates_like_the_builtin(tiny_model, batch):
+    d = torch.randn(64) * 5
+    mine, builtin = ScaledAddition(d, 1, 3.0), Addition(d, 1, 3.0)
+    with steer(tiny_model, mine, attention_mask=batch.attention_mask):
+        ours = _logits(tiny_model, batch)
+    with steer(tiny_model, builtin, attention_mask=batch.attention_mask):
+        theirs = _logits(tiny_model, batch)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    text = rp.generate(tiny_model, PROMPTS, [mine], max_new_tokens=6)
+    assert text == rp.generate(tiny_model, PROMPTS, [builtin], max_new_tokens=6)
+    assert text == rp.generate(tiny_model, PROMPTS, mine, max_new_tokens=6)  # one, unlisted
+    assert rp.interventions.describe(mine) == {"condition": "ScaledAddition"}
+    assert rp.interventions.describe(builtin)["condition"] == "addition"
+
+
+def test_non_interventions_are_refused_by_name(tiny_model):
+    class Impostor:
+        hooks = None  # an attribute, not a method
+
+    calls = []
+
+    def count(act, hook):
+        calls.append(1)
+        return act
+
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", count)]):
+        with pytest.raises(TypeError, match="Impostor"), steer(tiny_model, Impostor()):
+            pass
+        with pytest.raises(TypeError, match="Impostor"):
+            rp.generate(tiny_model, PROMPTS, [Impostor()], max_new_tokens=2)
+    assert calls == []
+    with pytest.raises(TypeError, match="got int"):
+        rp.interventions.check_intervention(3)
+
+
+def test_persona_in_generate_is_the_system_prompt(tiny_model):
+    persona = rp.generate(tiny_model, PROMPTS, [rp.Persona("lawyer")], max_new_tokens=6)
+    system = rp.generate(tiny_model, PROMPTS, system="You are a lawyer.", max_new_tokens=6)
+    assert persona == system
+    prefixed = rp.generate(
+        tiny_model, PROMPTS, [rp.Persona("lawyer", mode="prefix")], max_new_tokens=6
+    )
+    assert prefixed == rp.generate(
+        tiny_model, [f"You are a lawyer.\n{p}" for p in PROMPTS], max_new_tokens=6
+    )

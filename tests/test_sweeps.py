@@ -288,3 +288,108 @@ def test_candidate_scores_state_the_tie_rule_and_count_ties():
     assert old["tie_rule"] == "first" and np.isnan(old["n_tied"])
     with pytest.raises(ValueError, match="mixes tie rules"):
         candidate_scores(table, baseline.assign(tie_rule="paper"), "domain")
+
+
+class AddEverywhere:
+    """A user's own intervention (no base class): plain torch at one layer's input."""
+
+    def __init__(self, direction, layer, alpha):
+        self.direction, self.layer, self.alpha = direction, layer, alpha
+
+    def hooks(self, model, state):
+        def add(act, hook):
+            new = act + self.alpha * self.direction
+            if state.attention_mask is None:
+                return new
+            return torch.where(state.attention_mask.bool()[..., None], new, act)
+
+        return [(f"blocks.{self.layer}.hook_resid_pre", add)]
+
+
+class NudgeMlp:
+    """A user's own intervention at another hook point (runs in full passes)."""
+
+    def __init__(self, direction, layer):
+        self.direction, self.layer = direction, layer
+
+    def hooks(self, model, state):
+        return [(f"blocks.{self.layer}.hook_mlp_out", lambda act, hook: act + self.direction)]
+
+
+def test_user_defined_conditions_run_in_the_sweep(model, directions, bench):
+    extra = {"mine": lambda d, layer: AddEverywhere(d, layer, 3.0), "mlp": NudgeMlp}
+    result = sweep(
+        model,
+        directions,
+        bench,
+        roles=["lawyer"],
+        alphas=(3.0,),
+        ablation=False,
+        controls=False,
+        conditions=extra,
+        **KW,
+    )
+    t = result.table
+    assert set(t["condition"]) == {"addition", "mine", "mlp"}
+    assert result.config.conditions == ("mine", "mlp")
+    key = ["position", "layer", "id"]
+    ours = t[t["condition"] == "mine"].sort_values(key).reset_index(drop=True)
+    builtin = t[t["condition"] == "addition"].sort_values(key).reset_index(drop=True)
+    np.testing.assert_allclose(ours["logprob_correct"], builtin["logprob_correct"], atol=1e-6)
+    assert ours["alpha"].isna().all()
+    law = bench.subset(domain="law")
+    d = directions.vector("lawyer", 2, -1)
+    ref = rp.evaluate(model, law, NudgeMlp(d, 2), progress=False)
+    rows = t[(t["condition"] == "mlp") & (t["layer"] == 2) & (t["position"] == -1)]
+    rows = rows.set_index("id").loc[ref["id"]]
+    np.testing.assert_allclose(rows["logprob_correct"], ref["logprob_correct"], atol=1e-5)
+    assert "mine" in set(result.scores()["condition"])
+
+
+def test_a_condition_that_is_no_intervention_is_refused_before_any_pass(model, directions, bench):
+    calls = []
+
+    def count(act, hook):
+        calls.append(1)
+        return act
+
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", count)]):
+        with pytest.raises(TypeError, match=r"'oops'.*got tuple"):
+            not_one = {"oops": lambda d, layer: (d, layer)}
+            sweep(model, directions, bench, roles=["lawyer"], conditions=not_one, **KW)
+        with pytest.raises(ValueError, match="condition names"):
+            taken = {"addition": NudgeMlp}
+            sweep(model, directions, bench, roles=["lawyer"], conditions=taken, **KW)
+    assert calls == []
+
+
+def test_alphas_in_units_of_the_residual_norm(model, directions, bench):
+    kw = {**KW, "layers": [2], "positions": [-1]}
+    result = sweep(
+        model,
+        directions,
+        bench,
+        roles=["lawyer"],
+        alphas=(0.5,),
+        ablation=False,
+        controls=False,
+        alpha_unit="norm",
+        **kw,
+    )
+    d = directions.vector("lawyer", 2, -1)
+    norm = float(rp.residual_norms(model)[2])
+    law = bench.subset(domain="law")
+    ref = rp.evaluate(model, law, rp.Addition(d, 2, 0.5, reference_norm=norm), progress=False)
+    rows = result.table.set_index("id").loc[ref["id"]]
+    np.testing.assert_allclose(rows["logprob_correct"], ref["logprob_correct"], atol=1e-5)
+
+
+def test_new_config_fields_round_trip_and_old_manifests_still_match():
+    cfg = SweepConfig(roles=("lawyer",), layers=(1,), positions=(-1,))
+    assert "alpha_unit" not in cfg.to_dict() and "conditions" not in cfg.to_dict()
+    custom = SweepConfig(
+        roles=("lawyer",), layers=(1,), positions=(-1,), alpha_unit="norm", conditions=("x",)
+    )
+    assert SweepConfig.from_dict(custom.to_dict()) == custom
+    with pytest.raises(ValueError, match="alpha_unit"):
+        SweepConfig(roles=("lawyer",), layers=(1,), positions=(-1,), alpha_unit="sigma")

@@ -23,18 +23,22 @@ correct, because their argmax lists the correct letter first) or ``"first"`` (th
 letter wins). ``correct`` is therefore a float in [0, 1]; its mean is the accuracy under the
 rule, and :func:`roleprobe.accuracy` reports the rule and the number of ties.
 
-Conditions: :class:`Baseline`; :class:`Persona` (the role in the prompt, as a system prompt
-where the template has one, else prefixed to the user turn); any intervention of
-:mod:`roleprobe.interventions` (:class:`~roleprobe.Addition`, :class:`~roleprobe.Ablation`).
+Conditions (:mod:`roleprobe.conditions`): :class:`Baseline`; a prompt transform such as
+:class:`Persona` (the role in the prompt, as a system prompt where the template has one,
+else prefixed to the user turn); any :class:`~roleprobe.Intervention` — the built-ins
+(:class:`~roleprobe.Addition`, :class:`~roleprobe.Ablation`, :class:`~roleprobe.Clamp`) or
+a class of your own with a ``hooks(model, state)`` method; or a list of these, applied
+together. The condition is checked before any question is scored, and the table's
+condition columns come from each part's ``columns()`` (:func:`roleprobe.interventions.describe`).
 
 Example:
     >>> df = evaluate(model, load_benchmark("builtin"), rp.Persona("lawyer"))
     >>> rp.accuracy(df)
+    >>> both = evaluate(model, bench, [rp.Persona("lawyer"), rp.Addition(d, 12, 3.0)])
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -51,17 +55,24 @@ from roleprobe.chat import (
     encode_prompt,
     pad_token_id,
 )
-from roleprobe.interventions import Ablation, Addition, Clamp, Intervention, steer
+from roleprobe.conditions import Baseline as Baseline
+from roleprobe.conditions import Condition, split_condition
+from roleprobe.conditions import condition_columns as condition_columns
+from roleprobe.interventions import steer
+from roleprobe.persona import PERSONA_MODES as PERSONA_MODES
+from roleprobe.persona import Persona as Persona
+from roleprobe.persona import apply_prompt_transforms
+from roleprobe.persona import template_has_system as template_has_system
 from roleprobe.prefix import last_letter_logits, letter_only_supported
 from roleprobe.progress import bar
 from roleprobe.roles import DOMAIN_SUBJECTS
 from roleprobe.system_turn import normalize_system
+from roleprobe.types import Model
 
 FORMATS = ("paper", "clean")
 TIE_RULES = ("fractional", "paper", "first")
 """How a tie at the top of the letter logits is scored (see the module docstring)."""
 _SUBJECT_DOMAIN = {s: d for d, subjects in DOMAIN_SUBJECTS.items() for s in subjects}
-PERSONA_MODES = ("auto", "system", "prefix")
 
 
 def subject_domain(subject: str) -> str:
@@ -96,85 +107,10 @@ def few_shot_prefix(dev: MultipleChoice | None, subject: str, k: int, prompt_for
     return "\n\n".join(shots) + "\n\n"
 
 
-@dataclass(frozen=True)
-class Baseline:
-    """No intervention."""
-
-
-@dataclass(frozen=True)
-class Persona:
-    """The role stated in the prompt.
-
-    Attributes:
-        role: the role (any text; e.g. ``"lawyer"``).
-        mode: ``"system"`` (a system prompt), ``"prefix"`` (before the question in the user
-            turn) or ``"auto"`` (system where the chat template renders one).
-        template: how the role is stated.
-    """
-
-    role: str
-    mode: str = "auto"
-    template: str = "You are a {role}."
-
-    def __post_init__(self) -> None:
-        if self.mode not in PERSONA_MODES:
-            raise ValueError(f"unknown persona mode {self.mode!r}; use one of {PERSONA_MODES}")
-        if not self.role.strip():
-            raise ValueError("the persona's role is empty")
-
-    @property
-    def text(self) -> str:
-        """The persona sentence."""
-        return self.template.format(role=self.role)
-
-
-Condition = Baseline | Persona | Addition | Ablation | Clamp
-
-
-def condition_columns(condition: Condition) -> dict[str, Any]:
-    """The condition's parameters, as columns of the per-item table."""
-    if isinstance(condition, Baseline):
-        return {"condition": "baseline"}
-    if isinstance(condition, Persona):
-        return {"condition": "persona", "role": condition.role, "persona_mode": condition.mode}
-    if isinstance(condition, Addition):
-        return {
-            "condition": "addition",
-            "layer": condition.layer,
-            "alpha": condition.alpha,
-            "positions": str(condition.positions),
-            "reference_norm": condition.reference_norm,
-        }
-    if isinstance(condition, Ablation):
-        layers = "all" if condition.layers is None else ",".join(map(str, condition.layers))
-        return {
-            "condition": "ablation",
-            "ablated_layers": layers,
-            "ablation_at": condition.at,
-            "positions": str(condition.positions),
-        }
-    if isinstance(condition, Clamp):
-        return {"condition": "clamp", "layer": condition.layer, "value": condition.value}
-    raise TypeError(f"unknown condition {condition!r}")
-
-
-def template_has_system(tokenizer: Any) -> bool:
-    """Whether the chat template renders a system message (some templates drop or reject it)."""
-    sentinel = "Sentinel system text"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "system", "content": sentinel}, {"role": "user", "content": "Hi"}],
-            tokenize=False,
-        )
-    except Exception:  # templates that raise on a system turn (e.g. Gemma's)
-        return False
-    return sentinel in str(text)
-
-
 def evaluate(
-    model: Any,
+    model: Model,
     benchmark: MultipleChoice,
-    condition: Condition | None = None,
+    condition: Condition = None,
     batch_size: int = 16,
     prompt_format: str = "paper",
     k_shot: int = 0,
@@ -190,7 +126,9 @@ def evaluate(
     Args:
         model: a TransformerLens bridge with a chat tokenizer.
         benchmark: the questions.
-        condition: :class:`Baseline` (default), :class:`Persona`, or an intervention.
+        condition: ``None``/:class:`Baseline` (default), a prompt transform
+            (:class:`Persona`), any :class:`~roleprobe.Intervention` (built-in or your own),
+            or a list of these applied together (see :mod:`roleprobe.conditions`).
         batch_size: questions per forward pass (sorted by length to cut padding).
         prompt_format: ``"paper"`` (tabs, as the paper's code) or ``"clean"``.
         k_shot: solved dev examples before each question (0: zero-shot, the paper's setting).
@@ -208,26 +146,21 @@ def evaluate(
     Returns:
         One row per question, in the benchmark's order: ``id, subject, domain, answer, pred,
         correct, logprob_A..logprob_D, logprob_correct, margin, tied, tie_rule, system``
-        and the condition's columns (see :func:`score_table`).
+        and the condition's columns (:func:`condition_columns`; see :func:`score_table`).
+
+    Raises:
+        TypeError: a part of ``condition`` is neither an intervention nor a prompt
+            transform (before any forward pass).
+        ValueError: a bad argument, or an intervention that does not fit the model (also
+            before any question is scored).
     """
-    condition = condition or Baseline()
+    transforms, interventions = split_condition(condition)
+    columns = condition_columns(condition)
     check_tie_rule(tie_rule)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     tokenizer = model.tokenizer
-    system, prefix = normalize_system(system), ""
-    if isinstance(condition, Persona):
-        has_system = template_has_system(tokenizer)
-        use_system = condition.mode == "system" or (condition.mode == "auto" and has_system)
-        if condition.mode == "system" and not has_system:
-            raise ValueError("this model's chat template has no system turn; use mode='prefix'")
-        if use_system:
-            system = condition.text
-        else:
-            prefix = condition.text + "\n"
-    interventions: tuple[Intervention, ...] = (
-        (condition,) if isinstance(condition, Addition | Ablation | Clamp) else ()
-    )
+    system, prefix = apply_prompt_transforms(transforms, tokenizer, normalize_system(system))
     template = ChatTemplate.from_tokenizer(tokenizer, system)
     letter_ids = answer_letter_ids(tokenizer, LETTERS, system)
     if not full_logits:
@@ -237,24 +170,25 @@ def evaluate(
     order = length_batches(encoded, batch_size)
     scores = torch.empty(len(encoded), len(LETTERS), dtype=torch.float64)
     pad = pad_token_id(tokenizer)
-    for rows in bar(order, progress, desc=f"evaluate {benchmark.name}", unit="batch"):
-        batch = collate([encoded[i] for i in rows], template.n_post, pad).to(model.cfg.device)
-        with (
-            torch.inference_mode(),
-            steer(model, *interventions, attention_mask=batch.attention_mask),
-        ):
+    # one steer for the whole benchmark: the hooks are built (and checked) before any
+    # question runs; each batch tells them its attention mask
+    with torch.inference_mode(), steer(model, *interventions) as state:
+        for rows in bar(order, progress, desc=f"evaluate {benchmark.name}", unit="batch"):
+            batch = collate([encoded[i] for i in rows], template.n_post, pad)
+            batch = batch.to(cast(str, model.cfg.device))
+            state.attention_mask = batch.attention_mask
             if full_logits:
                 logits = model(batch.input_ids, attention_mask=batch.attention_mask)[:, -1]
                 letters = logits[:, letter_ids]
             else:
                 letters = letter_logits(model, batch.input_ids, batch.attention_mask, letter_ids)
-        scores[torch.tensor(rows)] = letters.double().cpu()
-    columns = {"system": template.system, **condition_columns(condition), **(labels or {})}
-    return score_table(items, scores, columns, tie_rule=tie_rule)
+            scores[torch.tensor(rows)] = letters.double().cpu()
+    table_columns = {"system": template.system, **columns, **(labels or {})}
+    return score_table(items, scores, table_columns, tie_rule=tie_rule)
 
 
 def encode_questions(
-    model: Any,
+    model: Model,
     items: pd.DataFrame,
     template: ChatTemplate,
     prompt_format: str = "paper",
@@ -286,7 +220,7 @@ def length_batches(encoded: Sequence[EncodedPrompt], batch_size: int) -> list[li
 
 
 def letter_logits(
-    model: Any, input_ids: Tensor, attention_mask: Tensor, letter_ids: Sequence[int]
+    model: Model, input_ids: Tensor, attention_mask: Tensor, letter_ids: Sequence[int]
 ) -> Float[Tensor, "batch choice"]:
     """Logits of the letter tokens at the last position, without the full unembedding.
 

@@ -11,16 +11,21 @@ Example:
     >>> generate(model, ["What is the capital of France?"], max_new_tokens=20)
     ['The capital of France is Paris.']
     >>> generate(model, prompts, interventions=[rp.Addition(d, layer=15, alpha=3.0)])
+    >>> generate(model, prompts, [rp.Persona("lawyer"), rp.Addition(d, 15, 3.0)])
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import cast
 
 import torch
 
 from roleprobe.chat import ChatTemplate, encode_chat
+from roleprobe.conditions import Condition, split_condition
 from roleprobe.interventions import Intervention, steer
+from roleprobe.persona import apply_prompt_transforms
 from roleprobe.progress import bar
+from roleprobe.system_turn import normalize_system
+from roleprobe.types import Model
 
 
 def _next_tokens(
@@ -42,9 +47,9 @@ def _next_tokens(
 
 
 def generate(
-    model: Any,
+    model: Model,
     prompts: str | Sequence[str],
-    interventions: Sequence[Intervention] = (),
+    interventions: Condition = (),
     max_new_tokens: int = 64,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -59,8 +64,10 @@ def generate(
     Args:
         model: a ``TransformerBridge`` with a tokenizer.
         prompts: one instruction or a list of them.
-        interventions: applied while reading the prompt and while generating, each at the
-            positions it names.
+        interventions: any :class:`~roleprobe.Intervention` (built-in or your own) or a list
+            of them, applied while reading the prompt and while generating, each at the
+            positions it names; prompt transforms (:class:`~roleprobe.Persona`) in the list
+            edit the prompts (see :mod:`roleprobe.conditions`).
         max_new_tokens: at most this many generated tokens per prompt.
         do_sample: sample instead of greedy decoding.
         temperature: sampling temperature (``do_sample`` only).
@@ -73,7 +80,12 @@ def generate(
 
     Returns:
         The generated texts (special tokens removed, up to the first end-of-turn token).
+
+    Raises:
+        TypeError: a part of ``interventions`` is neither an intervention nor a prompt
+            transform (checked before any forward pass).
     """
+    transforms, steering = split_condition(interventions)
     if isinstance(prompts, str):
         prompts = [prompts]
     if max_new_tokens < 1:
@@ -85,6 +97,8 @@ def generate(
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     tokenizer = model.tokenizer
+    system, prefix = apply_prompt_transforms(transforms, tokenizer, normalize_system(system))
+    prompts = [prefix + p for p in prompts]
     template = ChatTemplate.from_tokenizer(tokenizer, system)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     texts: list[str] = []
@@ -96,12 +110,12 @@ def generate(
             system,
             max_length=model.cfg.n_ctx - max_new_tokens,
             template=template,
-        ).to(model.cfg.device)
+        ).to(cast(str, model.cfg.device))
         rows = _decode(
             model,
             batch.input_ids,
             batch.attention_mask,
-            interventions,
+            steering,
             max_new_tokens,
             do_sample,
             temperature,
@@ -113,7 +127,7 @@ def generate(
 
 
 def _decode(
-    model: Any,
+    model: Model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     interventions: Sequence[Intervention],

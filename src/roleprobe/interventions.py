@@ -16,6 +16,16 @@ An intervention is a small frozen spec:
 :mod:`roleprobe.operators` and adds them with ``model.hooks(...)``, which removes them on exit
 (also on error), so the model afterwards is exactly the model before.
 
+**Your own intervention.** The set is open: any object with a method
+``hooks(model, state) -> list[(hook_name, fn)]`` is an :class:`Intervention` (no base class
+needed) and works wherever the built-ins do — :func:`steer`, :func:`roleprobe.generate`,
+:func:`roleprobe.evaluate` and, built per candidate direction, :func:`roleprobe.sweep`. An
+optional ``columns() -> dict`` names its parameters in per-item tables
+(:func:`describe`; without it the table says ``condition=<class name>``). Wrap pure tensor
+maths with :func:`position_hook` to get the same position and padding handling as the
+built-ins. Anything else is refused with a ``TypeError`` before a forward pass runs
+(:func:`check_intervention`).
+
 Positions: ``"all"`` (default), ``"prompt"``, ``"generated"`` or explicit column indices
 (negative ones count from the end of the prompt). Pass ``attention_mask=`` to leave
 left-padding untouched; :func:`roleprobe.generate` does, and tells the hooks where the
@@ -40,6 +50,7 @@ from torch import Tensor
 
 from roleprobe.activations import HOOKS, check_layers
 from roleprobe.operators import add, check_direction, clamp_projection, project_out, unit
+from roleprobe.types import Model
 
 PositionSpec = str | Sequence[int]
 HookFn = Callable[..., Tensor]
@@ -111,7 +122,26 @@ def position_mask(
     return chosen
 
 
-def _hook(op: Callable[[Tensor], Tensor], positions: PositionSpec, state: SteerState) -> HookFn:
+def position_hook(
+    op: Callable[[Tensor], Tensor], positions: PositionSpec, state: SteerState
+) -> HookFn:
+    """A TransformerLens hook that applies the pure tensor map ``op`` at ``positions``.
+
+    Padding (``state.attention_mask``) and positions not chosen keep their activations;
+    while ``state.suspended`` the hook passes everything through. The built-in
+    interventions are ``position_hook``s around :mod:`roleprobe.operators`.
+
+    Args:
+        op: ``[batch, pos, d_model] -> [batch, pos, d_model]``, e.g.
+            ``lambda x: roleprobe.operators.add(x, v)``.
+        positions: ``"all"``, ``"prompt"``, ``"generated"`` or column indices.
+        state: the :class:`SteerState` of the enclosing :func:`steer`.
+
+    Returns:
+        ``fn(act, hook)`` for ``model.hooks(fwd_hooks=[(name, fn)])``.
+    """
+    positions = _check_positions(positions)
+
     def hook_fn(act: Float[Tensor, "batch pos d_model"], hook: Any) -> Tensor:
         if state.suspended:
             return act
@@ -124,12 +154,55 @@ def _hook(op: Callable[[Tensor], Tensor], positions: PositionSpec, state: SteerS
 
 @runtime_checkable
 class Intervention(Protocol):
-    """Anything :func:`steer` can apply: it yields ``(hook_name, fn)`` pairs for a model."""
+    """Anything :func:`steer` can apply: it yields ``(hook_name, fn)`` pairs for a model.
 
-    def hooks(self, model: Any, state: SteerState) -> list[tuple[str, HookFn]]: ...
+    ``hooks`` is called once per :func:`steer` block (so it may check the model and raise a
+    ``ValueError``); each ``fn(act, hook)`` returns the new activation. An intervention may
+    also define ``columns() -> dict`` (see :func:`describe`).
+
+    Example:
+        >>> class AddAtLast:  # no base class needed
+        ...     def __init__(self, v, layer): self.v, self.layer = v, layer
+        ...     def hooks(self, model, state):
+        ...         fn = rp.positionposition_hook(lambda x: x + self.v, [-1], state)
+        ...         return [(f"blocks.{self.layer}.hook_resid_pre", fn)]
+    """
+
+    def hooks(self, model: Model, state: SteerState) -> list[tuple[str, HookFn]]: ...
 
 
-def _check_model_width(direction: Tensor, model: Any) -> None:
+def check_intervention(value: object, what: str = "intervention") -> Intervention:
+    """``value`` if it is an :class:`Intervention`, else a ``TypeError`` naming its type.
+
+    Called by :func:`steer`, :func:`roleprobe.evaluate`, :func:`roleprobe.generate` and
+    :func:`roleprobe.sweep` before any forward pass runs.
+    """
+    if isinstance(value, Intervention) and callable(getattr(value, "hooks", None)):
+        return value
+    raise TypeError(
+        f"{what} must be an Intervention (an object with a method hooks(model, state) -> "
+        f"[(hook_name, fn), ...]), got {type(value).__name__}: {value!r:.80}"
+    )
+
+
+def describe(intervention: object) -> dict[str, Any]:
+    """The columns a per-item table gets for ``intervention``.
+
+    Its own ``columns()`` if it has one (which must give a ``"condition"`` name), else
+    ``{"condition": <class name>}``.
+    """
+    columns = getattr(intervention, "columns", None)
+    if not callable(columns):
+        return {"condition": type(intervention).__name__}
+    out = dict(columns())
+    if not isinstance(out.get("condition"), str):
+        raise ValueError(
+            f"{type(intervention).__name__}.columns() must give a 'condition' name, got {out}"
+        )
+    return out
+
+
+def _check_model_width(direction: Tensor, model: Model) -> None:
     check_direction(direction, int(model.cfg.d_model))
 
 
@@ -175,7 +248,17 @@ class Addition:
             return self.alpha * self.direction
         return self.alpha * self.reference_norm * unit(self.direction)
 
-    def hooks(self, model: Any, state: SteerState) -> list[tuple[str, HookFn]]:
+    def columns(self) -> dict[str, Any]:
+        """``condition="addition"`` and the parameters, for per-item tables."""
+        return {
+            "condition": "addition",
+            "layer": self.layer,
+            "alpha": self.alpha,
+            "positions": str(self.positions),
+            "reference_norm": self.reference_norm,
+        }
+
+    def hooks(self, model: Model, state: SteerState) -> list[tuple[str, HookFn]]:
         """The hook for ``model`` (checks the layer and the direction's width)."""
         check_layers(model, [self.layer])
         _check_model_width(self.direction, model)
@@ -183,7 +266,7 @@ class Addition:
         return [
             (
                 f"blocks.{self.layer}.{self.hook}",
-                _hook(lambda x: add(x, vector, 1.0), self.positions, state),
+                position_hook(lambda x: add(x, vector, 1.0), self.positions, state),
             )
         ]
 
@@ -232,7 +315,17 @@ class Ablation:
             )
         object.__setattr__(self, "positions", _check_positions(self.positions))
 
-    def hook_names(self, model: Any) -> list[str]:
+    def columns(self) -> dict[str, Any]:
+        """``condition="ablation"`` and the parameters, for per-item tables."""
+        layers = "all" if self.layers is None else ",".join(map(str, self.layers))
+        return {
+            "condition": "ablation",
+            "ablated_layers": layers,
+            "ablation_at": self.at,
+            "positions": str(self.positions),
+        }
+
+    def hook_names(self, model: Model) -> list[str]:
         """The hook points this ablation uses on ``model``, in order."""
         layers = check_layers(model, self.layers)
         points = [_RAW_OUTPUTS.get(h, h) if self.at == "paper" else h for h in self.hooks_at]
@@ -245,12 +338,12 @@ class Ablation:
             )
         return names
 
-    def hooks(self, model: Any, state: SteerState) -> list[tuple[str, HookFn]]:
+    def hooks(self, model: Model, state: SteerState) -> list[tuple[str, HookFn]]:
         """One hook per (layer, hook point)."""
         names = self.hook_names(model)
         _check_model_width(self.direction, model)
         direction = self.direction
-        fn = _hook(lambda x: project_out(x, direction), self.positions, state)
+        fn = position_hook(lambda x: project_out(x, direction), self.positions, state)
         return [(name, fn) for name in names]
 
 
@@ -280,12 +373,16 @@ class Clamp:
             raise ValueError(f"unknown hook point {self.hook!r}; use one of {HOOKS}")
         object.__setattr__(self, "positions", _check_positions(self.positions))
 
-    def hooks(self, model: Any, state: SteerState) -> list[tuple[str, HookFn]]:
+    def columns(self) -> dict[str, Any]:
+        """``condition="clamp"`` and the parameters, for per-item tables."""
+        return {"condition": "clamp", "layer": self.layer, "value": self.value}
+
+    def hooks(self, model: Model, state: SteerState) -> list[tuple[str, HookFn]]:
         """The hook for ``model``."""
         check_layers(model, [self.layer])
         _check_model_width(self.direction, model)
         direction, value = self.direction, self.value
-        fn = _hook(lambda x: clamp_projection(x, direction, value), self.positions, state)
+        fn = position_hook(lambda x: clamp_projection(x, direction, value), self.positions, state)
         return [(f"blocks.{self.layer}.{self.hook}", fn)]
 
 
@@ -294,7 +391,7 @@ _STATES: "weakref.WeakKeyDictionary[Any, list[SteerState]]" = weakref.WeakKeyDic
 
 
 @contextmanager
-def suspended(model: Any) -> Iterator[None]:
+def suspended(model: Model) -> Iterator[None]:
     """Inside the block, every :func:`steer` active on ``model`` leaves activations alone.
 
     For internal probes that run the model on their own small batch (the steering hooks
@@ -313,15 +410,15 @@ def suspended(model: Any) -> Iterator[None]:
 
 @contextmanager
 def steer(
-    model: Any, *interventions: Intervention, attention_mask: Tensor | None = None
+    model: Model, *interventions: Intervention, attention_mask: Tensor | None = None
 ) -> Iterator[SteerState]:
     """Apply interventions to every forward pass inside the block; restore the model after.
 
     Args:
         model: a TransformerLens ``TransformerBridge``.
-        *interventions: :class:`Addition`, :class:`Ablation`, :class:`Clamp` (or anything
-            with a ``hooks(model, state)`` method), applied in order; several may share a
-            hook point.
+        *interventions: :class:`Addition`, :class:`Ablation`, :class:`Clamp` or any
+            :class:`Intervention` of your own, applied in order; several may share a hook
+            point.
         attention_mask: the batch's mask, so that padding is left untouched (update
             ``state.attention_mask`` between calls if the batch changes).
 
@@ -329,9 +426,12 @@ def steer(
         The :class:`SteerState` the hooks read.
 
     Raises:
+        TypeError: an argument is not an :class:`Intervention`.
         ValueError: a bad spec for this model, or a hook point already steered by an
             enclosing ``steer`` on the same model (compose specs in one call instead).
     """
+    for spec in interventions:
+        check_intervention(spec)
     state = SteerState(attention_mask=attention_mask)
     hooks = [pair for spec in interventions for pair in spec.hooks(model, state)]
     names = {name for name, _ in hooks}
@@ -354,7 +454,7 @@ def steer(
 
 
 def residual_norms(
-    model: Any, prompts: Sequence[str] | None = None, batch_size: int = 16
+    model: Model, prompts: Sequence[str] | None = None, batch_size: int = 16
 ) -> Float[Tensor, " layer"]:
     """Mean L2 norm of ``hook_resid_pre`` per layer, at the last prompt token.
 

@@ -34,6 +34,11 @@ import pandas as pd
 
 from roleprobe.activations import PositionLabel
 from roleprobe.benchmarks import MultipleChoice
+from roleprobe.directions import RoleDirections
+from roleprobe.evaluation import evaluate, subject_domain
+from roleprobe.interventions import Ablation, Addition, Intervention
+from roleprobe.sweeps import random_control, role_group
+from roleprobe.types import Model
 
 PARTS = ("heldout", "selected", "other")
 """Which questions a cell of :func:`apply_picks` reads (see the module docstring)."""
@@ -57,9 +62,6 @@ def position_label(value: Any) -> PositionLabel:
 
 
 def _own_mask(items: pd.DataFrame, role: str, scope: str) -> "pd.Series[bool]":
-    from roleprobe.evaluation import subject_domain
-    from roleprobe.sweeps import role_group
-
     group = role_group(role, scope)
     if group == "all":
         return pd.Series(True, index=items.index)
@@ -92,8 +94,8 @@ def _questions(
 
 
 def apply_picks(
-    model: Any,
-    directions: Any,
+    model: Model,
+    directions: RoleDirections,
     benchmark: MultipleChoice,
     picks: pd.DataFrame,
     heldout_ids: Mapping[str, Collection[Any]] | None = None,
@@ -145,10 +147,6 @@ def apply_picks(
         ValueError: no picks of ``source``, an α without picks, an unknown scope, or held-out
             ids missing for a role, empty, or outside its own questions.
     """
-    from roleprobe.evaluation import evaluate
-    from roleprobe.interventions import Ablation, Addition
-    from roleprobe.sweeps import random_control
-
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; use one of {list(SCOPES)}")
     chosen = picks[picks["source"] == source]
@@ -182,7 +180,7 @@ def apply_picks(
                     directions.vector(role, layer, position), role, position, layer, seed
                 )
             labels = {"role": role, "source": source, "position": position, "layer": layer}
-            specs: list[tuple[str, Any, float]] = [
+            specs: list[tuple[str, Intervention, float]] = [
                 ("addition", Addition(vector, layer, float(row["alpha"])), float(row["alpha"]))
             ]
             if ablation and i == 0:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from roleprobe.activations import check_layers
 from roleprobe.interventions import suspended
+from roleprobe.types import Model
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class _PassThrough(nn.Module):
 
 
 @contextmanager
-def skipping_blocks(model: Any, below: int) -> Iterator[None]:
+def skipping_blocks(model: Model, below: int) -> Iterator[None]:
     """Inside the block, blocks ``0..below-1`` of ``model`` return their input unchanged.
 
     Only for use with ``start_at_layer=below``, where their output is discarded anyway.
@@ -103,7 +104,7 @@ def _capture_and_stop(act: Tensor, hook: Any) -> Tensor:
 
 
 def resid_at(
-    model: Any, input_ids: Int[Tensor, "batch pos"], attention_mask: Tensor, layer: int
+    model: Model, input_ids: Int[Tensor, "batch pos"], attention_mask: Tensor, layer: int
 ) -> Float[Tensor, "batch pos d_model"]:
     """``blocks.{layer}.hook_resid_pre`` for a batch; nothing above it is computed."""
     check_layers(model, [layer])
@@ -116,7 +117,7 @@ def resid_at(
 
 
 def final_last(
-    model: Any,
+    model: Model,
     inputs: Tensor,
     attention_mask: Tensor,
     start_at_layer: int | None = None,
@@ -141,7 +142,7 @@ def _nothing() -> Iterator[None]:
 
 
 def _run_args(
-    model: Any, attention_mask: Tensor, start_at_layer: int | None
+    model: Model, attention_mask: Tensor, start_at_layer: int | None
 ) -> tuple[dict[str, Any], Any]:
     """The forward's keyword arguments, and the context that skips the blocks below."""
     kwargs: dict[str, Any] = {"attention_mask": attention_mask}
@@ -157,7 +158,7 @@ def _last_and_stop(act: Tensor, hook: Any) -> Tensor:
 
 
 def output_transform(
-    model: Any, logits: Float[Tensor, "*batch vocab"]
+    model: Model, logits: Float[Tensor, "*batch vocab"]
 ) -> Float[Tensor, "*batch vocab"]:
     """What the model's forward applies to its logits after the unembedding.
 
@@ -177,12 +178,12 @@ def output_transform(
     return logits
 
 
-def _unembed(model: Any) -> nn.Module:
+def _unembed(model: Model) -> nn.Module:
     return getattr(model.unembed, "original_component", model.unembed)
 
 
 def _raw_logits(
-    model: Any, final: Float[Tensor, "*batch d_model"], ids: Tensor | None
+    model: Model, final: Float[Tensor, "*batch d_model"], ids: Tensor | None
 ) -> Float[Tensor, "*batch vocab"]:
     unembed = _unembed(model)
     weight: Tensor = unembed.weight  # type: ignore[assignment]
@@ -201,7 +202,7 @@ _HEAD_CHECKS: "weakref.WeakKeyDictionary[Any, tuple[tuple[str, str], bool]]" = (
 _PROBE_LOGIT = 50.0
 
 
-def _head_check(model: Any) -> tuple[bool, float, float]:
+def _head_check(model: Model) -> tuple[bool, float, float]:
     """Compare the model's logits with :func:`project_letters`'s maths over the vocabulary.
 
     One forward pass on a few tokens, with the final normalised residual rescaled so that
@@ -239,7 +240,7 @@ def _head_check(model: Any) -> tuple[bool, float, float]:
     return diff <= tol, diff, tol
 
 
-def letter_only_supported(model: Any) -> bool:
+def letter_only_supported(model: Model) -> bool:
     """Whether :func:`project_letters` reproduces ``model``'s own logits.
 
     Checked once per model (and again after a change of dtype or device) by comparing the
@@ -271,7 +272,7 @@ def letter_only_supported(model: Any) -> bool:
 
 
 def project_letters(
-    model: Any, final: Float[Tensor, "batch d_model"], letter_ids: Sequence[int]
+    model: Model, final: Float[Tensor, "batch d_model"], letter_ids: Sequence[int]
 ) -> Float[Tensor, "batch choice"]:
     """The letters' logits from normalised residuals, exactly as the model's head gives them.
 
@@ -294,7 +295,7 @@ def project_letters(
 
 
 def last_letter_logits(
-    model: Any,
+    model: Model,
     inputs: Tensor,
     attention_mask: Tensor,
     letter_ids: Sequence[int],
@@ -324,7 +325,7 @@ def last_letter_logits(
 
 
 def letters_from(
-    model: Any,
+    model: Model,
     resid: Float[Tensor, "batch pos d_model"],
     layer: int,
     attention_mask: Tensor,

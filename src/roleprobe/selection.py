@@ -75,6 +75,11 @@ PRUNE_LAYER_FRACTION = 0.2
 CORRECTIONS = ("holm", "bh")
 
 
+def layer_cutoff(n_layers: int) -> int:
+    """The first layer the paper rule never picks: ``int(n_layers * 0.8)``, as the authors."""
+    return int(n_layers * (1.0 - PRUNE_LAYER_FRACTION))
+
+
 @dataclass(frozen=True)
 class Pick:
     """A rule's choice for one role (or control) and α.
@@ -180,7 +185,7 @@ def _allowed(candidates: pd.DataFrame, n_layers: int) -> pd.DataFrame:
     """Candidates below the pruned top layers (``int(n_layers * 0.8)``, as the authors)."""
     if candidates.empty:
         raise ValueError("no candidates to select from")
-    cutoff = int(n_layers * (1.0 - PRUNE_LAYER_FRACTION))
+    cutoff = layer_cutoff(n_layers)
     allowed = candidates[candidates["layer"] < cutoff]
     if allowed.empty:
         raise ValueError(f"every candidate layer is >= {cutoff} (0.8 of {n_layers} layers)")

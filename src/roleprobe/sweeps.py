@@ -12,10 +12,17 @@ and by ablating it everywhere, on the role's own domain, and then picks one
   role's vector at the same position and layer; a seeded derangement of the roles in the
   directions). Selection rules run on them exactly as on the roles — how often they "pass"
   is how often a pick is chance.
-* **Prefix reuse.** An addition at layer ``l`` leaves the residual below ``l`` unchanged, so
-  each batch's ``resid_pre[l]`` is computed once and only blocks ``l..L-1`` run for each
-  (role, source, position, α) — stacked several to a forward pass
-  (:mod:`roleprobe.prefix`). Ablations change every layer and run in full.
+* **Conditions are interventions.** Each candidate direction ``d`` at layer ``l`` is turned
+  into interventions by the same specs :func:`roleprobe.evaluate` runs:
+  ``Addition(d, l, α)`` per α (with ``alpha_unit="norm"``, ``reference_norm`` = the layer's
+  mean residual norm), ``Ablation(d, at=ablation_at)``, and any ``conditions={name:
+  make}`` of your own, ``make(d, l)`` returning any :class:`~roleprobe.Intervention`.
+* **Prefix reuse.** An intervention whose hooks all sit at ``blocks.{l}.hook_resid_pre``
+  (an addition, a clamp, ...) leaves the residual below ``l`` unchanged, so each batch's
+  ``resid_pre[l]`` is computed once, the intervention's own hook functions are applied to
+  it, and only blocks ``l..L-1`` run for each (role, source, position, condition) —
+  stacked several to a forward pass (:mod:`roleprobe.prefix`). Any other intervention (an
+  ablation changes every layer) runs in full under :func:`~roleprobe.steer`.
 * **Work items.** The unit of work is (domain, layer, question batch): all of that layer's
   cells for one batch, written as one part of a :class:`~roleprobe.store.ResultStore`, plus
   one baseline item per (domain, batch). A crash loses at most the item in flight; rerunning
@@ -32,17 +39,17 @@ Example:
 
 import contextlib
 import hashlib
-import json
 import logging
+import math
 import os
 import random
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -63,19 +70,35 @@ from roleprobe.evaluation import (
     score_table,
     subject_domain,
 )
-from roleprobe.interventions import ABLATION_PLACEMENTS, Ablation, steer
+from roleprobe.interventions import (
+    ABLATION_PLACEMENTS,
+    Ablation,
+    Addition,
+    HookFn,
+    Intervention,
+    SteerState,
+    check_intervention,
+    residual_norms,
+    steer,
+)
 from roleprobe.models import model_fingerprint, model_name
 from roleprobe.prefix import letter_only_supported, letters_from
 from roleprobe.progress import bar
 from roleprobe.roles import get_role
-from roleprobe.store import ResultStore, code_versions
+from roleprobe.store import MANIFEST, ResultStore, code_versions, read_manifest
 from roleprobe.system_turn import normalize_system
+from roleprobe.types import Model
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("role", "random", "shuffled")
 SCOPES = ("domain", "all")
+ALPHA_UNITS = ("raw", "norm")
+"""``"raw"``: ``alpha * d`` (the paper); ``"norm"``: ``alpha * |resid_pre[l]| * d_hat``."""
+BUILTIN_CONDITIONS = ("addition", "ablation")
 CANDIDATE = ["role", "source", "donor", "position", "layer", "condition", "alpha"]
+
+MakeIntervention = Callable[[Float[Tensor, " d_model"], int], Intervention]
+"""``make(direction, layer)``: the intervention a sweep condition applies for a candidate."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +125,11 @@ class SweepConfig:
             models with post-norms, e.g. Gemma-2).
         system: the system-turn policy the questions are formatted with (``"default"``,
             ``"none"`` or a text; see :mod:`roleprobe.system_turn`).
+        alpha_unit: ``"raw"`` (``alpha * d``, the paper) or ``"norm"`` (``alpha`` in units
+            of the layer's mean residual norm: ``Addition(..., reference_norm=...)``).
+        conditions: names of the user-defined conditions swept besides the additions and
+            the ablation (their interventions are built by the callables passed to
+            :func:`sweep`; the name identifies them in the table and the store).
     """
 
     roles: tuple[str, ...]
@@ -118,6 +146,8 @@ class SweepConfig:
     tie_rule: str = "fractional"
     ablation_at: str = "stream"
     system: str = "default"
+    alpha_unit: str = "raw"
+    conditions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("roles", "layers", "positions"):
@@ -125,8 +155,8 @@ class SweepConfig:
                 raise ValueError(f"the sweep has no {name} (the list is empty)")
         if len(set(self.roles)) != len(self.roles):
             raise ValueError(f"roles are repeated: {list(self.roles)}")
-        if not self.alphas and not self.ablation:
-            raise ValueError("nothing to sweep: no alphas and ablation=False")
+        if not self.alphas and not self.ablation and not self.conditions:
+            raise ValueError("nothing to sweep: no alphas, ablation=False and no conditions")
         if any(not np.isfinite(a) for a in self.alphas):
             raise ValueError(f"alphas must be finite, got {list(self.alphas)}")
         if self.scope not in SCOPES:
@@ -139,12 +169,25 @@ class SweepConfig:
                 f"unknown ablation_at {self.ablation_at!r}; use one of {ABLATION_PLACEMENTS}"
             )
         object.__setattr__(self, "system", normalize_system(self.system))
+        if self.alpha_unit not in ALPHA_UNITS:
+            raise ValueError(f"unknown alpha_unit {self.alpha_unit!r}; use one of {ALPHA_UNITS}")
+        bad = [c for c in self.conditions if not c.strip() or c in BUILTIN_CONDITIONS]
+        if bad or len(set(self.conditions)) != len(self.conditions):
+            raise ValueError(
+                f"condition names must be unique, non-empty and not {BUILTIN_CONDITIONS}, "
+                f"got {list(self.conditions)}"
+            )
         if self.batch_size < 1 or self.stack < 1:
             raise ValueError(f"batch_size and stack must be >= 1 ({self.batch_size}, {self.stack})")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-ready fields (``alpha_unit`` and ``conditions`` only when not their
+        defaults, so that stores written before they existed still resume)."""
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        for key, default in (("alpha_unit", "raw"), ("conditions", [])):
+            if out[key] == default:
+                del out[key]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SweepConfig":
@@ -360,7 +403,7 @@ def is_null_direction(rd: RoleDirections, role: str, layer: int, pos: PositionLa
     return float(rd.vectors[r, p, li].double().norm()) <= 1e-6 * (1.0 + base)
 
 
-def _directions_hash(rd: RoleDirections, cfg: SweepConfig) -> str:
+def _directions_hash(rd: RoleDirections) -> str:
     digest = hashlib.sha256()
     for role in sorted(set(rd.roles)):
         digest.update(role.encode())
@@ -371,7 +414,7 @@ def _directions_hash(rd: RoleDirections, cfg: SweepConfig) -> str:
 class _Plan:
     """The deterministic list of work items, and what each needs."""
 
-    def __init__(self, model: Any, rd: RoleDirections, bench: MultipleChoice, cfg: SweepConfig):
+    def __init__(self, model: Model, rd: RoleDirections, bench: MultipleChoice, cfg: SweepConfig):
         self.cfg = cfg
         self.template = ChatTemplate.from_tokenizer(model.tokenizer, cfg.system)
         self.letters = answer_letter_ids(model.tokenizer, LETTERS, cfg.system)
@@ -428,7 +471,7 @@ class _Plan:
 
 
 def sweep(
-    model: Any,
+    model: Model,
     directions: RoleDirections,
     benchmark: MultipleChoice,
     roles: Sequence[str] | None = None,
@@ -449,6 +492,8 @@ def sweep(
     tie_rule: str = "fractional",
     ablation_at: str = "stream",
     system: str | None = None,
+    conditions: Mapping[str, MakeIntervention] | None = None,
+    alpha_unit: str = "raw",
 ) -> SweepResult:
     """Score every candidate (role, position, layer) × condition on a benchmark.
 
@@ -472,11 +517,24 @@ def sweep(
         ablation_at: ``"stream"`` or ``"paper"`` (see :class:`roleprobe.Ablation`).
         system: the system-turn policy of the questions (default: the directions' own,
             so questions and directions share one chat format).
+        conditions: more conditions, by name: ``make(direction, layer)`` returns any
+            :class:`~roleprobe.Intervention` (a class of your own included) for a candidate
+            direction at its layer; rows get ``condition=name`` and ``alpha=NaN``. Each is
+            built and checked against the model before any question runs. A store records
+            the names only: resuming with other callables under the same names mixes them.
+        alpha_unit: ``"raw"`` (``alpha * d``, the paper) or ``"norm"`` (``alpha`` in units
+            of the layer's mean residual norm, :func:`roleprobe.residual_norms`).
 
     Returns:
         A :class:`SweepResult` over everything in the store (``missing`` lists unfinished
         parts, e.g. those of other shards).
+
+    Raises:
+        TypeError: a condition's ``make`` is not callable or does not return an
+            :class:`~roleprobe.Intervention` (before any forward pass).
+        ValueError: a bad argument (named).
     """
+    extra = dict(conditions or {})
     directions.check_model(model, strict=False)
     cfg = SweepConfig(
         roles=tuple(roles) if roles is not None else directions.roles,
@@ -493,6 +551,8 @@ def sweep(
         tie_rule=tie_rule,
         ablation_at=ablation_at,
         system=directions.system if system is None else system,
+        alpha_unit=alpha_unit,
+        conditions=tuple(extra),
     )
     for role in cfg.roles:
         directions.role_index(role)
@@ -501,8 +561,11 @@ def sweep(
     for pos in cfg.positions:
         directions.position_index(pos)
     index, count = parse_shard(shard)
+    _check_conditions(model, directions, cfg, extra)
     plan = _Plan(model, directions, benchmark, cfg)
     letter_only_supported(model)  # probe the output head once, before any hooks are on
+    norms = residual_norms(model) if cfg.alpha_unit == "norm" else None
+    swept = _conditions(cfg, extra, norms)
     donors = _derangement(directions.roles, cfg.seed) if cfg.controls else {}
     if cfg.controls and not donors:
         logger.warning("one role in the directions: no shuffled-role control")
@@ -513,11 +576,12 @@ def sweep(
             "fingerprint": model_fingerprint(model),
             "n_layers": int(model.cfg.n_layers),
             "benchmark": benchmark.hash,
-            "directions": _directions_hash(directions, cfg),
+            "directions": _directions_hash(directions),
             "donors": donors,
             "plan": [w.key for w in plan.work],
             "skipped": [list(x) for x in plan.skipped],
         },
+        **({} if norms is None else {"reference_norms": norms.tolist()}),
         "benchmark_name": benchmark.name,
         "chat_format": plan.template.render(model.tokenizer),
         "directions_prompts": {"source": directions.source, **directions.prompt_hashes},
@@ -542,7 +606,8 @@ def sweep(
         bars = bar(total=len(todo), enabled=progress, desc="sweep", unit="item")
         for (group, b), items in by_batch.items():
             batch = _batch(model, plan, group, b)
-            layers = [w.layer for w in items if w.layer is not None] if cfg.alphas else []
+            prefix = bool(cfg.alphas or cfg.conditions)  # conditions that may reuse it
+            layers = [w.layer for w in items if w.layer is not None] if prefix else []
             resids, base = _prefix_pass(
                 model, batch, layers, plan.letters, any(w.layer is None for w in items)
             )
@@ -554,7 +619,7 @@ def sweep(
                     )
                 else:
                     resid = resids.pop(item.layer, None)
-                    table = _run_item(model, directions, plan, item, donors, batch, resid)
+                    table = _run_item(model, directions, plan, item, donors, batch, resid, swept)
                 results.write(item.key, table)
                 bars.update(1)
         bars.close()
@@ -569,11 +634,11 @@ def _rows(plan: _Plan, item: WorkItem) -> pd.DataFrame:
     return plan.items[item.group].iloc[rows].reset_index(drop=True)
 
 
-def _batch(model: Any, plan: _Plan, group: str, index: int) -> ChatBatch:
+def _batch(model: Model, plan: _Plan, group: str, index: int) -> ChatBatch:
     rows = plan.batches[group][index]
     pad = pad_token_id(model.tokenizer)
     batch = collate([plan.encoded[group][i] for i in rows], plan.template.n_post, pad)
-    return batch.to(model.cfg.device)
+    return batch.to(cast(str, model.cfg.device))
 
 
 class _Enough(Exception):
@@ -581,7 +646,7 @@ class _Enough(Exception):
 
 
 def _prefix_pass(
-    model: Any, batch: ChatBatch, layers: Sequence[int], letters: Sequence[int], baseline: bool
+    model: Model, batch: ChatBatch, layers: Sequence[int], letters: Sequence[int], baseline: bool
 ) -> tuple[dict[int, Tensor], Tensor | None]:
     """One forward pass: ``resid_pre`` at each of ``layers`` and, if asked, the baseline
     letter logits (otherwise the pass stops at the last layer needed)."""
@@ -608,63 +673,129 @@ def _prefix_pass(
     return captured, base
 
 
+@dataclass(frozen=True)
+class _Condition:
+    """One swept condition: a name, the alpha column, and how to build its intervention."""
+
+    name: str
+    alpha: float
+    make: MakeIntervention
+
+
+def _addition(
+    direction: Float[Tensor, " d_model"], layer: int, alpha: float, norms: Tensor | None
+) -> Intervention:
+    reference = None if norms is None else float(norms[layer])
+    return Addition(direction, layer, alpha, reference_norm=reference)
+
+
+def _ablation(direction: Float[Tensor, " d_model"], layer: int, at: str) -> Intervention:
+    return Ablation(direction, at=at)
+
+
+def _conditions(
+    cfg: SweepConfig, extra: Mapping[str, MakeIntervention], norms: Tensor | None
+) -> list[_Condition]:
+    """The sweep's conditions in table order: additions by α, the ablation, the extras."""
+    out = [
+        _Condition("addition", alpha, partial(_addition, alpha=alpha, norms=norms))
+        for alpha in cfg.alphas
+    ]
+    if cfg.ablation:
+        out.append(_Condition("ablation", math.nan, partial(_ablation, at=cfg.ablation_at)))
+    out += [_Condition(name, math.nan, extra[name]) for name in cfg.conditions]
+    return out
+
+
+def _check_conditions(
+    model: Model, rd: RoleDirections, cfg: SweepConfig, extra: Mapping[str, MakeIntervention]
+) -> None:
+    """Build each extra condition once, on the first candidate, and check it fits the model."""
+    if not extra:
+        return
+    layer, position = cfg.layers[-1], cfg.positions[0]
+    direction = rd.vector(cfg.roles[0], layer, position)
+    for name, make in extra.items():
+        if not callable(make):
+            raise TypeError(
+                f"sweep condition {name!r} must be a callable make(direction, layer) -> "
+                f"Intervention, got {type(make).__name__}"
+            )
+        spec = check_intervention(make(direction, layer), f"sweep condition {name!r}'s make()")
+        spec.hooks(model, SteerState())  # a spec that does not fit the model fails here
+
+
+@dataclass
+class _Job:
+    variant: _Variant
+    condition: _Condition
+    spec: Intervention
+    hooks: list[tuple[str, HookFn]]
+
+
+def _at_prefix(model: Model, resid: Tensor, hooks: Sequence[tuple[str, HookFn]]) -> Tensor:
+    """``resid`` after the hook functions of an intervention acting at the layer's input."""
+    x = resid.clone()  # a hook may edit in place; the residual serves every variant
+    for name, fn in hooks:
+        out = fn(x, hook=model.hook_dict[name])
+        x = x if out is None else out
+    return x
+
+
 def _run_item(
-    model: Any,
+    model: Model,
     rd: RoleDirections,
     plan: _Plan,
     item: WorkItem,
     donors: dict[str, str],
     batch: ChatBatch,
     resid: Tensor | None,
+    conditions: Sequence[_Condition],
 ) -> pd.DataFrame:
+    """Every (variant, condition) of one layer on one batch.
+
+    Interventions whose hooks all sit at this layer's ``hook_resid_pre`` are applied to the
+    saved residual and run through the upper blocks only, ``stack`` variants per forward
+    pass; the others run a full pass under :func:`steer`.
+    """
     cfg = plan.cfg
     items = _rows(plan, item)
     ids, mask = batch.input_ids, batch.attention_mask
     assert item.layer is not None
     layer = item.layer
-    variants = _variants(rd, plan.groups[item.group], layer, cfg, donors)
+    point = f"blocks.{layer}.hook_resid_pre"
+    stacked_jobs: list[_Job] = []
+    full_jobs: list[_Job] = []
+    for v in _variants(rd, plan.groups[item.group], layer, cfg, donors):
+        for condition in conditions:
+            spec = condition.make(v.vector, layer)
+            hooks = spec.hooks(model, SteerState(attention_mask=mask))
+            job = _Job(v, condition, spec, hooks)
+            at_input = resid is not None and all(name == point for name, _ in hooks)
+            (stacked_jobs if at_input else full_jobs).append(job)
     tables = []
     with torch.inference_mode():
-        jobs = [(v, alpha) for v in variants for alpha in cfg.alphas]
-        if jobs and resid is None:
-            raise RuntimeError(f"no residual captured for layer {layer}")  # pragma: no cover
-        real = mask.bool()[None, :, :, None]
-        for start in range(0, len(jobs), cfg.stack):
+        for start in range(0, len(stacked_jobs), cfg.stack):
             assert resid is not None
-            chunk = jobs[start : start + cfg.stack]
-            added = torch.stack(
-                [alpha * v.vector.to(resid.device, resid.dtype) for v, alpha in chunk]
-            )
-            stacked = torch.where(real, resid[None] + added[:, None, None, :], resid[None])
+            chunk = stacked_jobs[start : start + cfg.stack]
+            stacked = torch.stack([_at_prefix(model, resid, job.hooks) for job in chunk])
             k, b = len(chunk), resid.shape[0]
             logits = letters_from(
                 model, stacked.flatten(0, 1), layer, mask.repeat(k, 1), plan.letters
             ).reshape(k, b, -1)
-            for (v, alpha), scores in zip(chunk, logits, strict=True):
-                tables.append(
-                    _cell(items, scores, v, layer, "addition", alpha, item.group, cfg.tie_rule)
-                )
-        if cfg.ablation:
-            for v in variants:
-                with steer(model, Ablation(v.vector, at=cfg.ablation_at), attention_mask=mask):
-                    scores = letter_logits(model, ids, mask, plan.letters)
-                cell = _cell(
-                    items, scores, v, layer, "ablation", float("nan"), item.group, cfg.tie_rule
-                )
-                tables.append(cell)
+            for job, scores in zip(chunk, logits, strict=True):
+                tables.append(_cell(items, scores, job, layer, item.group, cfg.tie_rule))
+        for job in full_jobs:
+            with steer(model, job.spec, attention_mask=mask):
+                scores = letter_logits(model, ids, mask, plan.letters)
+            tables.append(_cell(items, scores, job, layer, item.group, cfg.tie_rule))
     return pd.concat(tables, ignore_index=True)
 
 
 def _cell(
-    items: pd.DataFrame,
-    scores: Tensor,
-    v: _Variant,
-    layer: int,
-    condition: str,
-    alpha: float,
-    group: str,
-    tie_rule: str,
+    items: pd.DataFrame, scores: Tensor, job: _Job, layer: int, group: str, tie_rule: str
 ) -> pd.DataFrame:
+    v, condition, alpha = job.variant, job.condition.name, job.condition.alpha
     labels = {
         "role": v.role,
         "source": v.source,
@@ -686,17 +817,17 @@ def merge(store: str | os.PathLike[str], allow_partial: bool = False) -> SweepRe
             or the folder holds no sweep manifest.
     """
     root = Path(store)
-    path = root / "manifest.json"
-    if not path.exists():
-        raise ValueError(f"{root} is not a sweep store (no manifest.json)")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = read_manifest(root)
+    except FileNotFoundError as err:
+        raise ValueError(f"{root} is not a sweep store (no {MANIFEST})") from err
     try:
         config = manifest["config"]
         cfg = SweepConfig.from_dict(config["sweep"])
         plan = list(config["plan"])
         n_layers = int(config["n_layers"])
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path} is not a sweep manifest: {err}") from err
+        raise ValueError(f"{root / MANIFEST} is not a sweep manifest: {err}") from err
     results = ResultStore(root, manifest)
     done = results.done()
     missing = [key for key in plan if key not in done]
