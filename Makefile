@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 ## The main job on the embedded default model: the demo preset of the pipeline into runs/demo
-## (report: runs/demo/07_report/report.html). A rerun resumes; `make clean-runs` starts over.
+## (report: runs/demo/08_report/report.html). A rerun resumes; `make clean-runs` starts over.
 DEMO_OUT ?= runs/demo
 demo: $(STAMP)
 	$(BIN)/roleprobe run --preset demo --out $(DEMO_OUT)

@@ -22,7 +22,6 @@ directions are exactly zero).
 import argparse
 import atexit
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -35,6 +34,10 @@ from typing import Any
 import pandas as pd
 
 import roleprobe as rp
+from roleprobe.io import write_json
+from roleprobe.selection import layer_cutoff
+from roleprobe.store import StoreMismatchError, read_manifest
+from roleprobe.types import Model
 
 logger = logging.getLogger("analyses")
 
@@ -133,7 +136,7 @@ def slug(text: str) -> str:
 
 
 # ------------------------------------------------------------------ model and data -----------
-def load_model(args: argparse.Namespace) -> Any:
+def load_model(args: argparse.Namespace) -> Model:
     """The model of ``--model`` (see the module docstring for ``tiny-random``)."""
     if args.model == rp.TINY_MODEL and args.tiny_layers != rp.TinyConfig().n_layers:
         config = rp.TinyConfig(n_layers=args.tiny_layers)
@@ -172,7 +175,9 @@ def load_benchmark(args: argparse.Namespace) -> Any:
     return bench
 
 
-def directions(args: argparse.Namespace, model: Any, role_names: Sequence[str]) -> Any:
+def directions(
+    args: argparse.Namespace, model: Model, role_names: Sequence[str]
+) -> rp.RoleDirections:
     """``--directions`` if given (checked against the model), else computed on the built-in
     prompts for ``role_names``."""
     if getattr(args, "directions", None) is not None:
@@ -237,13 +242,11 @@ def sweep_result(args: argparse.Namespace, model_loader: Any) -> tuple[Any, Any]
             seed=args.seed,
             progress=args.progress,
         )
-    except ValueError as err:
-        if "different configuration" in str(err):
-            raise SystemExit(
-                f"{err}\n(another grid, model or benchmark was swept into {store} before: "
-                "use another --out, or delete that folder)"
-            ) from err
-        raise
+    except StoreMismatchError as err:
+        raise SystemExit(
+            f"{err}\n(another grid, model or benchmark was swept into {store} before: "
+            "use another --out, or delete that folder)"
+        ) from err
     write_sweep_status(result, len(result.missing), args.out)
     return result, rd
 
@@ -265,7 +268,7 @@ def finished_part(result: Any) -> Any:
             ids = base_ids.get(result.role_group(role))
             if ids and set(rows["id"]) == ids:
                 keep.add((str(role), int(layer)))
-    cutoff = int(0.8 * result.n_layers)
+    cutoff = layer_cutoff(result.n_layers)  # the paper rule's layers
     kept_roles = [r for r in result.config.roles if any(k[0] == r and k[1] < cutoff for k in keep)]
     logger.warning(
         "the sweep in %s is incomplete (%d parts missing): using its %d finished "
@@ -302,17 +305,18 @@ def write_sweep_status(result: Any, missing: int, out: Path) -> Path:
         "n_layers": result.n_layers,
         "rows": len(result.table),
     }
-    path = out / "sweep_status.json"
-    path.write_text(json.dumps(status, indent=1))
+    path = write_json(out / "sweep_status.json", status)
     logger.info("wrote %s", path)
     return path
 
 
-def store_directions(args: argparse.Namespace, model: Any, result: Any) -> Any:
+def store_directions(
+    args: argparse.Namespace, model: Model, result: rp.SweepResult
+) -> rp.RoleDirections:
     """Directions for a sweep read from a store: ``--directions``, or recomputed on the
     built-in prompts for the sweep's roles and their shuffled-role donors (what a sweep on
     built-in directions used). Warns when the store was made on another model."""
-    manifest = json.loads((Path(result.store) / "manifest.json").read_text())
+    manifest = read_manifest(result.store) if result.store is not None else {}
     made_on = manifest.get("config", {}).get("fingerprint")
     if made_on and made_on != rp.model_fingerprint(model):
         logger.warning(

@@ -212,3 +212,30 @@ def test_05_controls_from_the_sweep_store(sweep_out, tmp_path):
         for rule in ("paper", "held-out")
         for source in ("role", "random", "shuffled")
     }
+
+
+def test_only_a_store_mismatch_becomes_one_clear_exit(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import roleprobe as rp
+    from roleprobe.store import StoreMismatchError
+
+    common = _common()
+    p = common.parser("test")
+    common.add_sweep_args(p)
+    args = common.parse(p, ["--out", str(tmp_path), "--quick"])
+    monkeypatch.setattr(common, "load_benchmark", lambda args: None)
+    monkeypatch.setattr(common, "directions", lambda *a: None)
+    model = SimpleNamespace(cfg=SimpleNamespace(n_layers=4))
+    errors = iter(
+        [StoreMismatchError(tmp_path, ["sweep"]), ValueError("a different configuration")]
+    )
+
+    def sweep(*args, **kwargs):
+        raise next(errors)
+
+    monkeypatch.setattr(rp, "sweep", sweep)
+    with pytest.raises(SystemExit, match=r"(?s)differs in \['sweep'\].*another grid"):
+        common.sweep_result(args, lambda: model)
+    with pytest.raises(ValueError, match="a different configuration"):  # not by its text
+        common.sweep_result(args, lambda: model)

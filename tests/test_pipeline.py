@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -39,15 +40,20 @@ def finished(tiny4, tmp_path_factory):
 
 
 def test_every_stage_writes_its_folder(finished):
-    out = finished.out
+    out, paths = finished.out, finished.paths
+    assert [s.name for s in STAGES] == sorted(p.name for p in out.iterdir() if p.is_dir())
     for stage in STAGES:
-        assert (out / stage / "done.json").exists(), stage
-    assert (out / "02_means" / "directions" / "directions.safetensors").exists()
-    directions = pd.read_csv(out / "03_directions" / "directions.csv")
+        assert (out / stage.name / "done.json").exists(), stage
+    assert (out / "02_directions" / "directions" / "directions.safetensors").exists()
+    assert paths.directions == out / "02_directions" / "directions"
+    directions = pd.read_csv(out / "03_validation" / "validation.csv")
     assert {"norm", "base_cosine", "auroc"} <= set(directions.columns)
     for rule in ("paper", "held-out"):
-        picks = pd.read_csv(out / "05_selection" / f"picks_{rule}.csv")
+        picks = pd.read_csv(paths.picks(rule))
         assert len(picks) == 3 * 3 * 2  # roles x sources x alphas
+    scores = pd.read_csv(out / "04_sweep" / "scores.csv")
+    assert {"role", "source", "layer", "delta_logprob"} <= set(scores.columns)
+    assert len(pd.read_csv(paths.sweep_baseline)) == len(rp.merge(paths.sweep_store).baseline)
     effects = pd.read_csv(out / "06_evaluation" / "effects.csv")
     assert set(effects["condition"]) == {"addition", "ablation"}
     cells = effects.groupby(["role", "condition", "alpha"], dropna=False)["domain"].agg(set)
@@ -55,21 +61,26 @@ def test_every_stage_writes_its_folder(finished):
     assert all(d == {"law", "medicine", "math"} for d in cells)  # every role x every domain
     assert set(effects.loc[effects["in_domain"], "part"]) == {"heldout"}
     assert set(effects.loc[~effects["in_domain"], "part"]) == {"other"}
-    runs = pd.read_parquet(out / "06_evaluation" / "runs.parquet")
-    result = rp.merge(out / "04_sweep" / "store")
+    runs = pd.read_parquet(paths.evaluation_runs)
+    result = rp.merge(paths.sweep_store)
     for role in ("lawyer", "nurse", "mathematician"):
         items = result.baseline[result.baseline["id"].isin(result.role_items(role))]
         selection, report = split_ids(items, 0.5, 0)
         own = runs[(runs["role"] == role) & runs["own_domain"]]
         assert set(own["id"]) == set(report) and not set(own["id"]) & set(selection)
     assert json.loads((out / "config.json").read_text())["prompt_revision"] == "final"
-    patch = pd.read_csv(out / "07_report" / "patchscope.csv")
-    assert set(patch["mode"]) == {"placeholder"}
-    report = (out / "07_report" / "report.html").read_text()
+    patch = pd.read_csv(out / "07_readouts" / "patchscope.csv")
+    assert set(patch["mode"]) == {"placeholder"} and len(patch) == 3  # one pick per role
+    lens = pd.read_csv(out / "07_readouts" / "logit_lens.csv", keep_default_na=False)
+    assert set(lens["role"]) == {"lawyer", "nurse", "mathematician"}
+    assert set(lens["sign"]) == {"+", "-"} and len(lens) == 3 * 2 * 8  # picks x signs x k
+    report = (out / "08_report" / "report.html").read_text()
     assert report.count("<script") >= 2 and "Run manifest" in report and "chance" in report
-    summary = (out / "07_report" / "summary.md").read_text()
-    assert "majority" in summary and "Held-out AUROC" in summary
-    figures = {p.name for p in (out / "07_report" / "figures").iterdir()}
+    assert "Patchscope" in report and "Logit lens" in report
+    summary = (out / "08_report" / "summary.md").read_text()
+    assert "majority" in summary and "Held-out AUROC" in summary and "## Logit lens" in summary
+    assert "| 07_readouts | what the model says each picked direction is" in summary
+    figures = {p.name for p in (out / "08_report" / "figures").iterdir()}
     assert {"auroc.html", "sweep_delta_logprob.html", "plotly.min.js"} <= figures
 
 
@@ -86,12 +97,15 @@ def test_a_run_folder_refuses_another_config(finished, tiny4):
 def test_shards_stop_after_the_sweep_and_the_last_call_finishes(tiny4, tmp_path):
     cfg = _config(tiny4, roles=["lawyer"], rules=["held-out"], patchscope=False)
     first = run_pipeline(cfg, tmp_path, shard="0/2")
-    assert first.is_done("03_directions") and not first.is_done("04_sweep")
+    assert first.is_done("03_validation") and not first.is_done("04_sweep")
+    assert not first.paths.sweep_scores.exists()  # tables only once the sweep is complete
     with pytest.raises(ValueError, match="incomplete"):
-        rp.merge(tmp_path / "04_sweep" / "store")
+        rp.merge(first.paths.sweep_store)
     second = run_pipeline(cfg, tmp_path, shard="1/2")
-    assert second.is_done("04_sweep")  # the last shard completes the sweep stage
-    assert run_pipeline(cfg, tmp_path).is_done("07_report")
+    assert second.is_done("04_sweep") and second.paths.sweep_scores.exists()
+    done = run_pipeline(cfg, tmp_path)
+    assert done.is_done("08_report") and done.is_done("07_readouts")
+    assert pd.read_csv(done.paths.patchscope).empty  # patchscope = false: no generation
 
 
 def test_load_config_layers_preset_file_and_flags(tmp_path):
@@ -200,7 +214,7 @@ def test_paper_rule_without_ablation_reads_every_domain(tiny4, tmp_path, monkeyp
         patchscope_mode="paper",
     )
     run = run_pipeline(cfg, tmp_path)
-    effects = pd.read_csv(tmp_path / "06_evaluation" / "effects.csv")
+    effects = pd.read_csv(run.paths.effects)
     assert set(effects["condition"]) == {"addition"}  # ablation = false is honoured
     assert effects.groupby(["role", "alpha"])["domain"].nunique().eq(8).all()  # all 8 domains
     assert len(effects) == 8 and effects["n"].eq(1).all()
@@ -264,3 +278,95 @@ def test_the_prompt_revision_reaches_the_run(paper_dir, tmp_path):
     final, v1 = runs["final"], runs["v1"]
     assert final["prompts"]["base"] == v1["prompts"]["base"]
     assert final["prompts"]["lawyer"] != v1["prompts"]["lawyer"]
+
+
+def test_stages_are_named_once_and_until_takes_new_and_old_names():
+    from roleprobe import pipeline, run
+
+    assert list(pipeline.STEPS) == list(STAGES)  # every stage computes something, in order
+    assert [s.number for s in STAGES] == list(range(1, len(STAGES) + 1))
+    assert run.stage_named("directions") is run.DIRECTIONS
+    assert run.stage_named("02_directions") is run.DIRECTIONS
+    assert run.stage_named("means") is run.DIRECTIONS  # earlier names still work
+    assert run.stage_named("02_means") is run.DIRECTIONS
+    assert run.stage_named("03_directions") is run.VALIDATION
+    assert run.stage_named("07_report") is run.REPORT
+    assert run.stage_named("readouts").name == "07_readouts"
+    names = [n for s in STAGES for n in (s.name, s.key, *s.aliases)]
+    assert len(names) == len(set(names))  # no name means two stages
+    with pytest.raises(ValueError, match=r"unknown stage 'x'.*'validation'"):
+        run.stage_named("x")
+    for stage in STAGES:  # the layout is documented where a reader looks for it
+        assert f"<out>/{stage.name}/" in pipeline.__doc__
+        assert f"`{stage.name}/`" in (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_every_path_lies_in_its_stage_folder(tmp_path):
+    from roleprobe.run import RunPaths
+
+    paths = RunPaths(tmp_path)
+    expected = {
+        paths.prompts("train"): "01_prompts",
+        paths.directions: "02_directions",
+        paths.validation: "03_validation",
+        paths.sweep_store: "04_sweep",
+        paths.sweep_scores: "04_sweep",
+        paths.sweep_baseline: "04_sweep",
+        paths.picks("held-out"): "05_selection",
+        paths.evaluation_runs: "06_evaluation",
+        paths.evaluation_baseline: "06_evaluation",
+        paths.effects: "06_evaluation",
+        paths.patchscope: "07_readouts",
+        paths.logit_lens: "07_readouts",
+        paths.figure("auroc"): "08_report",
+        paths.report_html: "08_report",
+        paths.summary_md: "08_report",
+    }
+    for path, folder in expected.items():
+        assert path.relative_to(tmp_path).parts[0] == folder, path
+    assert not list(tmp_path.iterdir())  # naming paths creates nothing
+    with pytest.raises(ValueError, match="unknown prompt part"):
+        paths.prompts("test")
+
+
+def test_until_stops_after_the_named_stage(tmp_path):
+    cfg = RunConfig(model="tiny-random", device="cpu", roles=("lawyer",), layers=(1,))
+    run = run_pipeline(cfg, tmp_path, until="means")  # the old name of 02_directions
+    assert [s.name for s in run.finished()] == ["01_prompts", "02_directions"]
+    assert run.paths.directions.exists() and not (tmp_path / "03_validation").exists()
+
+
+def test_the_report_renders_without_running_a_model(finished, monkeypatch, capsys):
+    from roleprobe import models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the report stage loaded a model")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    page = finished.paths.report_html
+    page.unlink()
+    before = finished.summary("08_report")
+    assert main(["--quiet", "figures", str(finished.out)]) == 0  # `roleprobe figures`
+    assert page.exists() and f"report: {page}" in capsys.readouterr().out
+    assert finished.summary("08_report")["figures"] == before["figures"]
+
+
+def test_rerun_stage_needs_the_stages_before_it(tmp_path):
+    from roleprobe.pipeline import rerun_stage
+
+    cfg = RunConfig(model="tiny-random", device="cpu", roles=("lawyer",), layers=(1,))
+    run_pipeline(cfg, tmp_path, until="prompts")
+    with pytest.raises(ValueError, match=r"stages \['02_directions'.*not finished"):
+        rerun_stage(tmp_path, "report")
+    with pytest.raises(ValueError, match="resumes inside its store"):
+        rerun_stage(tmp_path, "sweep")
+    with pytest.raises(ValueError, match="not a run folder"):
+        rerun_stage(tmp_path / "nothing", "report")
+
+
+def test_a_folder_with_the_earlier_layout_is_refused(tmp_path):
+    from roleprobe.run import Run
+
+    (tmp_path / "02_means").mkdir()
+    with pytest.raises(ValueError, match=r"earlier stage layout \(\['02_means'\]\)"):
+        Run(RunConfig(model="tiny-random", device="cpu"), tmp_path)

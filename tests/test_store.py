@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from roleprobe.store import ResultStore, git_hash
+from roleprobe.store import ResultStore, StoreMismatchError, git_hash, read_manifest
 
 
 def test_parts_round_trip_in_key_order(tmp_path):
@@ -22,8 +22,10 @@ def test_reopen_checks_the_config(tmp_path):
     ResultStore(tmp_path, {"config": {"a": 1, "b": 2}, "versions": {"x": "1"}})
     again = ResultStore(tmp_path, {"config": {"a": 1, "b": 2}, "versions": {"x": "2"}})
     assert again.manifest["versions"] == {"x": "1"}  # the first writer's is kept
-    with pytest.raises(ValueError, match=r"differs in \['b'\]"):
+    with pytest.raises(StoreMismatchError, match=r"differs in \['b'\]") as err:
         ResultStore(tmp_path, {"config": {"a": 1, "b": 3}})
+    assert isinstance(err.value, ValueError) and err.value.keys == ["b"]
+    assert err.value.root == tmp_path
 
 
 def test_resume_false_refuses_a_store_with_parts(tmp_path):
@@ -48,3 +50,13 @@ def test_manifest_is_json_and_git_hash_is_a_commit_or_unknown(tmp_path):
     h = git_hash()
     assert h == "unknown" or len(h) == 40
     assert git_hash(tmp_path) == "unknown"
+
+
+def test_read_manifest_is_the_public_way_to_a_stores_manifest(tmp_path):
+    ResultStore(tmp_path / "s", {"config": {"a": 1}, "versions": {"x": "1"}})
+    assert read_manifest(tmp_path / "s") == {"config": {"a": 1}, "versions": {"x": "1"}}
+    with pytest.raises(FileNotFoundError, match="not a result store"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        read_manifest(tmp_path)

@@ -2,9 +2,11 @@
 
 Subcommands:
     ``roleprobe run --preset demo --out runs/demo``: the numbered pipeline (see
-    :mod:`roleprobe.pipeline`); ``--config run.toml`` for your own, ``--shard i/n`` for one
-    part of the sweep, ``--until STAGE`` to stop early.
-    ``roleprobe sweep``/``merge``/``figures``: single stages of a run folder.
+    :mod:`roleprobe.pipeline`; the folder's layout is :mod:`roleprobe.run`'s);
+    ``--config run.toml`` for your own, ``--shard i/n`` for one part of the sweep,
+    ``--until STAGE`` to stop early.
+    ``roleprobe sweep``/``merge``/``figures``: single stages of a run folder (``figures``
+    makes the report stage again, see :func:`roleprobe.pipeline.rerun_stage`).
     ``roleprobe directions``: compute and save role directions.
     ``roleprobe evaluate``: score a benchmark under the baseline or a persona.
     ``roleprobe readout``: patchscope and logit lens of one role's direction.
@@ -22,9 +24,12 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from roleprobe import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from roleprobe.run_config import RunConfig
 
 logger = logging.getLogger("roleprobe")
 
@@ -72,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the pipeline: prompts -> ... -> report, resumable")
     _add_run_args(run)
-    run.add_argument("--until", default=None, help="stop after this stage (e.g. directions)")
+    run.add_argument(
+        "--until",
+        default=None,
+        help="stop after this stage: prompts, directions, validation, sweep, selection, "
+        "evaluation, readouts or report (or its folder name, e.g. 03_validation)",
+    )
 
     sweep = sub.add_parser("sweep", help="stages 1-4 of a run (one shard of the sweep)")
     _add_run_args(sweep)
@@ -198,8 +208,8 @@ def _cmd_models(args: argparse.Namespace) -> None:
         _out(f"{entry.name:24} {status:15} {entry.source:30} {entry.note}")
 
 
-def _run_config(args: argparse.Namespace) -> Any:
-    from roleprobe.pipeline import load_config
+def _run_config(args: argparse.Namespace) -> "RunConfig":
+    from roleprobe.run_config import load_config
 
     if args.preset is None and args.config is None:
         raise ValueError("give --preset (demo, paper, custom) or --config FILE")
@@ -208,12 +218,12 @@ def _run_config(args: argparse.Namespace) -> Any:
 
 
 def _report_paths(out: str) -> None:
-    from pathlib import Path
+    from roleprobe.run import RunPaths
 
-    report = Path(out) / "07_report"
-    if (report / "report.html").exists():
-        _out(f"report: {report / 'report.html'}")
-        _out(f"summary: {report / 'summary.md'}")
+    paths = RunPaths(out)
+    if paths.report_html.exists():
+        _out(f"report: {paths.report_html}")
+        _out(f"summary: {paths.summary_md}")
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -228,35 +238,31 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from roleprobe.pipeline import run_pipeline
+    from roleprobe.run import SWEEP
 
-    run_pipeline(_run_config(args), args.out, shard=args.shard, until="sweep", resume=args.resume)
-    _out(f"sweep store: {args.out}/04_sweep/store")
+    run = run_pipeline(
+        _run_config(args), args.out, shard=args.shard, until=SWEEP.key, resume=args.resume
+    )
+    _out(f"sweep store: {run.paths.sweep_store}")
 
 
 def _cmd_merge(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from roleprobe.run import SWEEP, RunPaths
     from roleprobe.sweeps import merge
 
-    folder = Path(args.out)
-    store = folder / "04_sweep" / "store" if (folder / "04_sweep").exists() else folder
+    paths = RunPaths(args.out)
+    store = paths.sweep_store if paths.folder(SWEEP).exists() else Path(args.out)
     result = merge(store)
     _out(f"complete: {len(result.table)} rows, {len(result.baseline)} baseline rows in {store}")
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
-    import json
-    from pathlib import Path
+    from roleprobe.pipeline import rerun_stage
+    from roleprobe.run import REPORT
 
-    from roleprobe.pipeline import Run, RunConfig, stage_report
-
-    folder = Path(args.out)
-    path = folder / "config.json"
-    if not path.exists():
-        raise ValueError(f"{folder} is not a run folder (no config.json)")
-    run = Run(RunConfig.from_dict(json.loads(path.read_text()), str(path)), folder)
-    start = time.perf_counter()
-    run.finish("07_report", stage_report(run), time.perf_counter() - start)
+    rerun_stage(args.out, REPORT)
     _report_paths(args.out)
 
 

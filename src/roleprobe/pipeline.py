@@ -4,350 +4,132 @@
 
     <out>/config.json          the run's configuration (a rerun must match it)
     <out>/01_prompts/          the role and generic prompts, split into train and held-out
-    <out>/02_means/            float64 mean activations (a RoleDirections, safetensors + JSON)
-    <out>/03_directions/       per role, position and layer: norm, cosine to the base mean,
-                               held-out AUROC of the role vs generic prompts
-    <out>/04_sweep/            the sweep's result store (resumable, shardable)
-    <out>/05_selection/        picks by each rule (paper, held-out), with statistics
+                               (train.json, heldout.json)
+    <out>/02_directions/       float64 mean activations and the role directions
+                               (directions/: a RoleDirections, safetensors + JSON)
+    <out>/03_validation/       validation.csv: per role, position and layer the norm, cosine
+                               to the base mean and held-out AUROC of role vs generic prompts
+    <out>/04_sweep/            store/: the sweep's result store (resumable, shardable);
+                               scores.csv (per candidate) and baseline.csv once complete
+    <out>/05_selection/        picks_<rule>.csv: picks by each rule (paper, held-out), with
+                               statistics
     <out>/06_evaluation/       every role's pick on every domain (own domain: only the
-                               questions selection never saw): per-item runs and the
-                               effect table (paired tests), with each cell's ``part``
-    <out>/07_report/           figures (HTML), report.html (self-contained) and summary.md
+                               questions selection never saw): runs.parquet,
+                               baseline.parquet and effects.csv (paired tests, ``part``)
+    <out>/07_readouts/         what the model says each picked direction is:
+                               patchscope.csv and logit_lens.csv
+    <out>/08_report/           figures/ (HTML), report.html (self-contained) and summary.md
+
+The stages, their order and every file name are declared once, in :mod:`roleprobe.run`
+(:data:`~roleprobe.run.STAGES`, :class:`~roleprobe.run.RunPaths`); this module holds what
+each stage computes (:data:`STEPS`) and the loop that runs them. Stages 2, 3, 4, 6 and 7
+run the model; the report (stage 8, :mod:`roleprobe.report`) only renders what they wrote.
 
 A stage is complete when its ``done.json`` exists (written last, atomically); a rerun
 skips complete stages, and the sweep resumes inside its store. With ``shard="i/n"`` the
 run stops after its part of the sweep; run again without a shard once every shard is done
-(or ``roleprobe merge``) to finish.
+(or ``roleprobe merge``) to finish. ``until`` takes a stage's folder name, its key
+(``directions``) or an earlier name (``means``, ``02_means``, ``03_directions``,
+``07_report``).
 
-Presets (:data:`PRESETS`): ``demo`` (embedded model, built-in data, a small grid; minutes
-on two CPU cores), ``paper`` (29 roles, the paper's prompts and questions, every layer and
-post-instruction position, α ∈ {1, 3}, ablation, controls; GPU hours) and ``custom``
-(the defaults below, to be overridden by a TOML file or flags).
+Presets (:data:`PRESETS`, in :mod:`roleprobe.run_config`): ``demo``, ``paper`` and
+``custom``.
 """
 
-import dataclasses
-import json
 import logging
 import os
 import time
-import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from roleprobe.io import write_csv, write_json, write_parquet
+from roleprobe.run import (
+    DIRECTIONS,
+    EVALUATION,
+    PROMPTS,
+    READOUTS,
+    REPORT,
+    SELECTION,
+    STAGES,
+    SWEEP,
+    VALIDATION,
+    Run,
+    Stage,
+    stage_named,
+)
+from roleprobe.run_config import CHOICES, PRESETS, RunConfig, load_config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from roleprobe.benchmarks import MultipleChoice
+    from roleprobe.directions import RoleDirections
+    from roleprobe.prompts import RolePrompts
+    from roleprobe.types import Model
+
+__all__ = [
+    "CHOICES",
+    "PRESETS",
+    "STAGES",
+    "STEPS",
+    "Context",
+    "Run",
+    "RunConfig",
+    "load_config",
+    "rerun_stage",
+    "run_pipeline",
+]
+
 logger = logging.getLogger(__name__)
 
-STAGES = (
-    "01_prompts",
-    "02_means",
-    "03_directions",
-    "04_sweep",
-    "05_selection",
-    "06_evaluation",
-    "07_report",
-)
-DONE = "done.json"
-CHOICES: dict[str, tuple[str, ...]] = {
-    "benchmark": ("builtin", "paper", "mmlu-local", "mmlu"),
-    "scope": ("domain", "all"),
-    "correction": ("holm", "bh"),
-    "prompt_revision": ("final", "v1"),
-    "patchscope_mode": ("placeholder", "paper"),
-    "ablation_at": ("stream", "paper"),
-    "tie_rule": ("fractional", "paper", "first"),
-}
-"""Settings that take one of a few values (kept equal to the library's constants by the
-tests: ``prompts.PAPER_REVISIONS``, ``readouts.PATCHSCOPE_MODES``, ...). A new such
-setting needs a field and one entry here."""
 
+class Context:
+    """What the stages of one invocation share: the run folder, the model (loaded on
+    first use) and the run's inputs.
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a run does (validated; loads from TOML, round-trips through dicts).
-
-    Attributes:
-        model: a name for :func:`roleprobe.load_model` (embedded, ``tiny-random``, a folder
-            or a hub name).
-        device: ``auto``, ``cpu``, ``cuda``, ...; dtype: ``float32``, ``bfloat16``, ...
-        n_devices: GPUs to split a big hub model over (TransformerLens multi-device).
-        roles: the roles (``()``: all 29).
-        prompts: ``builtin``, ``paper`` or a folder of prompt files.
-        prompt_revision: which of the paper's two published role prompt sets
-            (``prompts="paper"``): ``final`` (the official repository; default) or ``v1``
-            (the first pipeline's, which ran the experiments; the paper preset). Recorded
-            in the prompts' source, hence in the directions and the sweep manifest.
-        data: the paper's data folder (for ``prompts="paper"`` / ``benchmark="paper"``) or
-            the MMLU release folder (``benchmark="mmlu-local"``).
-        heldout_fraction: share of every prompt set kept out of the means, for AUROC.
-        benchmark: ``builtin``, ``paper``, ``mmlu-local`` or ``mmlu``.
-        split: the benchmark split.
-        questions_per_domain: keep only the first N questions of each domain (0: all), for
-            quick runs.
-        layers: candidate layers (``()``: every layer).
-        positions: candidate positions (offsets; ``()``: every post-instruction position).
-        alphas, ablation, controls, scope: the sweep (see :func:`roleprobe.sweep`).
-        rules: selection rules to run; the last one's picks are evaluated in stage 6.
-        select_fraction: share of each role's questions used for held-out selection.
-        correction: ``holm`` or ``bh``.
-        evaluate_all_domains: stage 6 applies every role's pick to every domain of the
-            benchmark (the paper's table); otherwise to every domain the sweep covered.
-            Either way a role's own domain is read only on the questions selection did not
-            see (the whole own domain for ``rule="paper"``, marked ``selected``).
-        patchscope: write what the model says a picked direction is (stage 7).
-        patchscope_mode: ``placeholder`` (add at the placeholder's tokens; default) or
-            ``paper`` (add at every position, 512 new tokens, as the authors; the paper
-            preset). See :func:`roleprobe.patchscope`.
-        system: the system-turn policy of every prompt and question: ``default`` (the
-            template's own, date pinned), ``none`` (no system turn: the paper's format; the
-            paper preset) or a system prompt text. See :mod:`roleprobe.system_turn`.
-        ablation_at: where the ablation sits on models with post-norms (Gemma-2/3):
-            ``stream`` (after them, default) or ``paper`` (before them, as the authors'
-            hooks; the paper preset). See :class:`roleprobe.Ablation`.
-        tie_rule: how a tie at the top of the letter logits scores: ``fractional``
-            (1/k credit, default), ``paper`` (correct if the correct letter is among the
-            tied, as the authors; the paper preset) or ``first``.
-        batch_size: questions and prompts per forward pass.
-        seed: seed of every split and control.
+    Args:
+        run: the run folder.
+        shard: ``"i/n"``: the sweep does only that part.
     """
 
-    model: str = "smollm2-135m-instruct"
-    device: str = "auto"
-    dtype: str = "float32"
-    n_devices: int = 1
-    roles: tuple[str, ...] = ("lawyer", "nurse", "mathematician")
-    prompts: str = "builtin"
-    prompt_revision: str = "final"
-    data: str = ""
-    heldout_fraction: float = 0.25
-    benchmark: str = "builtin"
-    split: str = "test"
-    questions_per_domain: int = 0
-    layers: tuple[int, ...] = ()
-    positions: tuple[int, ...] = ()
-    alphas: tuple[float, ...] = (1.0, 3.0)
-    ablation: bool = True
-    controls: bool = True
-    scope: str = "domain"
-    rules: tuple[str, ...] = ("paper", "held-out")
-    select_fraction: float = 0.5
-    correction: str = "holm"
-    evaluate_all_domains: bool = False
-    patchscope: bool = True
-    patchscope_mode: str = "placeholder"
-    system: str = "default"
-    ablation_at: str = "stream"
-    tie_rule: str = "fractional"
-    batch_size: int = 16
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        from roleprobe.selection import RULES
-
-        bad = [r for r in self.rules if r not in RULES]
-        if bad or not self.rules:
-            raise ValueError(f"unknown rules {bad or '(none)'}; use some of {list(RULES)}")
-        if not isinstance(self.system, str) or not self.system.strip():
-            raise ValueError(
-                f"system must be 'default', 'none' or a system prompt text, got {self.system!r}"
-            )
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; use one of {list(allowed)}")
-        if self.prompt_revision != "final" and self.prompts == "builtin":
-            raise ValueError(
-                f"prompt_revision={self.prompt_revision!r} needs the paper's prompts "
-                "(prompts = 'paper' or the paper's data folder), not the built-in ones"
-            )
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "config") -> "RunConfig":
-        """Build from a mapping; unknown keys are an error naming them and ``where``."""
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"{where}: unknown settings {unknown}; known: {sorted(names)}")
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            default = names[key].default
-            if isinstance(default, tuple):
-                if isinstance(value, str | int | float):
-                    value = [value]
-                if not isinstance(value, list | tuple):
-                    raise ValueError(f"{where}: {key} must be a list, got {value!r}")
-                value = tuple(value)
-            elif isinstance(default, bool) and not isinstance(value, bool):
-                raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
-            values[key] = value
-        return cls(**values)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {
-        "roles": ["lawyer", "mathematician"],
-        "layers": [8, 16],
-        "positions": [-1],
-    },
-    "paper": {
-        "roles": [],
-        "prompts": "paper",
-        "benchmark": "paper",
-        "data": "../shared/data/role-vectors-paper",
-        "prompt_revision": "v1",
-        "system": "none",
-        "ablation_at": "paper",
-        "tie_rule": "paper",
-        "heldout_fraction": 0.0,
-        "evaluate_all_domains": True,
-        "patchscope_mode": "paper",
-        "batch_size": 32,
-    },
-    "custom": {},
-}
-
-
-def load_config(
-    preset: str | None = None,
-    path: str | os.PathLike[str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> RunConfig:
-    """A preset, then a TOML file, then explicit overrides (later wins).
-
-    Raises:
-        ValueError: unknown preset, unreadable or malformed TOML, unknown or bad settings.
-    """
-    values: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
-        values |= PRESETS[preset]
-    if path is not None:
-        file = Path(path)
-        try:
-            loaded = tomllib.loads(file.read_text())
-        except OSError as err:
-            raise ValueError(f"cannot read config {file}: {err.strerror or err}") from err
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"config {file} is not valid TOML: {err}") from err
-        values |= loaded.get("run", loaded)
-    values |= {k: v for k, v in (overrides or {}).items() if v is not None}
-    return RunConfig.from_dict(values, where=str(path) if path else "config")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
-
-
-def _write_csv(path: Path, df: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-class Run:
-    """A run folder: its config, its model (loaded on first use) and its stages."""
-
-    def __init__(self, config: RunConfig, out: str | os.PathLike[str]) -> None:
-        self.config = config
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "config.json"
-        if path.exists():
-            # settings added after the run was started read as their defaults (the
-            # behaviour the run had)
-            stored = {**RunConfig().to_dict(), **json.loads(path.read_text())}
-            if stored != config.to_dict():
-                keys = sorted(
-                    k
-                    for k in stored.keys() | config.to_dict().keys()
-                    if stored.get(k) != config.to_dict().get(k)
-                )
-                raise ValueError(
-                    f"{self.out} holds a run with a different configuration (differs in {keys});"
-                    " use a new --out folder"
-                )
-        else:
-            _write_json(path, config.to_dict())
-        self._model: Any = None
-        self.timings: dict[str, float] = {}
+    def __init__(self, run: Run, shard: str | None = None) -> None:
+        self.run = run
+        self.config: RunConfig = run.config
+        self.shard = shard
+        self._model: Model | None = None
 
     @property
-    def model(self) -> Any:
+    def model(self) -> "Model":
         """The model, loaded once."""
         if self._model is None:
             from roleprobe.models import load_model
 
+            cfg = self.config
             self._model = load_model(
-                self.config.model,
-                device=self.config.device,
-                dtype=self.config.dtype,
-                n_devices=self.config.n_devices,
+                cfg.model, device=cfg.device, dtype=cfg.dtype, n_devices=cfg.n_devices
             )
         return self._model
 
-    def stage(self, name: str) -> Path:
-        """A stage's folder (created)."""
-        folder = self.out / name
-        folder.mkdir(exist_ok=True)
-        return folder
-
-    def is_done(self, name: str) -> bool:
-        """Whether the stage finished."""
-        return (self.out / name / DONE).exists()
-
-    def finish(self, name: str, summary: Mapping[str, Any], seconds: float) -> None:
-        """Mark a stage done, with its one-line summary and wall time."""
-        _write_json(self.stage(name) / DONE, {"seconds": round(seconds, 1), **summary})
-        self.timings[name] = seconds
-        logger.info("%s done in %.0fs: %s", name, seconds, _one_line(summary))
-
-    def summary(self, name: str) -> dict[str, Any]:
-        """What a finished stage reported."""
-        data: dict[str, Any] = json.loads((self.out / name / DONE).read_text())
-        return data
-
-    # -- shared inputs -----------------------------------------------------------------
-    def roles(self) -> tuple[str, ...]:
-        """The run's roles (all 29 when the config lists none)."""
-        from roleprobe.roles import ROLES
-
-        return self.config.roles or tuple(role.name for role in ROLES)
-
-    def prompt_sets(self) -> tuple[Any, Any]:
+    def prompt_sets(self) -> "tuple[RolePrompts, RolePrompts | None]":
         """(train, held-out) role prompts; held-out is ``None`` when no fraction is kept."""
         from roleprobe.prompts import load_prompts
 
         cfg = self.config
         revision = None if cfg.prompt_revision == "final" else cfg.prompt_revision
-        prompts = load_prompts(cfg.prompts, list(self.roles()), cfg.data or None, revision)
+        prompts = load_prompts(cfg.prompts, list(self.run.roles()), cfg.data or None, revision)
         if cfg.heldout_fraction == 0:
             return prompts, None
         train, held = prompts.split(cfg.heldout_fraction, cfg.seed)
         return train, held
 
-    def directions(self) -> Any:
-        """The directions of stage 2."""
+    def directions(self) -> "RoleDirections":
+        """The directions of stage 2, checked against the model."""
         from roleprobe.directions import RoleDirections
 
-        return RoleDirections.load(self.out / "02_means" / "directions", self.model)
+        return RoleDirections.load(self.run.paths.directions, self.model)
 
-    def benchmark(self) -> Any:
-        """The questions."""
+    def benchmark(self) -> "MultipleChoice":
+        """The questions (the first ``questions_per_domain`` of each domain, if set)."""
         from roleprobe.benchmarks import MultipleChoice, load_benchmark
         from roleprobe.evaluation import subject_domain
 
@@ -360,22 +142,24 @@ class Run:
         kept = items[items.groupby(domain).cumcount() < cfg.questions_per_domain]
         return MultipleChoice(kept, f"{bench.name}[{cfg.questions_per_domain}/domain]", bench.split)
 
+    def picks(self, rule: str) -> pd.DataFrame:
+        """The picks stage 5 wrote for ``rule`` (``alpha`` as float)."""
+        picks = pd.read_csv(self.run.paths.picks(rule), keep_default_na=False)
+        picks["alpha"] = picks["alpha"].astype(float)
+        return picks
 
-def _one_line(summary: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list))
 
-
-def stage_prompts(run: Run) -> dict[str, Any]:
+# ------------------------------------------------------------------ the stages ---------------
+def stage_prompts(ctx: Context) -> dict[str, Any]:
     """Stage 1: the prompts, as used (train and held-out), with their hashes."""
-    train, held = run.prompt_sets()
-    folder = run.stage("01_prompts")
-    for label, prompts in (("train", train), ("heldout", held)):
+    train, held = ctx.prompt_sets()
+    for part, prompts in (("train", train), ("heldout", held)):
         if prompts is None:
             continue
         data = {role: list(prompts.roles[role].instructions) for role in prompts.role_names}
         data["base"] = list(prompts.base.instructions)
-        _write_json(
-            folder / f"{label}.json",
+        write_json(
+            ctx.run.paths.prompts(part),
             {"source": prompts.source, "hashes": prompts.hashes(), "prompts": data},
         )
     return {
@@ -388,21 +172,21 @@ def stage_prompts(run: Run) -> dict[str, Any]:
     }
 
 
-def stage_means(run: Run) -> dict[str, Any]:
+def stage_directions(ctx: Context) -> dict[str, Any]:
     """Stage 2: float64 mean activations at every layer and candidate position."""
     from roleprobe.directions import compute_directions
 
-    cfg = run.config
-    train, _ = run.prompt_sets()
+    cfg = ctx.config
+    train, _ = ctx.prompt_sets()
     rd = compute_directions(
-        run.model,
+        ctx.model,
         source=train,
         positions=list(cfg.positions) or "post_instruction",
         layers=list(cfg.layers) or None,
         batch_size=cfg.batch_size,
         system=cfg.system,
     )
-    rd.save(run.stage("02_means") / "directions")
+    rd.save(ctx.run.paths.directions)
     return {
         "roles": len(rd.roles),
         "layers": len(rd.layers),
@@ -413,17 +197,17 @@ def stage_means(run: Run) -> dict[str, Any]:
     }
 
 
-def stage_directions(run: Run) -> dict[str, Any]:
+def stage_validation(ctx: Context) -> dict[str, Any]:
     """Stage 3: per role, position and layer: norm, base cosine and held-out AUROC."""
     from roleprobe.validation import separation_auroc
 
-    rd = run.directions()
+    rd = ctx.directions()
     table = rd.to_dataframe()
-    _, held = run.prompt_sets()
+    _, held = ctx.prompt_sets()
     if held is not None:
-        auc = separation_auroc(run.model, rd, held, batch_size=run.config.batch_size)
+        auc = separation_auroc(ctx.model, rd, held, batch_size=ctx.config.batch_size)
         table["auroc"] = auc.flatten().tolist()
-    _write_csv(run.stage("03_directions") / "directions.csv", table)
+    write_csv(ctx.run.paths.validation, table)
     out: dict[str, Any] = {"rows": len(table)}
     if held is not None:
         by_layer = table.groupby("layer")["auroc"].median()
@@ -431,22 +215,23 @@ def stage_directions(run: Run) -> dict[str, Any]:
     return out
 
 
-def stage_sweep(run: Run, shard: str | None = None) -> dict[str, Any]:
-    """Stage 4: the sweep (resumes; with a shard, only that part)."""
+def stage_sweep(ctx: Context) -> dict[str, Any]:
+    """Stage 4: the sweep (resumes; with a shard, only that part); once complete, its
+    per-candidate scores and its baseline as tables."""
     from roleprobe.sweeps import sweep
 
-    cfg = run.config
-    rd = run.directions()
+    cfg = ctx.config
+    paths = ctx.run.paths
     result = sweep(
-        run.model,
-        rd,
-        run.benchmark(),
-        roles=list(run.roles()),
+        ctx.model,
+        ctx.directions(),
+        ctx.benchmark(),
+        roles=list(ctx.run.roles()),
         alphas=cfg.alphas,
         ablation=cfg.ablation,
         controls=cfg.controls,
-        store=run.stage("04_sweep") / "store",
-        shard=shard,
+        store=paths.sweep_store,
+        shard=ctx.shard,
         scope=cfg.scope,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
@@ -454,17 +239,19 @@ def stage_sweep(run: Run, shard: str | None = None) -> dict[str, Any]:
         ablation_at=cfg.ablation_at,
         system=cfg.system,
     )
+    if result.complete:
+        write_csv(paths.sweep_scores, result.scores())
+        write_csv(paths.sweep_baseline, result.baseline)
     return {"complete": result.complete, "missing": len(result.missing), "rows": len(result.table)}
 
 
-def stage_selection(run: Run) -> dict[str, Any]:
+def stage_selection(ctx: Context) -> dict[str, Any]:
     """Stage 5: picks by each rule, with statistics."""
     from roleprobe.selection import select
     from roleprobe.sweeps import merge
 
-    cfg = run.config
-    result = merge(run.out / "04_sweep" / "store")
-    folder = run.stage("05_selection")
+    cfg = ctx.config
+    result = merge(ctx.run.paths.sweep_store)
     out: dict[str, Any] = {}
     for rule in cfg.rules:
         picks = select(
@@ -474,13 +261,13 @@ def stage_selection(run: Run) -> dict[str, Any]:
             seed=cfg.seed,
             correction=cfg.correction,
         )
-        _write_csv(folder / f"picks_{rule}.csv", picks)
+        write_csv(ctx.run.paths.picks(rule), picks)
         passed = picks.groupby("source")["passed"].mean()
         out[f"{rule}_passed"] = {k: round(float(v), 3) for k, v in passed.items()}
     return out
 
 
-def stage_evaluation(run: Run) -> dict[str, Any]:
+def stage_evaluation(ctx: Context) -> dict[str, Any]:
     """Stage 6: the last rule's picks on every domain (:func:`roleprobe.picks.apply_picks`).
 
     A role's own-domain cells read only the questions its selection did not see (held-out
@@ -495,27 +282,26 @@ def stage_evaluation(run: Run) -> dict[str, Any]:
     from roleprobe.sweeps import merge
     from roleprobe.tables import RUN_COLUMNS, effect_table
 
-    cfg = run.config
-    result = merge(run.out / "04_sweep" / "store")
+    cfg = ctx.config
+    paths = ctx.run.paths
+    result = merge(paths.sweep_store)
     rule = cfg.rules[-1]
-    picks = pd.read_csv(run.out / "05_selection" / f"picks_{rule}.csv", keep_default_na=False)
-    picks["alpha"] = picks["alpha"].astype(float)
-    bench = run.benchmark()
+    bench = ctx.benchmark()
     if not cfg.evaluate_all_domains:
         swept = bench.items["id"].isin(set(result.baseline["id"]))
         bench = MultipleChoice(bench.items[swept], f"{bench.name}[swept]", bench.split)
     heldout: dict[str, list[Any]] | None = None
     if rule == "held-out":  # the same split as stage 5's selection
         heldout = {}
-        for role in run.roles():
+        for role in ctx.run.roles():
             ids = result.role_items(role)
             items = result.baseline[result.baseline["id"].isin(ids)].drop_duplicates("id")
             heldout[role] = split_ids(items, cfg.select_fraction, cfg.seed)[1]
     runs = apply_picks(
-        run.model,
-        run.directions(),
+        ctx.model,
+        ctx.directions(),
         bench,
-        picks,
+        ctx.picks(rule),
         heldout_ids=heldout,
         alphas=cfg.alphas,
         ablation=cfg.ablation,
@@ -528,22 +314,21 @@ def stage_evaluation(run: Run) -> dict[str, Any]:
     )
     used = bench.items[bench.items["id"].isin(set(runs["id"]))]
     base = evaluate(
-        run.model,
+        ctx.model,
         MultipleChoice(used, bench.name, bench.split),
         None,
         cfg.batch_size,
         tie_rule=cfg.tie_rule,
         system=cfg.system,
     )
-    folder = run.stage("06_evaluation")
-    runs.to_parquet(folder / "runs.parquet", index=False)
-    base.to_parquet(folder / "baseline.parquet", index=False)
+    write_parquet(paths.evaluation_runs, runs)
+    write_parquet(paths.evaluation_baseline, base)
     effects = effect_table(base, runs[list(RUN_COLUMNS)])
     parts = runs.drop_duplicates(["role", "domain"]).set_index(["role", "domain"])["part"]
     effects["part"] = [
         parts[(r, d)] for r, d in zip(effects["role"], effects["domain"], strict=True)
     ]
-    _write_csv(folder / "effects.csv", effects)
+    write_csv(paths.effects, effects)
     return {
         "rule": rule,
         "cells": len(effects),
@@ -554,14 +339,94 @@ def stage_evaluation(run: Run) -> dict[str, Any]:
     }
 
 
-StageFn = Callable[[Run], dict[str, Any]]
+PATCHSCOPE_COLUMNS = ("role", "layer", "position", "mode", "steered", "unsteered")
+LOGIT_LENS_COLUMNS = ("role", "layer", "position", "sign", "rank", "token", "token_id", "logit")
+LOGIT_LENS_K = 8
+"""Tokens per sign in stage 7's logit lens."""
 
 
-def stage_report(run: Run) -> dict[str, Any]:
-    """Stage 7: figures, a self-contained report.html and summary.md."""
+def readout_picks(picks: pd.DataFrame) -> pd.DataFrame:
+    """The picks stage 7 reads out: each role's own direction at the largest α."""
+    role = picks[picks["source"] == "role"]
+    return role[role["alpha"] == role["alpha"].max()].reset_index(drop=True)
+
+
+def stage_readouts(ctx: Context) -> dict[str, Any]:
+    """Stage 7: what the model says each picked direction (last rule, largest α) is.
+
+    ``patchscope.csv`` (when ``patchscope`` is on: the steered and unsteered answers of
+    :func:`roleprobe.patchscope` in ``patchscope_mode``) and ``logit_lens.csv`` (the
+    direction's top tokens, :func:`roleprobe.logit_lens`).
+    """
+    from roleprobe.readouts import logit_lens, patchscope
+
+    cfg = ctx.config
+    chosen = readout_picks(ctx.picks(cfg.rules[-1]))
+    rd = ctx.directions()
+    tokens = 32 if cfg.patchscope_mode == "placeholder" else None  # None: the mode's (512)
+    patch, lens = [], []
+    for pick in chosen.itertuples(index=False):
+        role, layer, pos = str(pick.role), int(pick.layer), int(pick.position)
+        where = {"role": role, "layer": layer, "position": pos}
+        if cfg.patchscope:
+            res = patchscope(
+                ctx.model,
+                rd.vector(role, layer, pos),
+                layer,
+                max_new_tokens=tokens,
+                mode=cfg.patchscope_mode,
+                system=rd.system,
+            )
+            patch.append(
+                {**where, "mode": res.mode, "steered": res.steered, "unsteered": res.unsteered}
+            )
+        table = logit_lens(ctx.model, rd, role, pos, k=LOGIT_LENS_K, layers=[layer])
+        lens.append(table.assign(role=role, position=pos))
+    paths = ctx.run.paths
+    write_csv(paths.patchscope, pd.DataFrame(patch, columns=list(PATCHSCOPE_COLUMNS)))
+    lens_table = pd.concat(lens, ignore_index=True) if lens else pd.DataFrame()
+    write_csv(paths.logit_lens, lens_table.reindex(columns=list(LOGIT_LENS_COLUMNS)))
+    return {"picks": len(chosen), "patchscope": len(patch), "logit_lens_rows": len(lens_table)}
+
+
+def stage_report(ctx: Context) -> dict[str, Any]:
+    """Stage 8: figures, a self-contained report.html and summary.md (no model is run)."""
+    from roleprobe.directions import RoleDirections
     from roleprobe.report import write_report
 
-    return write_report(run)
+    return write_report(ctx.run, RoleDirections.load(ctx.run.paths.directions))
+
+
+StageFn = Callable[[Context], dict[str, Any]]
+
+STEPS: dict[Stage, StageFn] = {
+    PROMPTS: stage_prompts,
+    DIRECTIONS: stage_directions,
+    VALIDATION: stage_validation,
+    SWEEP: stage_sweep,
+    SELECTION: stage_selection,
+    EVALUATION: stage_evaluation,
+    READOUTS: stage_readouts,
+    REPORT: stage_report,
+}
+"""What each stage of :data:`~roleprobe.run.STAGES` computes."""
+
+
+# ------------------------------------------------------------------ running them ------------
+def _make(ctx: Context, stage: Stage) -> bool:
+    """Run one stage and mark it done; ``False`` when a shard left the sweep unfinished."""
+    start = time.perf_counter()
+    summary = STEPS[stage](ctx)
+    if stage == SWEEP and not summary["complete"]:
+        logger.info(
+            "shard %s finished; %d parts of the sweep are still missing: run again "
+            "without --shard once every shard is done",
+            ctx.shard,
+            summary["missing"],
+        )
+        return False
+    ctx.run.finish(stage, summary, time.perf_counter() - start)
+    return True
 
 
 def run_pipeline(
@@ -573,56 +438,52 @@ def run_pipeline(
 ) -> Run:
     """Run (or resume) every stage in order; stop after ``until`` or after a shard's sweep.
 
-    ``resume=False`` refuses a folder that already holds finished stages.
+    Args:
+        config: what the run does.
+        out: the run folder (resumed if it holds this config; refused if another).
+        shard: ``"i/n"``: do only that part of the sweep, then stop.
+        until: the last stage to make (folder name, key or an earlier name).
+        resume: ``False`` refuses a folder that already holds finished stages.
 
     Returns:
-        The :class:`Run` (its ``timings`` hold the seconds of the stages run now).
+        The :class:`~roleprobe.run.Run` (its ``timings`` hold the seconds of the stages
+        made now).
     """
-    if until is not None and until not in STAGES and until not in _ALIASES:
-        raise ValueError(f"unknown stage {until!r}; use one of {list(_ALIASES)} or {list(STAGES)}")
-    last = _ALIASES.get(until or "", until) or STAGES[-1]
+    last = stage_named(until) if until is not None else STAGES[-1]
     run = Run(config, out)
-    finished = [name for name in STAGES if run.is_done(name)]
+    finished = [s.name for s in run.finished()]
     if finished and not resume:
         raise ValueError(
             f"{run.out} already holds finished stages {finished}; drop --no-resume to "
             "continue it, or choose a new --out folder"
         )
-    steps: list[tuple[str, StageFn]] = [
-        ("01_prompts", stage_prompts),
-        ("02_means", stage_means),
-        ("03_directions", stage_directions),
-        ("04_sweep", lambda r: stage_sweep(r, shard)),
-        ("05_selection", stage_selection),
-        ("06_evaluation", stage_evaluation),
-        ("07_report", stage_report),
-    ]
-    for name, fn in steps:
-        if run.is_done(name):
-            logger.info("%s already done; skipped", name)
-        else:
-            start = time.perf_counter()
-            summary = fn(run)
-            if name == "04_sweep" and not summary["complete"]:
-                logger.info(
-                    "shard %s finished; %d parts of the sweep are still missing: run again "
-                    "without --shard once every shard is done",
-                    shard,
-                    summary["missing"],
-                )
-                return run
-            run.finish(name, summary, time.perf_counter() - start)
-        if name == last:
+    ctx = Context(run, shard)
+    for stage in STAGES:
+        if run.is_done(stage):
+            logger.info("%s already done; skipped", stage.name)
+        elif not _make(ctx, stage):
+            return run
+        if stage == last:
             break
     return run
 
 
-_ALIASES = {
-    "prompts": "01_prompts",
-    "means": "02_means",
-    "directions": "03_directions",
-    "sweep": "04_sweep",
-    "selection": "05_selection",
-    "evaluation": "06_evaluation",
-    "report": "07_report",
-}
+def rerun_stage(out: str | os.PathLike[str], stage: str | Stage) -> Run:
+    """Make one stage of an existing run folder again (e.g. the report after a code change).
+
+    Raises:
+        ValueError: ``out`` is not a run folder, the stage is unknown, a stage before it is
+            not finished, or it is the sweep (resume it with :func:`run_pipeline`).
+    """
+    target = stage_named(stage)
+    if target == SWEEP:
+        raise ValueError("the sweep resumes inside its store: use run_pipeline (roleprobe run)")
+    run = Run.open(out)
+    missing = [s.name for s in STAGES[: STAGES.index(target)] if not run.is_done(s)]
+    if missing:
+        raise ValueError(
+            f"{run.out}: stages {missing} are not finished; finish the run (roleprobe run) "
+            f"before making {target.name} again"
+        )
+    _make(Context(run), target)
+    return run

@@ -24,13 +24,14 @@ import logging
 import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from roleprobe.io import atomic_write_bytes, create_text
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +69,40 @@ def git_hash(path: str | os.PathLike[str] | None = None) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class StoreMismatchError(ValueError):
+    """A store folder already holds results made with a different configuration.
+
+    Attributes:
+        root: the store folder.
+        keys: the configuration keys whose values differ.
+    """
+
+    def __init__(self, root: Path, keys: list[str]) -> None:
+        super().__init__(
+            f"{root} was made with a different configuration (differs in {keys}); "
+            "use a new folder for a new run"
+        )
+        self.root = root
+        self.keys = keys
+
+
+def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of the store in ``root``.
+
+    Raises:
+        FileNotFoundError: ``root`` holds no manifest (it is not a store).
+        ValueError: the manifest is not readable JSON.
+    """
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{Path(root)} is not a result store (no {MANIFEST})")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a readable manifest: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a readable manifest: not a JSON object")
+    return data
 
 
 class ResultStore:
@@ -93,8 +117,10 @@ class ResultStore:
             an earlier run are never mixed in by accident).
 
     Raises:
-        ValueError: the stored manifest's config differs (the message lists the keys), or
-            ``resume=False`` and the store already holds parts.
+        StoreMismatchError: the stored manifest's config differs (the message and
+            ``keys`` list the keys).
+        ValueError: ``resume=False`` and the store already holds parts, or the stored
+            manifest is unreadable.
     """
 
     def __init__(
@@ -111,30 +137,15 @@ class ResultStore:
             )
 
     def _open_manifest(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        path = self.root / MANIFEST
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
-        if not path.exists():
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".tmp")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            try:  # exclusive create: if another shard got there first, read its manifest
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not a readable manifest: {err}") from err
+        # exclusive create: if another shard got there first, its manifest is kept
+        create_text(self.root / MANIFEST, text)
+        stored = read_manifest(self.root)
         wanted = json.loads(text)
         if stored.get("config") != wanted.get("config"):
             old, new = stored.get("config") or {}, wanted.get("config") or {}
             keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ValueError(
-                f"{self.root} was made with a different configuration (differs in {keys}); "
-                "use a new folder for a new run"
-            )
+            raise StoreMismatchError(self.root, keys)
         for key in sorted(set(stored) | set(wanted)):
             if key != "config" and stored.get(key) != wanted.get(key):
                 logger.info("store %s: %s differs from the first writer's; kept", self.root, key)
@@ -152,7 +163,7 @@ class ResultStore:
     def write(self, key: str, table: pd.DataFrame) -> None:
         """Store one finished unit of work (atomically; an existing part is replaced)."""
         path = self._path(key)
-        _atomic_write_bytes(path, table.to_parquet(index=False))
+        atomic_write_bytes(path, table.to_parquet(index=False))
 
     def read(self, keys: Iterable[str] | None = None) -> pd.DataFrame:
         """The parts (all, or ``keys``) concatenated in key order."""

@@ -1,0 +1,147 @@
+"""The package's import graph, read from the source with ``ast`` (nothing is imported).
+
+Every ``import`` counts: module level, inside functions (lazy) and under ``TYPE_CHECKING``.
+Package ``__init__`` files are facades that re-export the package (``import roleprobe as
+rp``) and sit above everything, so they are not followed as sources of edges.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = "roleprobe"
+
+RUNS_A_MODEL = {
+    "activations",
+    "attribution",
+    "conformance",
+    "directions",
+    "embedded",
+    "evaluation",
+    "generation",
+    "models",
+    "picks",
+    "prefix",
+    "readouts",
+    "sweeps",
+    "tiny",
+    "validation",
+}
+"""Modules that load a model or run forward passes (matched by their last name part)."""
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted((SRC / PACKAGE).rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(name: str, path: Path, known: set[str], runtime_only: bool = False) -> set[str]:
+    """The package modules ``name`` imports (``runtime_only``: not under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(), str(path))
+    skipped: set[int] = set()
+    if runtime_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and _is_type_checking(node):
+                skipped |= {id(n) for child in node.body for n in ast.walk(child)}
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".")
+                anchor = anchor if is_package else anchor[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            # `from pkg import mod` imports a module; `from mod import name` the module
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:  # `import roleprobe.x.y` -> roleprobe.x
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {
+        name: set() if path.name == "__init__.py" else _imports(name, path, known)
+        for name, path in modules.items()
+    }
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (as a path that returns to its start), or ``None``."""
+    state: dict[str, int] = {}  # 1: on the stack, 2: finished
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_graph_reader_sees_lazy_and_type_checking_imports():
+    graph = _graph()
+    assert f"{PACKAGE}.run" in graph[f"{PACKAGE}.pipeline"]  # module level
+    assert f"{PACKAGE}.sweeps" in graph[f"{PACKAGE}.pipeline"]  # inside a stage function
+    assert f"{PACKAGE}.types" in graph[f"{PACKAGE}.pipeline"]  # under TYPE_CHECKING
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = _cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+@pytest.mark.parametrize("module", ["report", "run", "run_config", "io", "store"])
+def test_the_run_folder_and_the_report_import_nothing_that_runs_a_model(module):
+    modules = _modules()
+    name = next(n for n in modules if n.rsplit(".", 1)[-1] == module)
+    imported = _imports(name, modules[name], set(modules), runtime_only=True)
+    bad = sorted(m for m in imported if m.rsplit(".", 1)[-1] in RUNS_A_MODEL)
+    assert not bad, f"{name} imports {bad}, which run a model"
+
+
+def test_io_is_the_bottom_layer():
+    modules = _modules()
+    name = next(n for n in modules if n.rsplit(".", 1)[-1] == "io")
+    assert _imports(name, modules[name], set(modules)) == set()
