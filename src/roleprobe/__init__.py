@@ -82,8 +82,8 @@ _EXPORTS = {
     "MultipleChoice": "benchmarks",
     "LETTERS": "benchmarks",
     "evaluate": "evaluation",
-    "Baseline": "evaluation",
-    "Persona": "evaluation",
+    "Baseline": "conditions",
+    "Persona": "persona",
     "format_question": "evaluation",
     "accuracy": "stats",
     "compare": "stats",
@@ -121,268 +121,349 @@ _EXPORTS = {
     "SystemTurn": "system_turn",
     "DATE_STRING": "system_turn",
     "ABLATION_PLACEMENTS": "interventions",
+    "StoreMismatchError": "store",
+    "read_manifest": "store",
+    "PromptTransform": "persona",
+    "PromptEdit": "persona",
+    "position_hook": "interventions",
+    "check_intervention": "interventions",
+    "describe": "interventions",
+    "layer_cutoff": "selection",
+    "Model": "types",
 }
 
-__all__ = [
-    "ABLATION_PLACEMENTS",
-    "DATE_STRING",
-    "DOMAINS",
-    "DOMAIN_SUBJECTS",
-    "EMBEDDED_MODEL",
-    "FAMILIES",
-    "LETTERS",
-    "PAPER_REVISIONS",
-    "PATCHSCOPE_MODES",
-    "ROLES",
-    "TASK_TYPES",
-    "TIE_RULES",
-    "TINY_MODEL",
-    "Ablation",
-    "ActivationMeans",
-    "Addition",
-    "BagOfWordsJudge",
-    "Baseline",
-    "ChatBatch",
-    "ChatTemplate",
-    "Clamp",
-    "EmbeddedModelMissingError",
-    "Intervention",
-    "ModelInfo",
-    "MultipleChoice",
-    "OpenAIJudge",
-    "PatchscopeResult",
-    "Persona",
-    "Pick",
-    "PromptSet",
-    "ResultStore",
-    "Role",
-    "RoleDirections",
-    "RolePrompts",
-    "SteerState",
-    "SweepConfig",
-    "SweepResult",
-    "SystemTurn",
-    "TinyConfig",
-    "__version__",
-    "accuracy",
-    "accuracy_by",
-    "adjust_pvalues",
-    "answer_letter_ids",
-    "apply_picks",
-    "auroc",
-    "available_models",
-    "bootstrap_ci",
-    "builtin_generic",
-    "builtin_prompts",
-    "cache_root",
-    "chat_ids",
-    "clamp_projection",
-    "collect_means",
-    "compare",
-    "compute_directions",
-    "conformance_table",
-    "custom_prompts",
-    "effect_table",
-    "embedded_gguf_path",
-    "encode_chat",
-    "evaluate",
-    "family_hf_model",
-    "family_tokenizer",
-    "format_question",
-    "generate",
-    "get_role",
-    "left_pad",
-    "letter_attribution",
-    "list_roles",
-    "load_benchmark",
-    "load_embedded_hf",
-    "load_model",
-    "load_prompts",
-    "logit_lens",
-    "mcnemar_exact",
-    "merge",
-    "model_correlation",
-    "model_fingerprint",
-    "orthogonalized",
-    "paired_accuracy_test",
-    "paired_bootstrap_ci",
-    "paired_permutation_test",
-    "paper_prompts",
-    "paper_rounded_rule",
-    "paper_rule",
-    "patchscope",
-    "pivot_effects",
-    "project_out",
-    "relative_change",
-    "residual_norms",
-    "resolve_device",
-    "resolve_dtype",
-    "run_checks",
-    "select",
-    "separation_auroc",
-    "split_half_stability",
-    "steer",
-    "sweep",
-    "tiny_hf_model",
-    "tiny_tokenizer",
-    "wrap_hf_model",
-]
+__all__ = ["__version__", *_EXPORTS]  # every public name is declared once, above
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and IDEs
     from roleprobe.activations import (
-        ActivationMeans,
-        collect_means,
+        ActivationMeans as ActivationMeans,
+    )
+    from roleprobe.activations import (
+        collect_means as collect_means,
     )
     from roleprobe.attribution import (
-        letter_attribution,
+        letter_attribution as letter_attribution,
     )
     from roleprobe.benchmarks import (
-        LETTERS,
-        MultipleChoice,
-        load_benchmark,
+        LETTERS as LETTERS,
+    )
+    from roleprobe.benchmarks import (
+        MultipleChoice as MultipleChoice,
+    )
+    from roleprobe.benchmarks import (
+        load_benchmark as load_benchmark,
     )
     from roleprobe.chat import (
-        ChatBatch,
-        ChatTemplate,
-        answer_letter_ids,
-        chat_ids,
-        encode_chat,
-        left_pad,
+        ChatBatch as ChatBatch,
+    )
+    from roleprobe.chat import (
+        ChatTemplate as ChatTemplate,
+    )
+    from roleprobe.chat import (
+        answer_letter_ids as answer_letter_ids,
+    )
+    from roleprobe.chat import (
+        chat_ids as chat_ids,
+    )
+    from roleprobe.chat import (
+        encode_chat as encode_chat,
+    )
+    from roleprobe.chat import (
+        left_pad as left_pad,
+    )
+    from roleprobe.conditions import (
+        Baseline as Baseline,
     )
     from roleprobe.conformance import (
-        conformance_table,
-        run_checks,
+        conformance_table as conformance_table,
+    )
+    from roleprobe.conformance import (
+        run_checks as run_checks,
     )
     from roleprobe.directions import (
-        RoleDirections,
-        compute_directions,
+        RoleDirections as RoleDirections,
+    )
+    from roleprobe.directions import (
+        compute_directions as compute_directions,
     )
     from roleprobe.embedded import (
-        EMBEDDED_MODEL,
-        EmbeddedModelMissingError,
-        embedded_gguf_path,
-        load_embedded_hf,
+        EMBEDDED_MODEL as EMBEDDED_MODEL,
+    )
+    from roleprobe.embedded import (
+        EmbeddedModelMissingError as EmbeddedModelMissingError,
+    )
+    from roleprobe.embedded import (
+        embedded_gguf_path as embedded_gguf_path,
+    )
+    from roleprobe.embedded import (
+        load_embedded_hf as load_embedded_hf,
     )
     from roleprobe.evaluation import (
-        TIE_RULES,
-        Baseline,
-        Persona,
-        evaluate,
-        format_question,
+        TIE_RULES as TIE_RULES,
+    )
+    from roleprobe.evaluation import (
+        evaluate as evaluate,
+    )
+    from roleprobe.evaluation import (
+        format_question as format_question,
     )
     from roleprobe.families import (
-        FAMILIES,
-        family_hf_model,
-        family_tokenizer,
+        FAMILIES as FAMILIES,
+    )
+    from roleprobe.families import (
+        family_hf_model as family_hf_model,
+    )
+    from roleprobe.families import (
+        family_tokenizer as family_tokenizer,
     )
     from roleprobe.generation import (
-        generate,
+        generate as generate,
     )
     from roleprobe.interventions import (
-        ABLATION_PLACEMENTS,
-        Ablation,
-        Addition,
-        Clamp,
-        Intervention,
-        SteerState,
-        residual_norms,
-        steer,
+        ABLATION_PLACEMENTS as ABLATION_PLACEMENTS,
+    )
+    from roleprobe.interventions import (
+        Ablation as Ablation,
+    )
+    from roleprobe.interventions import (
+        Addition as Addition,
+    )
+    from roleprobe.interventions import (
+        Clamp as Clamp,
+    )
+    from roleprobe.interventions import (
+        Intervention as Intervention,
+    )
+    from roleprobe.interventions import (
+        SteerState as SteerState,
+    )
+    from roleprobe.interventions import (
+        check_intervention as check_intervention,
+    )
+    from roleprobe.interventions import (
+        describe as describe,
+    )
+    from roleprobe.interventions import (
+        position_hook as position_hook,
+    )
+    from roleprobe.interventions import (
+        residual_norms as residual_norms,
+    )
+    from roleprobe.interventions import (
+        steer as steer,
     )
     from roleprobe.models import (
-        TINY_MODEL,
-        ModelInfo,
-        available_models,
-        load_model,
-        model_fingerprint,
-        resolve_device,
-        resolve_dtype,
-        wrap_hf_model,
+        TINY_MODEL as TINY_MODEL,
+    )
+    from roleprobe.models import (
+        ModelInfo as ModelInfo,
+    )
+    from roleprobe.models import (
+        available_models as available_models,
+    )
+    from roleprobe.models import (
+        load_model as load_model,
+    )
+    from roleprobe.models import (
+        model_fingerprint as model_fingerprint,
+    )
+    from roleprobe.models import (
+        resolve_device as resolve_device,
+    )
+    from roleprobe.models import (
+        resolve_dtype as resolve_dtype,
+    )
+    from roleprobe.models import (
+        wrap_hf_model as wrap_hf_model,
     )
     from roleprobe.operators import (
-        clamp_projection,
-        project_out,
+        clamp_projection as clamp_projection,
+    )
+    from roleprobe.operators import (
+        project_out as project_out,
     )
     from roleprobe.orthogonalize import (
-        orthogonalized,
+        orthogonalized as orthogonalized,
+    )
+    from roleprobe.persona import (
+        Persona as Persona,
+    )
+    from roleprobe.persona import (
+        PromptEdit as PromptEdit,
+    )
+    from roleprobe.persona import (
+        PromptTransform as PromptTransform,
     )
     from roleprobe.picks import (
-        apply_picks,
+        apply_picks as apply_picks,
     )
     from roleprobe.prompts import (
-        PAPER_REVISIONS,
-        TASK_TYPES,
-        PromptSet,
-        RolePrompts,
-        builtin_generic,
-        builtin_prompts,
-        custom_prompts,
-        load_prompts,
-        paper_prompts,
+        PAPER_REVISIONS as PAPER_REVISIONS,
+    )
+    from roleprobe.prompts import (
+        TASK_TYPES as TASK_TYPES,
+    )
+    from roleprobe.prompts import (
+        PromptSet as PromptSet,
+    )
+    from roleprobe.prompts import (
+        RolePrompts as RolePrompts,
+    )
+    from roleprobe.prompts import (
+        builtin_generic as builtin_generic,
+    )
+    from roleprobe.prompts import (
+        builtin_prompts as builtin_prompts,
+    )
+    from roleprobe.prompts import (
+        custom_prompts as custom_prompts,
+    )
+    from roleprobe.prompts import (
+        load_prompts as load_prompts,
+    )
+    from roleprobe.prompts import (
+        paper_prompts as paper_prompts,
     )
     from roleprobe.readouts import (
-        PATCHSCOPE_MODES,
-        BagOfWordsJudge,
-        OpenAIJudge,
-        PatchscopeResult,
-        logit_lens,
-        patchscope,
+        PATCHSCOPE_MODES as PATCHSCOPE_MODES,
+    )
+    from roleprobe.readouts import (
+        BagOfWordsJudge as BagOfWordsJudge,
+    )
+    from roleprobe.readouts import (
+        OpenAIJudge as OpenAIJudge,
+    )
+    from roleprobe.readouts import (
+        PatchscopeResult as PatchscopeResult,
+    )
+    from roleprobe.readouts import (
+        logit_lens as logit_lens,
+    )
+    from roleprobe.readouts import (
+        patchscope as patchscope,
     )
     from roleprobe.roles import (
-        DOMAIN_SUBJECTS,
-        DOMAINS,
-        ROLES,
-        Role,
-        get_role,
-        list_roles,
+        DOMAIN_SUBJECTS as DOMAIN_SUBJECTS,
+    )
+    from roleprobe.roles import (
+        DOMAINS as DOMAINS,
+    )
+    from roleprobe.roles import (
+        ROLES as ROLES,
+    )
+    from roleprobe.roles import (
+        Role as Role,
+    )
+    from roleprobe.roles import (
+        get_role as get_role,
+    )
+    from roleprobe.roles import (
+        list_roles as list_roles,
     )
     from roleprobe.selection import (
-        Pick,
-        paper_rounded_rule,
-        paper_rule,
-        select,
+        Pick as Pick,
+    )
+    from roleprobe.selection import (
+        layer_cutoff as layer_cutoff,
+    )
+    from roleprobe.selection import (
+        paper_rounded_rule as paper_rounded_rule,
+    )
+    from roleprobe.selection import (
+        paper_rule as paper_rule,
+    )
+    from roleprobe.selection import (
+        select as select,
     )
     from roleprobe.snapshot import (
-        cache_root,
+        cache_root as cache_root,
     )
     from roleprobe.stats import (
-        accuracy,
-        accuracy_by,
-        adjust_pvalues,
-        bootstrap_ci,
-        compare,
-        mcnemar_exact,
-        paired_accuracy_test,
-        paired_bootstrap_ci,
-        paired_permutation_test,
-        relative_change,
+        accuracy as accuracy,
+    )
+    from roleprobe.stats import (
+        accuracy_by as accuracy_by,
+    )
+    from roleprobe.stats import (
+        adjust_pvalues as adjust_pvalues,
+    )
+    from roleprobe.stats import (
+        bootstrap_ci as bootstrap_ci,
+    )
+    from roleprobe.stats import (
+        compare as compare,
+    )
+    from roleprobe.stats import (
+        mcnemar_exact as mcnemar_exact,
+    )
+    from roleprobe.stats import (
+        paired_accuracy_test as paired_accuracy_test,
+    )
+    from roleprobe.stats import (
+        paired_bootstrap_ci as paired_bootstrap_ci,
+    )
+    from roleprobe.stats import (
+        paired_permutation_test as paired_permutation_test,
+    )
+    from roleprobe.stats import (
+        relative_change as relative_change,
     )
     from roleprobe.store import (
-        ResultStore,
+        ResultStore as ResultStore,
+    )
+    from roleprobe.store import (
+        StoreMismatchError as StoreMismatchError,
+    )
+    from roleprobe.store import (
+        read_manifest as read_manifest,
     )
     from roleprobe.sweeps import (
-        SweepConfig,
-        SweepResult,
-        merge,
-        sweep,
+        SweepConfig as SweepConfig,
+    )
+    from roleprobe.sweeps import (
+        SweepResult as SweepResult,
+    )
+    from roleprobe.sweeps import (
+        merge as merge,
+    )
+    from roleprobe.sweeps import (
+        sweep as sweep,
     )
     from roleprobe.system_turn import (
-        DATE_STRING,
-        SystemTurn,
+        DATE_STRING as DATE_STRING,
+    )
+    from roleprobe.system_turn import (
+        SystemTurn as SystemTurn,
     )
     from roleprobe.tables import (
-        effect_table,
-        model_correlation,
-        pivot_effects,
+        effect_table as effect_table,
+    )
+    from roleprobe.tables import (
+        model_correlation as model_correlation,
+    )
+    from roleprobe.tables import (
+        pivot_effects as pivot_effects,
     )
     from roleprobe.tiny import (
-        TinyConfig,
-        tiny_hf_model,
-        tiny_tokenizer,
+        TinyConfig as TinyConfig,
+    )
+    from roleprobe.tiny import (
+        tiny_hf_model as tiny_hf_model,
+    )
+    from roleprobe.tiny import (
+        tiny_tokenizer as tiny_tokenizer,
+    )
+    from roleprobe.types import (
+        Model as Model,
     )
     from roleprobe.validation import (
-        auroc,
-        separation_auroc,
-        split_half_stability,
+        auroc as auroc,
+    )
+    from roleprobe.validation import (
+        separation_auroc as separation_auroc,
+    )
+    from roleprobe.validation import (
+        split_half_stability as split_half_stability,
     )
 
 

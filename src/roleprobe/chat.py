@@ -186,8 +186,10 @@ class ChatBatch:
         seq = self.input_ids.shape[1]
         return torch.arange(seq - self.n_post, seq, device=self.input_ids.device)
 
-    def to(self, device: torch.device | str) -> "ChatBatch":
-        """The same batch on another device."""
+    def to(self, device: torch.device | str | None) -> "ChatBatch":
+        """The same batch on another device (``None``: where it is)."""
+        if device is None:
+            return self
         return ChatBatch(
             self.input_ids.to(device),
             self.attention_mask.to(device),

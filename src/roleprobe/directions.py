@@ -31,11 +31,13 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from roleprobe.activations import PositionLabel, check_hook, check_layers, collect_means
 from roleprobe.chat import PLACEHOLDER, ChatTemplate
+from roleprobe.io import atomic_write_bytes, write_json
 from roleprobe.models import model_fingerprint, model_name
 from roleprobe.prompts import BASE_NAME, RolePrompts, load_prompts
 from roleprobe.roles import ROLES, get_role
@@ -232,14 +234,10 @@ class RoleDirections:
             "base_mean": self.base_mean.contiguous(),
             "role_counts": torch.tensor(self.role_counts, dtype=torch.int64),
         }
-        tmp = folder / f".{TENSORS_FILE}.partial"
-        save_file(tensors, str(tmp))
-        tmp.replace(folder / TENSORS_FILE)
+        atomic_write_bytes(folder / TENSORS_FILE, safetensors_bytes(tensors))
         meta = self._metadata()
         meta["tensors_sha256"] = file_digest(folder / TENSORS_FILE)
-        tmp_meta = folder / f".{METADATA_FILE}.partial"
-        tmp_meta.write_text(json.dumps(meta, indent=1))
-        tmp_meta.replace(folder / METADATA_FILE)
+        write_json(folder / METADATA_FILE, meta)
         return folder
 
     def _metadata(self) -> dict[str, Any]:
