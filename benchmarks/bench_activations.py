@@ -18,7 +18,8 @@ from _models import load
 from _report import best_of, machine_info, report
 
 import roleprobe as rp
-from roleprobe.activations import batches, check_layers, collect_means
+from roleprobe.activations import batches, collect_means
+from roleprobe.hooks import check_layers
 
 GOAL = ">= 0.95"
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import roleprobe as rp
+from roleprobe.activations import residual_norms
 from roleprobe.chat import encode_chat
-from roleprobe.interventions import Ablation, Addition, Clamp, residual_norms, steer
+from roleprobe.interventions import Ablation, Addition, Clamp, steer
 from roleprobe.operators import unit
 
 PROMPTS = ["Hi", "Describe the water cycle briefly.", "What is two plus two?"]

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import roleprobe as rp
+from roleprobe.io import cache_root
 from roleprobe.snapshot import (
     MANIFEST_NAME,
-    cache_root,
     load_snapshot,
     save_snapshot,
     snapshot_problem,

@@ -41,7 +41,7 @@ _EXPORTS = {
     "TinyConfig": "tiny",
     "tiny_hf_model": "tiny",
     "tiny_tokenizer": "tiny",
-    "cache_root": "snapshot",
+    "cache_root": "io",
     "ROLES": "roles",
     "DOMAINS": "roles",
     "DOMAIN_SUBJECTS": "roles",
@@ -69,7 +69,7 @@ _EXPORTS = {
     "steer": "interventions",
     "SteerState": "interventions",
     "Intervention": "interventions",
-    "residual_norms": "interventions",
+    "residual_norms": "activations",
     "project_out": "operators",
     "clamp_projection": "operators",
     "orthogonalized": "orthogonalize",
@@ -140,6 +140,9 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
     )
     from roleprobe.activations import (
         collect_means as collect_means,
+    )
+    from roleprobe.activations import (
+        residual_norms as residual_norms,
     )
     from roleprobe.attribution import (
         letter_attribution as letter_attribution,
@@ -247,10 +250,10 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
         position_hook as position_hook,
     )
     from roleprobe.interventions import (
-        residual_norms as residual_norms,
-    )
-    from roleprobe.interventions import (
         steer as steer,
+    )
+    from roleprobe.io import (
+        cache_root as cache_root,
     )
     from roleprobe.models import (
         TINY_MODEL as TINY_MODEL,
@@ -374,9 +377,6 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
     )
     from roleprobe.selection import (
         select as select,
-    )
-    from roleprobe.snapshot import (
-        cache_root as cache_root,
     )
     from roleprobe.stats import (
         accuracy as accuracy,

@@ -43,11 +43,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from roleprobe.chat import ChatBatch, ChatTemplate, collate, encode_prompt, left_pad, pad_token_id
+from roleprobe.hooks import check_hook, check_layers
 from roleprobe.progress import bar
 from roleprobe.system_turn import normalize_system
 from roleprobe.types import Model
 
-HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_mid", "hook_resid_post")
 POSITION_NAMES = ("post_instruction", "last", "instruction_mean")
 
 PositionLabel = int | str
@@ -130,28 +130,6 @@ def resolve_positions(spec: str | Sequence[int], n_post: int) -> PositionSelecto
 def float64_device(tensor: Tensor) -> torch.device:
     """Where float64 work on ``tensor`` happens: its own device, except MPS (no float64)."""
     return torch.device("cpu") if tensor.device.type == "mps" else tensor.device
-
-
-def check_layers(model: Model, layers: Sequence[int] | None) -> tuple[int, ...]:
-    """Layers as a sorted tuple (default: all), each checked against the model's depth."""
-    n_layers = int(model.cfg.n_layers)
-    if layers is None:
-        return tuple(range(n_layers))
-    out = tuple(sorted({int(layer) for layer in layers}))
-    if not out:
-        raise ValueError("no layers given (the layer list is empty)")
-    bad = [layer for layer in out if not 0 <= layer < n_layers]
-    if bad:
-        raise ValueError(f"layers {bad} are out of range: this model has layers 0..{n_layers - 1}")
-    return out
-
-
-def check_hook(hook: str) -> str:
-    """The hook point name (``"resid_pre"`` is accepted for ``"hook_resid_pre"``)."""
-    name = hook if hook.startswith("hook_") else f"hook_{hook}"
-    if name not in HOOKS:
-        raise ValueError(f"unknown hook point {hook!r}; use one of {HOOKS}")
-    return name
 
 
 def batches(
@@ -433,3 +411,29 @@ def _template_n_post(model: Model, prompts: Prompts, system: str | None) -> int:
     if len(prompts) and isinstance(prompts[0], str) and model.tokenizer is not None:
         return ChatTemplate.from_tokenizer(model.tokenizer, system).n_post
     return 1
+
+
+def residual_norms(
+    model: Model, prompts: Sequence[str] | None = None, batch_size: int = 16
+) -> Float[Tensor, " layer"]:
+    """Mean L2 norm of ``hook_resid_pre`` per layer, at the last prompt token.
+
+    The reference for :class:`Addition`'s ``reference_norm``; defaults to 32 of the built-in
+    generic prompts.
+    """
+    from roleprobe.prompts import builtin_generic
+
+    texts = list(prompts) if prompts is not None else list(builtin_generic().instructions)[:32]
+    layers = check_layers(model, None)
+    reducer = NormReducer(len(layers))
+    stream(
+        model,
+        texts,
+        reducer,
+        layers,
+        "hook_resid_pre",
+        lambda n_post: resolve_positions("last", n_post),
+        batch_size,
+        progress=False,
+    )
+    return reducer.mean()

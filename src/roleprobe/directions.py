@@ -35,13 +35,13 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from roleprobe.activations import PositionLabel, check_hook, check_layers, collect_means
+from roleprobe.activations import PositionLabel, collect_means
 from roleprobe.chat import PLACEHOLDER, ChatTemplate
-from roleprobe.io import atomic_write_bytes, write_json
+from roleprobe.hooks import check_hook, check_layers
+from roleprobe.io import atomic_write_bytes, file_digest, write_json
 from roleprobe.models import model_fingerprint, model_name
 from roleprobe.prompts import BASE_NAME, RolePrompts, load_prompts
 from roleprobe.roles import ROLES, get_role
-from roleprobe.snapshot import file_digest
 from roleprobe.system_turn import normalize_system
 from roleprobe.types import Model
 

@@ -25,7 +25,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from roleprobe.snapshot import cache_root, file_digest, load_snapshot, save_snapshot
+from roleprobe.io import cache_root, file_digest
+from roleprobe.snapshot import load_snapshot, save_snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from roleprobe.activations import HOOKS, check_layers
+from roleprobe.hooks import HOOKS, check_layers
 from roleprobe.operators import add, check_direction, clamp_projection, project_out, unit
 from roleprobe.types import Model
 
@@ -451,30 +451,3 @@ def steer(
     finally:
         active -= names
         states[:] = [other for other in states if other is not state]
-
-
-def residual_norms(
-    model: Model, prompts: Sequence[str] | None = None, batch_size: int = 16
-) -> Float[Tensor, " layer"]:
-    """Mean L2 norm of ``hook_resid_pre`` per layer, at the last prompt token.
-
-    The reference for :class:`Addition`'s ``reference_norm``; defaults to 32 of the built-in
-    generic prompts.
-    """
-    from roleprobe.activations import NormReducer, resolve_positions, stream
-    from roleprobe.prompts import builtin_generic
-
-    texts = list(prompts) if prompts is not None else list(builtin_generic().instructions)[:32]
-    layers = check_layers(model, None)
-    reducer = NormReducer(len(layers))
-    stream(
-        model,
-        texts,
-        reducer,
-        layers,
-        "hook_resid_pre",
-        lambda n_post: resolve_positions("last", n_post),
-        batch_size,
-        progress=False,
-    )
-    return reducer.mean()

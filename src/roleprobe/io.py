@@ -10,6 +10,7 @@ Example:
     >>> write_csv(Path("runs/demo/05_selection/picks_paper.csv"), picks)
 """
 
+import hashlib
 import json
 import os
 import tempfile
@@ -99,3 +100,22 @@ def create_text(path: str | os.PathLike[str], text: str) -> bool:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return True
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder that holds roleprobe's cached model snapshots (not created here)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("ROLEPROBE_CACHE"):
+        return Path(os.environ["ROLEPROBE_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "roleprobe"
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from roleprobe.activations import check_layers
+from roleprobe.hooks import check_layers
 from roleprobe.interventions import suspended
 from roleprobe.types import Model
 

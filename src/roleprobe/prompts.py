@@ -41,8 +41,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from roleprobe.io import cache_root
 from roleprobe.roles import resolve_roles, role_file_stem
-from roleprobe.snapshot import cache_root
 
 logger = logging.getLogger(__name__)
 

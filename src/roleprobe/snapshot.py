@@ -11,10 +11,8 @@ The cache root is ``cache_dir`` if given, else ``$ROLEPROBE_CACHE``, else
 ``$XDG_CACHE_HOME/roleprobe``, else ``~/.cache/roleprobe``.
 """
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,29 +21,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from roleprobe.io import file_digest
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "roleprobe-snapshot.json"
 SNAPSHOT_FORMAT = 1
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The folder that holds roleprobe's cached model snapshots (not created here)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("ROLEPROBE_CACHE"):
-        return Path(os.environ["ROLEPROBE_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "roleprobe"
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _describe_files(folder: Path) -> dict[str, dict[str, Any]]:

@@ -57,7 +57,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from roleprobe.activations import PositionLabel, check_layers
+from roleprobe.activations import PositionLabel, residual_norms
 from roleprobe.benchmarks import LETTERS, MultipleChoice
 from roleprobe.chat import ChatBatch, ChatTemplate, answer_letter_ids, collate, pad_token_id
 from roleprobe.directions import RoleDirections
@@ -70,6 +70,7 @@ from roleprobe.evaluation import (
     score_table,
     subject_domain,
 )
+from roleprobe.hooks import check_layers
 from roleprobe.interventions import (
     ABLATION_PLACEMENTS,
     Ablation,
@@ -78,7 +79,6 @@ from roleprobe.interventions import (
     Intervention,
     SteerState,
     check_intervention,
-    residual_norms,
     steer,
 )
 from roleprobe.models import model_fingerprint, model_name

@@ -22,8 +22,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from roleprobe.activations import ProjectionReducer, check_hook, resolve_positions, stream
+from roleprobe.activations import ProjectionReducer, resolve_positions, stream
 from roleprobe.directions import RoleDirections, compute_directions
+from roleprobe.hooks import check_hook
 from roleprobe.prompts import RolePrompts
 from roleprobe.types import Model
 
