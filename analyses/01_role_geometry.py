@@ -40,7 +40,7 @@ import _common
 import pandas as pd
 
 import roleprobe as rp
-from roleprobe import plotting
+from roleprobe.results import plotting
 
 QUICK_ROLES = ("lawyer", "nurse", "mathematician", "economist")
 POSITION = -1

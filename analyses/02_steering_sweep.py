@@ -43,7 +43,7 @@ import _common
 import pandas as pd
 
 import roleprobe as rp
-from roleprobe import plotting
+from roleprobe.results import plotting
 
 cli = _common.parser("Steering sweep, selection by the paper's rule and held-out.")
 _common.add_sweep_args(cli)

@@ -37,7 +37,7 @@ import _common
 import pandas as pd
 
 import roleprobe as rp
-from roleprobe import plotting
+from roleprobe.results import plotting
 
 cli = _common.parser("The paper's main table: sweep, paper rule, all-domain effects.")
 _common.add_sweep_args(cli)

@@ -33,7 +33,7 @@ import _common
 import pandas as pd
 
 import roleprobe as rp
-from roleprobe import plotting
+from roleprobe.results import plotting
 
 DEFAULT_ROLES = ("lawyer", "nurse", "mathematician")
 

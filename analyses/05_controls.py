@@ -32,7 +32,7 @@ import _common
 import pandas as pd
 
 import roleprobe as rp
-from roleprobe import plotting
+from roleprobe.results import plotting
 
 cli = _common.parser("Role directions vs random and shuffled controls.")
 _common.add_sweep_args(cli)

@@ -34,10 +34,10 @@ from typing import Any
 import pandas as pd
 
 import roleprobe as rp
-from roleprobe.io import write_json
-from roleprobe.selection import layer_cutoff
-from roleprobe.store import StoreMismatchError, read_manifest
-from roleprobe.types import Model
+from roleprobe.core.io import write_json
+from roleprobe.core.types import Model
+from roleprobe.experiments.selection import layer_cutoff
+from roleprobe.experiments.store import StoreMismatchError, read_manifest
 
 logger = logging.getLogger("analyses")
 

@@ -1,6 +1,6 @@
 """Print the "Supported model families" Markdown table from the conformance checks.
 
-Runs every check of :mod:`roleprobe.conformance` (the same functions
+Runs every check of :mod:`roleprobe.experiments.conformance` (the same functions
 ``tests/test_families.py`` runs) on every tiny family model and prints the table, with
 each failure's reason below it. Takes a few seconds on CPU.
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from roleprobe.conformance import conformance_table, run_checks
-from roleprobe.families import FAMILIES
+from roleprobe.experiments.conformance import conformance_table, run_checks
+from roleprobe.model.families import FAMILIES
 
 
 def main(argv: list[str] | None = None) -> int:

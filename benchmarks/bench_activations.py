@@ -18,8 +18,8 @@ from _models import load
 from _report import best_of, machine_info, report
 
 import roleprobe as rp
-from roleprobe.activations import batches, collect_means
-from roleprobe.hooks import check_layers
+from roleprobe.core.hooks import check_layers
+from roleprobe.vectors.activations import batches, collect_means
 
 GOAL = ">= 0.95"
 

@@ -16,12 +16,13 @@ from typing import Any
 
 
 def roleprobe_command() -> list[str]:
-    """The ``roleprobe`` console script next to this Python, else ``python -m roleprobe.cli``."""
+    """The ``roleprobe`` console script next to this Python, else
+    ``python -m roleprobe.app.cli``."""
     script = Path(sys.executable).with_name("roleprobe")
     if script.exists():
         return [str(script)]
     found = shutil.which("roleprobe")
-    return [found] if found else [sys.executable, "-m", "roleprobe.cli"]
+    return [found] if found else [sys.executable, "-m", "roleprobe.app.cli"]
 
 
 def run(device: str | None = None, repeats: int = 1) -> dict[str, Any]:

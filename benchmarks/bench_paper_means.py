@@ -19,8 +19,8 @@ import torch
 from _report import best_of
 
 import roleprobe as rp
-from roleprobe.activations import collect_means
-from roleprobe.prefix import position_ids
+from roleprobe.steering.prefix import position_ids
+from roleprobe.vectors.activations import collect_means
 
 PAPER_BATCH = 32
 
@@ -115,6 +115,6 @@ def run(
 
 
 def _real_tokens(model: Any, prompts: Sequence[str], batch_size: int) -> int:
-    from roleprobe.activations import batches
+    from roleprobe.vectors.activations import batches
 
     return sum(int(b.attention_mask.sum()) for _, b in batches(model, prompts, batch_size))

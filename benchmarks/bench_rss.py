@@ -38,7 +38,7 @@ def worker(model_name: str, device: str, n: int, batch_size: int) -> dict[str, A
     """What one subprocess measures."""
     from _models import load
 
-    from roleprobe.activations import collect_means
+    from roleprobe.vectors.activations import collect_means
 
     model = load(model_name, device=device)
     prompts = varied_prompts(n)

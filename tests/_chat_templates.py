@@ -1,6 +1,6 @@
 """Inline chat templates reproducing the paper's families, on the byte-level tiny tokenizer.
 
-Written here (independent of :mod:`roleprobe.families`) to test the system-turn policy:
+Written here (independent of :mod:`roleprobe.model.families`) to test the system-turn policy:
 
 * ``LLAMA32_TEMPLATE``: Meta's Llama-3.2 format, with its always-rendered system block and
   "Today Date" from ``date_string`` or, when absent, ``strftime_now`` (the clock).

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import roleprobe as rp
-from roleprobe.embedded import INSTALL_COMMAND, EmbeddedModelMissingError
+from roleprobe.model.embedded import INSTALL_COMMAND, EmbeddedModelMissingError
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 import torch
 
-from roleprobe.chat import ChatTemplate, chat_ids, encode_chat
+from roleprobe.model.chat import ChatTemplate, chat_ids, encode_chat
 
 
 def assert_bridge_matches_hf(model, hf_model, prompts, logits_atol, resid_atol):

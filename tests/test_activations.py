@@ -4,8 +4,8 @@ import torch
 import _chat_templates as T
 import roleprobe as rp
 from reference import reference_means
-from roleprobe.activations import collect_means, resolve_positions, token_batch
-from roleprobe.chat import ChatTemplate, chat_ids, encode_chat
+from roleprobe.model.chat import ChatTemplate, chat_ids, encode_chat
+from roleprobe.vectors.activations import collect_means, resolve_positions, token_batch
 
 PROMPTS = [
     "Explain how a bill becomes law.",

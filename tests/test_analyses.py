@@ -218,7 +218,7 @@ def test_only_a_store_mismatch_becomes_one_clear_exit(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     import roleprobe as rp
-    from roleprobe.store import StoreMismatchError
+    from roleprobe.experiments.store import StoreMismatchError
 
     common = _common()
     p = common.parser("test")

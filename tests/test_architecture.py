@@ -118,11 +118,17 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def _named(last: str) -> str:
+    """The full name of the package module whose last part is ``last``."""
+    return next(n for n in _modules() if n.rsplit(".", 1)[-1] == last)
+
+
 def test_the_graph_reader_sees_lazy_and_type_checking_imports():
     graph = _graph()
-    assert f"{PACKAGE}.run" in graph[f"{PACKAGE}.pipeline"]  # module level
-    assert f"{PACKAGE}.sweeps" in graph[f"{PACKAGE}.pipeline"]  # inside a stage function
-    assert f"{PACKAGE}.types" in graph[f"{PACKAGE}.pipeline"]  # under TYPE_CHECKING
+    pipeline = graph[_named("pipeline")]
+    assert _named("run") in pipeline  # module level
+    assert _named("sweeps") in pipeline  # inside a stage function
+    assert _named("types") in pipeline  # under TYPE_CHECKING
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None
 
@@ -145,3 +151,43 @@ def test_io_is_the_bottom_layer():
     modules = _modules()
     name = next(n for n in modules if n.rsplit(".", 1)[-1] == "io")
     assert _imports(name, modules[name], set(modules)) == set()
+
+
+STRATA = ("core", "model", "data", "steering", "vectors", "results", "experiments", "app")
+"""The subpackages from the bottom up; a module imports only from its own stratum or below
+(README, "Layout")."""
+
+
+def test_every_module_lives_in_a_stratum():
+    loose = [n for n in _modules() if n != PACKAGE and n.split(".")[1] not in STRATA]
+    assert not loose, f"modules outside the strata: {loose}"
+
+
+def _stratum(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) >= 3 and parts[1] in STRATA else None
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """Edges from a module to a module of a higher stratum."""
+    rank = {stratum: i for i, stratum in enumerate(STRATA)}
+    out = []
+    for name, targets in graph.items():
+        own = _stratum(name)
+        for target in targets:
+            other = _stratum(target)
+            if own and other and rank[other] > rank[own]:
+                out.append(f"{name} -> {target}")
+    return out
+
+
+def test_no_module_imports_from_a_stratum_above_it():
+    upward = _upward(_graph())
+    assert not upward, "imports from a stratum above: " + ", ".join(upward)
+
+
+def test_the_strata_check_can_fail():
+    assert _upward({"roleprobe.model.chat": {"roleprobe.app.cli"}}) == [
+        "roleprobe.model.chat -> roleprobe.app.cli"
+    ]
+    assert _upward({"roleprobe.app.cli": {"roleprobe.model.chat", "roleprobe"}}) == []

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import roleprobe as rp
-import roleprobe.attribution
-from roleprobe.attribution import final_residual_rms, letter_attribution
-from roleprobe.directions import RoleDirections
+import roleprobe.vectors.attribution
+from roleprobe.vectors.attribution import final_residual_rms, letter_attribution
+from roleprobe.vectors.directions import RoleDirections
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_letter_attribution_matches_the_reference_model(
 
 def test_letter_attribution_measures_the_scale_by_default(tiny_model, fake_directions, monkeypatch):
     unit = letter_attribution(tiny_model, fake_directions, "lawyer", layers=[1], scale=1)
-    monkeypatch.setattr(roleprobe.attribution, "final_residual_rms", lambda model: 4.0)
+    monkeypatch.setattr(roleprobe.vectors.attribution, "final_residual_rms", lambda model: 4.0)
     measured = letter_attribution(tiny_model, fake_directions, "lawyer", layers=[1])
     assert measured.attrs["scale"] == 4.0 and list(measured["layer"]) == [1] * 4
     np.testing.assert_allclose(measured["attribution"], unit["attribution"] / 4.0)

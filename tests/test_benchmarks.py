@@ -4,15 +4,15 @@ import pandas as pd
 import pytest
 
 import roleprobe as rp
-from roleprobe import benchmarks
-from roleprobe.benchmarks import (
+from roleprobe.data import benchmarks
+from roleprobe.data.benchmarks import (
     LETTERS,
     MultipleChoice,
     from_hf_dataset,
     load_benchmark,
     mmlu_local,
 )
-from roleprobe.roles import DOMAIN_SUBJECTS
+from roleprobe.data.roles import DOMAIN_SUBJECTS
 
 
 def test_builtin_bank_is_balanced_and_covers_every_domain():

@@ -5,8 +5,8 @@ import torch
 
 import _chat_templates as T
 import roleprobe as rp
-from roleprobe.chat import DATE_STRING, ChatTemplate, chat_ids, encode_chat, left_pad
-from roleprobe.tiny import CHATML_TEMPLATE
+from roleprobe.model.chat import DATE_STRING, ChatTemplate, chat_ids, encode_chat, left_pad
+from roleprobe.model.tiny import CHATML_TEMPLATE
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from roleprobe.cli import main
+from roleprobe.app.cli import main
 
 TINY = ["--model", "tiny-random", "--device", "cpu"]
 
@@ -52,6 +52,6 @@ def test_unknown_subcommand_is_a_usage_error(capsys):
 
 def test_console_script_entry_point_runs():
     result = subprocess.run(
-        [sys.executable, "-m", "roleprobe.cli", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "roleprobe.app.cli", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("roleprobe ")

@@ -6,8 +6,13 @@ import torch
 
 import _chat_templates as T
 import roleprobe as rp
-from roleprobe.directions import METADATA_FILE, TENSORS_FILE, RoleDirections, compute_directions
-from roleprobe.tiny import TinyConfig
+from roleprobe.model.tiny import TinyConfig
+from roleprobe.vectors.directions import (
+    METADATA_FILE,
+    TENSORS_FILE,
+    RoleDirections,
+    compute_directions,
+)
 
 ROLES = ["lawyer", "nurse", "economist"]
 
@@ -180,7 +185,9 @@ def test_system_policy_and_format_are_recorded_and_survive_save_load(
 def test_a_bad_system_policy_fails_before_any_forward_pass(tiny_model, monkeypatch):
     monkeypatch.setattr(tiny_model.tokenizer, "chat_template", T.GEMMA2_TEMPLATE)
     calls = []
-    monkeypatch.setattr("roleprobe.directions.collect_means", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(
+        "roleprobe.vectors.directions.collect_means", lambda *a, **k: calls.append(1)
+    )
     with pytest.raises(ValueError, match="does not accept a system turn"):
         compute_directions(tiny_model, system="You are a lawyer.", progress=False, **SMALL)
     assert calls == []

@@ -13,8 +13,8 @@ import torch
 
 import roleprobe as rp
 from reference import assert_bridge_matches_hf
-from roleprobe import embedded
-from roleprobe.chat import ChatTemplate, encode_chat
+from roleprobe.model import embedded
+from roleprobe.model.chat import ChatTemplate, encode_chat
 
 CHAT_PROMPTS = [
     "What is the capital of France?",

@@ -7,9 +7,8 @@ import torch
 from beartype.roar import BeartypeCallHintViolation
 
 import roleprobe as rp
-from roleprobe.benchmarks import LETTERS, MultipleChoice
-from roleprobe.conditions import split_condition
-from roleprobe.evaluation import (
+from roleprobe.data.benchmarks import LETTERS, MultipleChoice
+from roleprobe.experiments.evaluation import (
     TIE_RULES,
     Baseline,
     Persona,
@@ -19,6 +18,7 @@ from roleprobe.evaluation import (
     score_table,
     template_has_system,
 )
+from roleprobe.steering.conditions import split_condition
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,9 @@ def _short(n, split, start=0):
         (f"s/{split}/{i}", "toy", f"Is {i} odd?", "yes", "no", "maybe", "never", "AB"[i % 2])
         for i in range(start, start + n)
     ]
-    return MultipleChoice(pd.DataFrame(rows, columns=list(rp.benchmarks.COLUMNS)), split, split)
+    return MultipleChoice(
+        pd.DataFrame(rows, columns=list(rp.data.benchmarks.COLUMNS)), split, split
+    )
 
 
 def test_k_shot(tiny_model, bench):

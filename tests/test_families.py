@@ -1,6 +1,7 @@
 """The conformance suite: every family's tiny model through every roleprobe operation.
 
-One parametrised test per (family, check) from :data:`roleprobe.conformance.CHECKS`, plus
+One parametrised test per (family, check) from
+:data:`roleprobe.experiments.conformance.CHECKS`, plus
 the chat formats written out as the families document them, and guards showing that the
 checks can fail (a wrong reference, Gemma-2's soft-cap, the two ablation placements).
 """
@@ -12,11 +13,11 @@ import pytest
 import torch
 
 import roleprobe as rp
-from roleprobe import conformance
-from roleprobe.chat import answer_letter_ids, encode_chat
-from roleprobe.conformance import CHECKS, ConformanceError, Subject
-from roleprobe.families import FAMILIES, family_hf_model, family_tokenizer
-from roleprobe.prefix import final_last
+from roleprobe.experiments import conformance
+from roleprobe.experiments.conformance import CHECKS, ConformanceError, Subject
+from roleprobe.model.chat import answer_letter_ids, encode_chat
+from roleprobe.model.families import FAMILIES, family_hf_model, family_tokenizer
+from roleprobe.steering.prefix import final_last
 
 HI = [{"role": "user", "content": "Hi"}]
 SYSTEM = [{"role": "system", "content": "Be brief."}, *HI]

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import roleprobe as rp
-from roleprobe.activations import residual_norms
-from roleprobe.chat import encode_chat
-from roleprobe.interventions import Ablation, Addition, Clamp, steer
-from roleprobe.operators import unit
+from roleprobe.model.chat import encode_chat
+from roleprobe.steering.interventions import Ablation, Addition, Clamp, steer
+from roleprobe.steering.operators import unit
+from roleprobe.vectors.activations import residual_norms
 
 PROMPTS = ["Hi", "Describe the water cycle briefly.", "What is two plus two?"]
 
@@ -324,7 +324,9 @@ class ScaledAddition:
         self.direction, self.layer, self.alpha = direction, layer, alpha
 
     def hooks(self, model, state):
-        fn = rp.interventions.position_hook(lambda x: x + self.alpha * self.direction, "all", state)
+        fn = rp.steering.interventions.position_hook(
+            lambda x: x + self.alpha * self.direction, "all", state
+        )
         return [(f"blocks.{self.layer}.hook_resid_pre", fn)]
 
 
@@ -339,8 +341,8 @@ def test_a_user_defined_intervention_steers_and_generates_like_the_builtin(tiny_
     text = rp.generate(tiny_model, PROMPTS, [mine], max_new_tokens=6)
     assert text == rp.generate(tiny_model, PROMPTS, [builtin], max_new_tokens=6)
     assert text == rp.generate(tiny_model, PROMPTS, mine, max_new_tokens=6)  # one, unlisted
-    assert rp.interventions.describe(mine) == {"condition": "ScaledAddition"}
-    assert rp.interventions.describe(builtin)["condition"] == "addition"
+    assert rp.steering.interventions.describe(mine) == {"condition": "ScaledAddition"}
+    assert rp.steering.interventions.describe(builtin)["condition"] == "addition"
 
 
 def test_non_interventions_are_refused_by_name(tiny_model):
@@ -360,7 +362,7 @@ def test_non_interventions_are_refused_by_name(tiny_model):
             rp.generate(tiny_model, PROMPTS, [Impostor()], max_new_tokens=2)
     assert calls == []
     with pytest.raises(TypeError, match="got int"):
-        rp.interventions.check_intervention(3)
+        rp.steering.interventions.check_intervention(3)
 
 
 def test_persona_in_generate_is_the_system_prompt(tiny_model):

@@ -5,7 +5,7 @@ import threading
 import pandas as pd
 import pytest
 
-from roleprobe.io import (
+from roleprobe.core.io import (
     atomic_write_bytes,
     atomic_write_text,
     create_text,

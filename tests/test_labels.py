@@ -2,7 +2,7 @@
 
 import math
 
-from roleprobe.labels import (
+from roleprobe.results.labels import (
     condition_label,
     condition_rank,
     domain_order,

@@ -3,8 +3,8 @@ import torch
 
 import roleprobe as rp
 from reference import assert_bridge_matches_hf
-from roleprobe import models
-from roleprobe.chat import encode_chat
+from roleprobe.model import models
+from roleprobe.model.chat import encode_chat
 
 PROMPTS = ["Hi", "Describe the water cycle briefly.", "What is two plus two?"]
 

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roleprobe.operators import (
+from roleprobe.steering.operators import (
     add,
     check_direction,
     clamp_projection,

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from roleprobe.chat import encode_chat
-from roleprobe.interventions import Ablation, steer
-from roleprobe.orthogonalize import orthogonalized, writers
+from roleprobe.model.chat import encode_chat
+from roleprobe.steering.interventions import Ablation, steer
+from roleprobe.steering.orthogonalize import orthogonalized, writers
 
 PROMPTS = ["Hi", "Describe the water cycle briefly.", "What is two plus two?"]
 
@@ -90,7 +90,7 @@ def test_gemma2_refuses_both_placements_naming_them(gemma, at):
 def test_gemma2_weight_edit_equals_neither_placement(gemma, monkeypatch):
     """Why the refusal: forced through, the weight edit (the authors' own
     ``orthogonalize_gemma_weights``) gives logits unlike either hook placement."""
-    import roleprobe.orthogonalize as orth
+    import roleprobe.steering.orthogonalize as orth
 
     batch = encode_chat(gemma.tokenizer, PROMPTS)
     real = batch.attention_mask.bool()

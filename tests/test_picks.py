@@ -2,9 +2,9 @@ import pandas as pd
 import pytest
 
 import roleprobe as rp
-from roleprobe.benchmarks import MultipleChoice
-from roleprobe.evaluation import subject_domain
-from roleprobe.picks import apply_picks, position_label
+from roleprobe.data.benchmarks import MultipleChoice
+from roleprobe.experiments.evaluation import subject_domain
+from roleprobe.experiments.picks import apply_picks, position_label
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 import roleprobe as rp
-from roleprobe.cli import main
-from roleprobe.pipeline import PRESETS, STAGES, RunConfig, load_config, run_pipeline
-from roleprobe.selection import split_ids
-from roleprobe.tiny import TinyConfig
+from roleprobe.app.cli import main
+from roleprobe.app.pipeline import PRESETS, STAGES, RunConfig, load_config, run_pipeline
+from roleprobe.experiments.selection import split_ids
+from roleprobe.model.tiny import TinyConfig
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_no_resume_refuses_a_started_folder(finished, capsys):
 
 
 def test_paper_rule_without_ablation_reads_every_domain(tiny4, tmp_path, monkeypatch):
-    from roleprobe import readouts
+    from roleprobe.vectors import readouts
 
     seen = []
     real = readouts.patchscope
@@ -224,9 +224,9 @@ def test_paper_rule_without_ablation_reads_every_domain(tiny4, tmp_path, monkeyp
 
 
 def test_new_settings_are_validated_and_recorded(tmp_path):
-    from roleprobe.pipeline import CHOICES
-    from roleprobe.prompts import PAPER_REVISIONS
-    from roleprobe.readouts import PATCHSCOPE_MODES
+    from roleprobe.app.pipeline import CHOICES
+    from roleprobe.data.prompts import PAPER_REVISIONS
+    from roleprobe.vectors.readouts import PATCHSCOPE_MODES
 
     assert set(CHOICES["prompt_revision"]) == set(PAPER_REVISIONS)
     assert set(CHOICES["patchscope_mode"]) == set(PATCHSCOPE_MODES)
@@ -244,7 +244,7 @@ def test_new_settings_are_validated_and_recorded(tmp_path):
 
 
 def test_a_run_started_before_new_settings_still_resumes(tmp_path):
-    from roleprobe.pipeline import Run
+    from roleprobe.app.pipeline import Run
 
     cfg = RunConfig(model="tiny-random", device="cpu")
     old = {
@@ -281,7 +281,7 @@ def test_the_prompt_revision_reaches_the_run(paper_dir, tmp_path):
 
 
 def test_stages_are_named_once_and_until_takes_new_and_old_names():
-    from roleprobe import pipeline, run
+    from roleprobe.app import pipeline, run
 
     assert list(pipeline.STEPS) == list(STAGES)  # every stage computes something, in order
     assert [s.number for s in STAGES] == list(range(1, len(STAGES) + 1))
@@ -302,7 +302,7 @@ def test_stages_are_named_once_and_until_takes_new_and_old_names():
 
 
 def test_every_path_lies_in_its_stage_folder(tmp_path):
-    from roleprobe.run import RunPaths
+    from roleprobe.app.run import RunPaths
 
     paths = RunPaths(tmp_path)
     expected = {
@@ -337,7 +337,7 @@ def test_until_stops_after_the_named_stage(tmp_path):
 
 
 def test_the_report_renders_without_running_a_model(finished, monkeypatch, capsys):
-    from roleprobe import models
+    from roleprobe.model import models
 
     def no_model(*args, **kwargs):
         raise AssertionError("the report stage loaded a model")
@@ -352,7 +352,7 @@ def test_the_report_renders_without_running_a_model(finished, monkeypatch, capsy
 
 
 def test_rerun_stage_needs_the_stages_before_it(tmp_path):
-    from roleprobe.pipeline import rerun_stage
+    from roleprobe.app.pipeline import rerun_stage
 
     cfg = RunConfig(model="tiny-random", device="cpu", roles=("lawyer",), layers=(1,))
     run_pipeline(cfg, tmp_path, until="prompts")
@@ -365,7 +365,7 @@ def test_rerun_stage_needs_the_stages_before_it(tmp_path):
 
 
 def test_a_folder_with_the_earlier_layout_is_refused(tmp_path):
-    from roleprobe.run import Run
+    from roleprobe.app.run import Run
 
     (tmp_path / "02_means").mkdir()
     with pytest.raises(ValueError, match=r"earlier stage layout \(\['02_means'\]\)"):

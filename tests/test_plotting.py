@@ -8,8 +8,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from roleprobe.directions import RoleDirections
-from roleprobe.plotting import (
+from roleprobe.results.plotting import (
     control_distribution,
     correlation_heatmap,
     cosine_map,
@@ -23,6 +22,7 @@ from roleprobe.plotting import (
     stability_heatmap,
     sweep_heatmaps,
 )
+from roleprobe.vectors.directions import RoleDirections
 
 # catalogue order: economist (econ), lawyer (law), nurse, doctor (medicine), then unknown
 ROLES = ("nurse", "lawyer", "court jester", "economist", "doctor")

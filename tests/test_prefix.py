@@ -2,9 +2,16 @@ import pytest
 import torch
 
 import roleprobe as rp
-from roleprobe.chat import ChatTemplate, answer_letter_ids, collate, encode_prompt, pad_token_id
-from roleprobe.evaluation import letter_logits
-from roleprobe.prefix import (
+from roleprobe.experiments.evaluation import letter_logits
+from roleprobe.model.chat import (
+    ChatTemplate,
+    answer_letter_ids,
+    collate,
+    encode_prompt,
+    pad_token_id,
+)
+from roleprobe.model.tiny import TinyConfig
+from roleprobe.steering.prefix import (
     final_last,
     last_letter_logits,
     letter_only_supported,
@@ -15,7 +22,6 @@ from roleprobe.prefix import (
     resid_at,
     skipping_blocks,
 )
-from roleprobe.tiny import TinyConfig
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +135,7 @@ def fresh_checks(monkeypatch):
     """Forget which models' heads were checked, so each test probes again."""
     import weakref
 
-    from roleprobe import prefix
+    from roleprobe.steering import prefix
 
     monkeypatch.setattr(prefix, "_HEAD_CHECKS", weakref.WeakKeyDictionary())
 
@@ -166,7 +172,7 @@ def test_an_unreproducible_head_falls_back_to_full_logits(gemma, fresh_checks, m
     model, batch, letters = gemma
     # pretend TransformerLens declared no transform: the letter-only maths then miss the cap
     monkeypatch.setattr(model.adapter, "apply_output_logits_transform", lambda logits: logits)
-    with torch.inference_mode(), caplog.at_level("WARNING", logger="roleprobe.prefix"):
+    with torch.inference_mode(), caplog.at_level("WARNING", logger="roleprobe.steering.prefix"):
         assert not letter_only_supported(model)
         scored = last_letter_logits(model, batch.input_ids, batch.attention_mask, letters)
         resid = resid_at(model, batch.input_ids, batch.attention_mask, 1)

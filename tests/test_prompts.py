@@ -9,7 +9,7 @@ from importlib import resources
 import pytest
 
 import roleprobe as rp
-from roleprobe.prompts import (
+from roleprobe.data.prompts import (
     TASK_TYPES,
     PromptSet,
     RolePrompts,
@@ -18,11 +18,11 @@ from roleprobe.prompts import (
     paper_prompts,
     read_instructions,
 )
-from roleprobe.roles import role_file_stem
+from roleprobe.data.roles import role_file_stem
 
 
 def _builtin_records(stem):
-    path = resources.files("roleprobe") / "data" / "prompts" / f"{stem}.json"
+    path = resources.files("roleprobe.data") / "builtin" / "prompts" / f"{stem}.json"
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -303,7 +303,7 @@ def test_unknown_or_misplaced_revision_is_an_error(paper_dir):
 
 
 def test_v1_is_downloaded_from_the_first_pipeline(monkeypatch, tmp_path):
-    from roleprobe import prompts as module
+    from roleprobe.data import prompts as module
 
     seen = []
 

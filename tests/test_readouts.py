@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import roleprobe as rp
-from roleprobe.readouts import (
+from roleprobe.vectors.readouts import (
     BagOfWordsJudge,
     OpenAIJudge,
     logit_lens,
@@ -65,7 +65,7 @@ def _authors_patchscope(hf_model, tokenizer, vector, layer, alpha, max_new_token
     """The authors' readout, independently: a forward pre-hook on the decoder layer adds
     ``alpha * vector`` to its whole input at every call (prompt and each generated token);
     greedy ``transformers`` generation. Records the sequence length each call changed."""
-    from roleprobe.chat import chat_ids
+    from roleprobe.model.chat import chat_ids
 
     touched = []
 
@@ -78,7 +78,7 @@ def _authors_patchscope(hf_model, tokenizer, vector, layer, alpha, max_new_token
         return args, {**kwargs, "hidden_states": steered}
 
     handle = hf_model.model.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-    ids = torch.tensor([chat_ids(tokenizer, rp.readouts.PATCHSCOPE_PROMPT)])
+    ids = torch.tensor([chat_ids(tokenizer, rp.vectors.readouts.PATCHSCOPE_PROMPT)])
     try:
         with torch.no_grad():
             out = hf_model.generate(
@@ -109,8 +109,8 @@ def test_patchscope_paper_mode_adds_at_every_position(tiny_model, tiny_reference
 
 
 def test_patchscope_mode_defaults_and_errors(tiny_model, directions, monkeypatch):
-    from roleprobe import readouts
-    from roleprobe.chat import chat_ids
+    from roleprobe.model.chat import chat_ids
+    from roleprobe.vectors import readouts
 
     calls = []
 

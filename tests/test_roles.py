@@ -3,7 +3,7 @@ import json
 import pytest
 
 import roleprobe as rp
-from roleprobe.roles import DOMAIN_SUBJECTS, ROLE_DOMAINS, get_role, list_roles, resolve_roles
+from roleprobe.data.roles import DOMAIN_SUBJECTS, ROLE_DOMAINS, get_role, list_roles, resolve_roles
 
 
 def test_29_roles_in_8_domains():

@@ -3,7 +3,12 @@ import math
 import pandas as pd
 import pytest
 
-from roleprobe.selection import _candidate_table, paper_rounded_rule, paper_rule, split_ids
+from roleprobe.experiments.selection import (
+    _candidate_table,
+    paper_rounded_rule,
+    paper_rule,
+    split_ids,
+)
 
 
 def cands(rows):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import roleprobe as rp
-from roleprobe.io import cache_root
-from roleprobe.snapshot import (
+from roleprobe.core.io import cache_root
+from roleprobe.model.snapshot import (
     MANIFEST_NAME,
     load_snapshot,
     save_snapshot,

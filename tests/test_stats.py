@@ -1,4 +1,4 @@
-"""Hand-made cases with known answers for roleprobe.stats."""
+"""Hand-made cases with known answers for roleprobe.results.stats."""
 
 import itertools
 import math
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from roleprobe.stats import (
+from roleprobe.results.stats import (
     accuracy,
     adjust_pvalues,
     bootstrap_ci,

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from roleprobe.store import ResultStore, StoreMismatchError, git_hash, read_manifest
+from roleprobe.experiments.store import ResultStore, StoreMismatchError, git_hash, read_manifest
 
 
 def test_parts_round_trip_in_key_order(tmp_path):

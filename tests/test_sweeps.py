@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import roleprobe as rp
-from roleprobe.benchmarks import MultipleChoice
-from roleprobe.selection import select
-from roleprobe.sweeps import SweepConfig, merge, parse_shard, random_control, sweep
-from roleprobe.tiny import TinyConfig
+from roleprobe.data.benchmarks import MultipleChoice
+from roleprobe.experiments.selection import select
+from roleprobe.experiments.sweeps import SweepConfig, merge, parse_shard, random_control, sweep
+from roleprobe.model.tiny import TinyConfig
 
 ROLES = ["lawyer", "nurse"]
 
@@ -206,7 +206,7 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_sweeps import ROLES, KW, _bench, _model
     import roleprobe as rp
-    from roleprobe.sweeps import sweep
+    from roleprobe.experiments.sweeps import sweep
     model = _model()
     rd = rp.compute_directions(model, roles=[*ROLES, "mathematician"], progress=False)
     sweep(model, rd, _bench(), roles=ROLES, store={store!r}, **KW)
@@ -257,7 +257,7 @@ def test_apply_picks_feeds_the_effect_table(model, directions, bench, full):
 
 
 def test_candidate_scores_state_the_tie_rule_and_count_ties():
-    from roleprobe.sweeps import candidate_scores
+    from roleprobe.experiments.sweeps import candidate_scores
 
     cell = {"role": "lawyer", "source": "role", "donor": "lawyer", "position": -1, "layer": 1}
     table = pd.DataFrame(

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from roleprobe.labels import condition_label
-from roleprobe.tables import effect_table, model_correlation, pearson_test, pivot_effects
+from roleprobe.results.labels import condition_label
+from roleprobe.results.tables import effect_table, model_correlation, pearson_test, pivot_effects
 
 
 def _base(correct, domains, logprob=-1.0):

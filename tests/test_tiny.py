@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import roleprobe as rp
-from roleprobe.tiny import TinyConfig
+from roleprobe.model.tiny import TinyConfig
 
 
 def test_same_seed_same_weights_other_seed_differs():

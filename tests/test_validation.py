@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import roleprobe as rp
-from roleprobe.validation import auroc, projections, separation_auroc, split_half_stability
+from roleprobe.vectors.validation import auroc, projections, separation_auroc, split_half_stability
 
 
 def test_auroc_against_known_values():

@@ -1,0 +1,1 @@
+"""The pipeline (roleprobe run), its run folder, the report and the CLI."""

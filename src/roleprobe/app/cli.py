@@ -1,0 +1,364 @@
+"""The ``roleprobe`` command line: a thin layer that parses arguments and calls the library.
+
+Subcommands:
+    ``roleprobe run --preset demo --out runs/demo``: the numbered pipeline (see
+    :mod:`roleprobe.app.pipeline`; the folder's layout is :mod:`roleprobe.app.run`'s);
+    ``--config run.toml`` for your own, ``--shard i/n`` for one part of the sweep,
+    ``--until STAGE`` to stop early.
+    ``roleprobe sweep``/``merge``/``figures``: single stages of a run folder (``figures``
+    makes the report stage again, see :func:`roleprobe.app.pipeline.rerun_stage`).
+    ``roleprobe directions``: compute and save role directions.
+    ``roleprobe evaluate``: score a benchmark under the baseline or a persona.
+    ``roleprobe readout``: patchscope and logit lens of one role's direction.
+    ``roleprobe chat "PROMPT"``: answer one prompt with a model (the set-up smoke test).
+    ``roleprobe info``: a model's layers, hook names, post-instruction tokens, letter ids.
+    ``roleprobe models``: what :func:`roleprobe.load_model` can load here.
+
+Errors print one line (``roleprobe: error: ...``) and exit with status 2; ``--debug`` shows
+the traceback instead.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from roleprobe import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from roleprobe.app.run_config import RunConfig
+
+logger = logging.getLogger("roleprobe")
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="smollm2-135m-instruct", help="model name (see `roleprobe models`)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64")
+    parser.add_argument(
+        "--system",
+        default="default",
+        help="system-turn policy: default (the template's own, date pinned), none (the "
+        "paper's format: no system turn) or a system prompt text",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="roleprobe", description="Role vectors in a language model's residual stream."
+    )
+    parser.add_argument("--version", action="version", version=f"roleprobe {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    chat = sub.add_parser("chat", help="answer one prompt in the model's chat template")
+    chat.add_argument("prompt", help="the user turn")
+    chat.add_argument("--max-new-tokens", type=int, default=64)
+    chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    chat.add_argument("--seed", type=int, default=None)
+    _add_model_args(chat)
+
+    info = sub.add_parser("info", help="a model's layers, hook names and template tokens")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    _add_model_args(info)
+
+    sub.add_parser("models", help="models that can be loaded here")
+
+    run = sub.add_parser("run", help="the pipeline: prompts -> ... -> report, resumable")
+    _add_run_args(run)
+    run.add_argument(
+        "--until",
+        default=None,
+        help="stop after this stage: prompts, directions, validation, sweep, selection, "
+        "evaluation, readouts or report (or its folder name, e.g. 03_validation)",
+    )
+
+    sweep = sub.add_parser("sweep", help="stages 1-4 of a run (one shard of the sweep)")
+    _add_run_args(sweep)
+
+    merge = sub.add_parser("merge", help="check a run's sweep is complete; list missing parts")
+    merge.add_argument("out", help="the run folder (or a sweep store folder)")
+
+    figures = sub.add_parser("figures", help="(re)build a finished run's figures and report")
+    figures.add_argument("out", help="the run folder")
+
+    directions = sub.add_parser("directions", help="compute role directions and save them")
+    _add_model_args(directions)
+    directions.add_argument("--roles", nargs="+", default=None, help="default: all 29")
+    directions.add_argument("--prompts", default="builtin", help="builtin, paper or a folder")
+    directions.add_argument("--data", default=None, help="the paper's data folder")
+    directions.add_argument(
+        "--revision",
+        default=None,
+        choices=("final", "v1"),
+        help="--prompts paper: the official release (final, default) or the first pipeline's (v1)",
+    )
+    directions.add_argument("--batch-size", type=int, default=16)
+    directions.add_argument("--out", required=True, help="folder to save the directions in")
+
+    evaluate = sub.add_parser("evaluate", help="score a benchmark (baseline or persona)")
+    _add_model_args(evaluate)
+    evaluate.add_argument("--benchmark", default="builtin", help="builtin, paper, mmlu-local, mmlu")
+    evaluate.add_argument("--data", default=None, help="data folder of the benchmark")
+    evaluate.add_argument("--domain", default=None, help="one of the 8 domains")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--persona", default=None, help="a role to state in the prompt")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--out", default=None, help="per-item CSV to write")
+
+    readout = sub.add_parser("readout", help="patchscope and logit lens of a role direction")
+    readout.add_argument("directions", help="a folder saved by `roleprobe directions`")
+    readout.add_argument("--role", required=True)
+    readout.add_argument("--layer", type=int, required=True)
+    readout.add_argument("--position", type=int, default=-1)
+    readout.add_argument("--alpha", type=float, default=3.0)
+    readout.add_argument(
+        "--mode",
+        default="placeholder",
+        choices=("placeholder", "paper"),
+        help="patchscope: add at the placeholder only (default) or everywhere (the paper's)",
+    )
+    _add_model_args(readout)
+    return parser
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default=None, help="demo, paper or custom")
+    parser.add_argument("--config", default=None, help="a TOML file ([run] table or top level)")
+    parser.add_argument("--out", required=True, help="the run folder (resumes if it exists)")
+    parser.add_argument("--shard", default=None, help="i/n: do only this part of the sweep")
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue a run folder that has finished stages (default); --no-resume refuses",
+    )
+    parser.add_argument("--model", default=None, help="overrides the preset's model")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
+    parser.add_argument("--roles", nargs="+", default=None, help="overrides the preset's roles")
+
+
+def _cmd_chat(args: argparse.Namespace) -> None:
+    from roleprobe.model.models import load_model
+    from roleprobe.steering.generation import generate
+
+    start = time.perf_counter()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    logger.info("loaded %s in %.1fs", args.model, time.perf_counter() - start)
+    (text,) = generate(
+        model,
+        [args.prompt],
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        seed=args.seed,
+        system=args.system,
+    )
+    _out(text)
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from roleprobe.model.chat import ChatTemplate, answer_letter_ids
+    from roleprobe.model.models import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    tokenizer = model.tokenizer
+    template = ChatTemplate.from_tokenizer(tokenizer, args.system)
+    letters = answer_letter_ids(tokenizer, system=args.system)
+    n_layers = model.cfg.n_layers
+    info = {
+        "model": args.model,
+        "n_layers": n_layers,
+        "d_model": model.cfg.d_model,
+        "n_ctx": model.cfg.n_ctx,
+        "device": str(model.cfg.device),
+        "dtype": str(model.cfg.dtype),
+        "hook_points": [
+            f"blocks.{{0..{n_layers - 1}}}.{name}"
+            for name in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+        ],
+        "system": template.system,
+        "chat_format": template.render(tokenizer),
+        "post_instruction_ids": list(template.suffix_ids),
+        "post_instruction_tokens": template.post_instruction_tokens(tokenizer),
+        "answer_letter_ids": dict(zip("ABCD", letters, strict=True)),
+    }
+    if args.json:
+        _out(json.dumps(info, indent=1))
+        return
+    for key, value in info.items():
+        _out(f"{key:24} {value!r}" if "tokens" in key else f"{key:24} {value}")
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from roleprobe.model.models import available_models
+
+    for entry in available_models():
+        status = "offline" if entry.offline else "needs download"
+        _out(f"{entry.name:24} {status:15} {entry.source:30} {entry.note}")
+
+
+def _run_config(args: argparse.Namespace) -> "RunConfig":
+    from roleprobe.app.run_config import load_config
+
+    if args.preset is None and args.config is None:
+        raise ValueError("give --preset (demo, paper, custom) or --config FILE")
+    overrides = {"model": args.model, "device": args.device, "roles": args.roles}
+    return load_config(args.preset, args.config, overrides)
+
+
+def _report_paths(out: str) -> None:
+    from roleprobe.app.run import RunPaths
+
+    paths = RunPaths(out)
+    if paths.report_html.exists():
+        _out(f"report: {paths.report_html}")
+        _out(f"summary: {paths.summary_md}")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from roleprobe.app.pipeline import run_pipeline
+
+    run = run_pipeline(
+        _run_config(args), args.out, shard=args.shard, until=args.until, resume=args.resume
+    )
+    _out(f"run folder: {run.out}")
+    _report_paths(args.out)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from roleprobe.app.pipeline import run_pipeline
+    from roleprobe.app.run import SWEEP
+
+    run = run_pipeline(
+        _run_config(args), args.out, shard=args.shard, until=SWEEP.key, resume=args.resume
+    )
+    _out(f"sweep store: {run.paths.sweep_store}")
+
+
+def _cmd_merge(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from roleprobe.app.run import SWEEP, RunPaths
+    from roleprobe.experiments.sweeps import merge
+
+    paths = RunPaths(args.out)
+    store = paths.sweep_store if paths.folder(SWEEP).exists() else Path(args.out)
+    result = merge(store)
+    _out(f"complete: {len(result.table)} rows, {len(result.baseline)} baseline rows in {store}")
+
+
+def _cmd_figures(args: argparse.Namespace) -> None:
+    from roleprobe.app.pipeline import rerun_stage
+    from roleprobe.app.run import REPORT
+
+    rerun_stage(args.out, REPORT)
+    _report_paths(args.out)
+
+
+def _cmd_directions(args: argparse.Namespace) -> None:
+    from roleprobe.model.models import load_model
+    from roleprobe.vectors.directions import compute_directions
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    rd = compute_directions(
+        model,
+        roles=args.roles,
+        source=args.prompts,
+        data_dir=args.data,
+        batch_size=args.batch_size,
+        system=args.system,
+        revision=args.revision,
+    )
+    _out(f"saved {len(rd.roles)} roles x {len(rd.layers)} layers to {rd.save(args.out)}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from roleprobe.data.benchmarks import load_benchmark
+    from roleprobe.experiments.evaluation import Baseline, Persona, evaluate
+    from roleprobe.model.models import load_model
+    from roleprobe.results.stats import accuracy
+
+    bench = load_benchmark(args.benchmark, domain=args.domain, split=args.split, path=args.data)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    condition = Persona(args.persona) if args.persona else Baseline()
+    df = evaluate(model, bench, condition, batch_size=args.batch_size, system=args.system)
+    acc = accuracy(df)
+    _out(
+        f"{bench.name}: accuracy {acc['accuracy']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]"
+        f" n={len(df)}; majority letter {acc['majority_letter']} scores "
+        f"{acc['majority_baseline']:.3f}"
+    )
+    if args.out:
+        df.to_csv(args.out, index=False)
+        _out(f"per-item table: {args.out}")
+
+
+def _cmd_readout(args: argparse.Namespace) -> None:
+    from roleprobe.model.models import load_model
+    from roleprobe.vectors.directions import RoleDirections
+    from roleprobe.vectors.readouts import logit_lens, patchscope
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    rd = RoleDirections.load(args.directions, model)
+    d = rd.vector(args.role, args.layer, args.position)
+    # the prompt is formatted as the directions were (their recorded system-turn policy)
+    res = patchscope(model, d, args.layer, alpha=args.alpha, mode=args.mode, system=rd.system)
+    _out(f"patchscope (layer {args.layer}, alpha {args.alpha}):")
+    _out(f"  steered:   {res.steered}")
+    _out(f"  unsteered: {res.unsteered}")
+    lens = logit_lens(model, rd, args.role, args.position, k=8, layers=[args.layer])
+    for sign, rows in lens.groupby("sign", sort=False):
+        _out(f"logit lens {sign}: {' '.join(repr(t) for t in rows['token'])}")
+
+
+_COMMANDS = {
+    "chat": _cmd_chat,
+    "info": _cmd_info,
+    "models": _cmd_models,
+    "run": _cmd_run,
+    "sweep": _cmd_sweep,
+    "merge": _cmd_merge,
+    "figures": _cmd_figures,
+    "directions": _cmd_directions,
+    "evaluate": _cmd_evaluate,
+    "readout": _cmd_readout,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.quiet:
+        from roleprobe.core.progress import set_progress
+
+        set_progress(False)
+    try:
+        _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        sys.stderr.write("roleprobe: interrupted\n")
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        sys.stderr.write(f"roleprobe: error: {err}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

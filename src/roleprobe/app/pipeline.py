@@ -1,0 +1,489 @@
+"""The numbered pipeline behind ``roleprobe run``: each stage writes its own sub-folder.
+
+::
+
+    <out>/config.json          the run's configuration (a rerun must match it)
+    <out>/01_prompts/          the role and generic prompts, split into train and held-out
+                               (train.json, heldout.json)
+    <out>/02_directions/       float64 mean activations and the role directions
+                               (directions/: a RoleDirections, safetensors + JSON)
+    <out>/03_validation/       validation.csv: per role, position and layer the norm, cosine
+                               to the base mean and held-out AUROC of role vs generic prompts
+    <out>/04_sweep/            store/: the sweep's result store (resumable, shardable);
+                               scores.csv (per candidate) and baseline.csv once complete
+    <out>/05_selection/        picks_<rule>.csv: picks by each rule (paper, held-out), with
+                               statistics
+    <out>/06_evaluation/       every role's pick on every domain (own domain: only the
+                               questions selection never saw): runs.parquet,
+                               baseline.parquet and effects.csv (paired tests, ``part``)
+    <out>/07_readouts/         what the model says each picked direction is:
+                               patchscope.csv and logit_lens.csv
+    <out>/08_report/           figures/ (HTML), report.html (self-contained) and summary.md
+
+The stages, their order and every file name are declared once, in :mod:`roleprobe.app.run`
+(:data:`~roleprobe.app.run.STAGES`, :class:`~roleprobe.app.run.RunPaths`); this module holds what
+each stage computes (:data:`STEPS`) and the loop that runs them. Stages 2, 3, 4, 6 and 7
+run the model; the report (stage 8, :mod:`roleprobe.app.report`) only renders what they wrote.
+
+A stage is complete when its ``done.json`` exists (written last, atomically); a rerun
+skips complete stages, and the sweep resumes inside its store. With ``shard="i/n"`` the
+run stops after its part of the sweep; run again without a shard once every shard is done
+(or ``roleprobe merge``) to finish. ``until`` takes a stage's folder name, its key
+(``directions``) or an earlier name (``means``, ``02_means``, ``03_directions``,
+``07_report``).
+
+Presets (:data:`PRESETS`, in :mod:`roleprobe.app.run_config`): ``demo``, ``paper`` and
+``custom``.
+"""
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from roleprobe.app.run import (
+    DIRECTIONS,
+    EVALUATION,
+    PROMPTS,
+    READOUTS,
+    REPORT,
+    SELECTION,
+    STAGES,
+    SWEEP,
+    VALIDATION,
+    Run,
+    Stage,
+    stage_named,
+)
+from roleprobe.app.run_config import CHOICES, PRESETS, RunConfig, load_config
+from roleprobe.core.io import write_csv, write_json, write_parquet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from roleprobe.core.types import Model
+    from roleprobe.data.benchmarks import MultipleChoice
+    from roleprobe.data.prompts import RolePrompts
+    from roleprobe.vectors.directions import RoleDirections
+
+__all__ = [
+    "CHOICES",
+    "PRESETS",
+    "STAGES",
+    "STEPS",
+    "Context",
+    "Run",
+    "RunConfig",
+    "load_config",
+    "rerun_stage",
+    "run_pipeline",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class Context:
+    """What the stages of one invocation share: the run folder, the model (loaded on
+    first use) and the run's inputs.
+
+    Args:
+        run: the run folder.
+        shard: ``"i/n"``: the sweep does only that part.
+    """
+
+    def __init__(self, run: Run, shard: str | None = None) -> None:
+        self.run = run
+        self.config: RunConfig = run.config
+        self.shard = shard
+        self._model: Model | None = None
+
+    @property
+    def model(self) -> "Model":
+        """The model, loaded once."""
+        if self._model is None:
+            from roleprobe.model.models import load_model
+
+            cfg = self.config
+            self._model = load_model(
+                cfg.model, device=cfg.device, dtype=cfg.dtype, n_devices=cfg.n_devices
+            )
+        return self._model
+
+    def prompt_sets(self) -> "tuple[RolePrompts, RolePrompts | None]":
+        """(train, held-out) role prompts; held-out is ``None`` when no fraction is kept."""
+        from roleprobe.data.prompts import load_prompts
+
+        cfg = self.config
+        revision = None if cfg.prompt_revision == "final" else cfg.prompt_revision
+        prompts = load_prompts(cfg.prompts, list(self.run.roles()), cfg.data or None, revision)
+        if cfg.heldout_fraction == 0:
+            return prompts, None
+        train, held = prompts.split(cfg.heldout_fraction, cfg.seed)
+        return train, held
+
+    def directions(self) -> "RoleDirections":
+        """The directions of stage 2, checked against the model."""
+        from roleprobe.vectors.directions import RoleDirections
+
+        return RoleDirections.load(self.run.paths.directions, self.model)
+
+    def benchmark(self) -> "MultipleChoice":
+        """The questions (the first ``questions_per_domain`` of each domain, if set)."""
+        from roleprobe.data.benchmarks import MultipleChoice, load_benchmark
+        from roleprobe.experiments.evaluation import subject_domain
+
+        cfg = self.config
+        bench = load_benchmark(cfg.benchmark, split=cfg.split, path=cfg.data or None)
+        if cfg.questions_per_domain <= 0:
+            return bench
+        items = bench.items
+        domain = items["subject"].map(subject_domain)
+        kept = items[items.groupby(domain).cumcount() < cfg.questions_per_domain]
+        return MultipleChoice(kept, f"{bench.name}[{cfg.questions_per_domain}/domain]", bench.split)
+
+    def picks(self, rule: str) -> pd.DataFrame:
+        """The picks stage 5 wrote for ``rule`` (``alpha`` as float)."""
+        picks = pd.read_csv(self.run.paths.picks(rule), keep_default_na=False)
+        picks["alpha"] = picks["alpha"].astype(float)
+        return picks
+
+
+# ------------------------------------------------------------------ the stages ---------------
+def stage_prompts(ctx: Context) -> dict[str, Any]:
+    """Stage 1: the prompts, as used (train and held-out), with their hashes."""
+    train, held = ctx.prompt_sets()
+    for part, prompts in (("train", train), ("heldout", held)):
+        if prompts is None:
+            continue
+        data = {role: list(prompts.roles[role].instructions) for role in prompts.role_names}
+        data["base"] = list(prompts.base.instructions)
+        write_json(
+            ctx.run.paths.prompts(part),
+            {"source": prompts.source, "hashes": prompts.hashes(), "prompts": data},
+        )
+    return {
+        "source": train.source,
+        "roles": len(train.role_names),
+        "train_prompts": sum(len(train.roles[r].instructions) for r in train.role_names),
+        "heldout_prompts": 0
+        if held is None
+        else sum(len(held.roles[r].instructions) for r in held.role_names),
+    }
+
+
+def stage_directions(ctx: Context) -> dict[str, Any]:
+    """Stage 2: float64 mean activations at every layer and candidate position."""
+    from roleprobe.vectors.directions import compute_directions
+
+    cfg = ctx.config
+    train, _ = ctx.prompt_sets()
+    rd = compute_directions(
+        ctx.model,
+        source=train,
+        positions=list(cfg.positions) or "post_instruction",
+        layers=list(cfg.layers) or None,
+        batch_size=cfg.batch_size,
+        system=cfg.system,
+    )
+    rd.save(ctx.run.paths.directions)
+    return {
+        "roles": len(rd.roles),
+        "layers": len(rd.layers),
+        "positions": len(rd.positions),
+        "source": rd.source,
+        "system": rd.system,
+        "chat_format": rd.chat_format,
+    }
+
+
+def stage_validation(ctx: Context) -> dict[str, Any]:
+    """Stage 3: per role, position and layer: norm, base cosine and held-out AUROC."""
+    from roleprobe.vectors.validation import separation_auroc
+
+    rd = ctx.directions()
+    table = rd.to_dataframe()
+    _, held = ctx.prompt_sets()
+    if held is not None:
+        auc = separation_auroc(ctx.model, rd, held, batch_size=ctx.config.batch_size)
+        table["auroc"] = auc.flatten().tolist()
+    write_csv(ctx.run.paths.validation, table)
+    out: dict[str, Any] = {"rows": len(table)}
+    if held is not None:
+        by_layer = table.groupby("layer")["auroc"].median()
+        out["median_auroc_by_layer"] = {int(k): round(float(v), 3) for k, v in by_layer.items()}
+    return out
+
+
+def stage_sweep(ctx: Context) -> dict[str, Any]:
+    """Stage 4: the sweep (resumes; with a shard, only that part); once complete, its
+    per-candidate scores and its baseline as tables."""
+    from roleprobe.experiments.sweeps import sweep
+
+    cfg = ctx.config
+    paths = ctx.run.paths
+    result = sweep(
+        ctx.model,
+        ctx.directions(),
+        ctx.benchmark(),
+        roles=list(ctx.run.roles()),
+        alphas=cfg.alphas,
+        ablation=cfg.ablation,
+        controls=cfg.controls,
+        store=paths.sweep_store,
+        shard=ctx.shard,
+        scope=cfg.scope,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        tie_rule=cfg.tie_rule,
+        ablation_at=cfg.ablation_at,
+        system=cfg.system,
+    )
+    if result.complete:
+        write_csv(paths.sweep_scores, result.scores())
+        write_csv(paths.sweep_baseline, result.baseline)
+    return {"complete": result.complete, "missing": len(result.missing), "rows": len(result.table)}
+
+
+def stage_selection(ctx: Context) -> dict[str, Any]:
+    """Stage 5: picks by each rule, with statistics."""
+    from roleprobe.experiments.selection import select
+    from roleprobe.experiments.sweeps import merge
+
+    cfg = ctx.config
+    result = merge(ctx.run.paths.sweep_store)
+    out: dict[str, Any] = {}
+    for rule in cfg.rules:
+        picks = select(
+            result,
+            rule=rule,
+            select_fraction=cfg.select_fraction,
+            seed=cfg.seed,
+            correction=cfg.correction,
+        )
+        write_csv(ctx.run.paths.picks(rule), picks)
+        passed = picks.groupby("source")["passed"].mean()
+        out[f"{rule}_passed"] = {k: round(float(v), 3) for k, v in passed.items()}
+    return out
+
+
+def stage_evaluation(ctx: Context) -> dict[str, Any]:
+    """Stage 6: the last rule's picks on every domain (:func:`roleprobe.apply_picks`).
+
+    A role's own-domain cells read only the questions its selection did not see (held-out
+    rules) or, for ``rule="paper"``, the very questions it was picked on (marked
+    ``selected``); other domains are read in full. ``effects.csv`` has a ``part`` column
+    (``heldout``, ``selected``, ``other``) saying which.
+    """
+    from roleprobe.data.benchmarks import MultipleChoice
+    from roleprobe.experiments.evaluation import evaluate
+    from roleprobe.experiments.picks import apply_picks
+    from roleprobe.experiments.selection import split_ids
+    from roleprobe.experiments.sweeps import merge
+    from roleprobe.results.tables import RUN_COLUMNS, effect_table
+
+    cfg = ctx.config
+    paths = ctx.run.paths
+    result = merge(paths.sweep_store)
+    rule = cfg.rules[-1]
+    bench = ctx.benchmark()
+    if not cfg.evaluate_all_domains:
+        swept = bench.items["id"].isin(set(result.baseline["id"]))
+        bench = MultipleChoice(bench.items[swept], f"{bench.name}[swept]", bench.split)
+    heldout: dict[str, list[Any]] | None = None
+    if rule == "held-out":  # the same split as stage 5's selection
+        heldout = {}
+        for role in ctx.run.roles():
+            ids = result.role_items(role)
+            items = result.baseline[result.baseline["id"].isin(ids)].drop_duplicates("id")
+            heldout[role] = split_ids(items, cfg.select_fraction, cfg.seed)[1]
+    runs = apply_picks(
+        ctx.model,
+        ctx.directions(),
+        bench,
+        ctx.picks(rule),
+        heldout_ids=heldout,
+        alphas=cfg.alphas,
+        ablation=cfg.ablation,
+        scope=cfg.scope,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        ablation_at=cfg.ablation_at,
+        tie_rule=cfg.tie_rule,
+        system=cfg.system,
+    )
+    used = bench.items[bench.items["id"].isin(set(runs["id"]))]
+    base = evaluate(
+        ctx.model,
+        MultipleChoice(used, bench.name, bench.split),
+        None,
+        cfg.batch_size,
+        tie_rule=cfg.tie_rule,
+        system=cfg.system,
+    )
+    write_parquet(paths.evaluation_runs, runs)
+    write_parquet(paths.evaluation_baseline, base)
+    effects = effect_table(base, runs[list(RUN_COLUMNS)])
+    parts = runs.drop_duplicates(["role", "domain"]).set_index(["role", "domain"])["part"]
+    effects["part"] = [
+        parts[(r, d)] for r, d in zip(effects["role"], effects["domain"], strict=True)
+    ]
+    write_csv(paths.effects, effects)
+    return {
+        "rule": rule,
+        "cells": len(effects),
+        "domains": int(effects["domain"].nunique()),
+        "parts": {k: int(v) for k, v in effects["part"].value_counts().items()},
+        "significant_accuracy": int((effects["mcnemar_p_adj"] < 0.05).sum()),
+        "significant_logprob": int((effects["logprob_p"] < 0.05).sum()),
+    }
+
+
+PATCHSCOPE_COLUMNS = ("role", "layer", "position", "mode", "steered", "unsteered")
+LOGIT_LENS_COLUMNS = ("role", "layer", "position", "sign", "rank", "token", "token_id", "logit")
+LOGIT_LENS_K = 8
+"""Tokens per sign in stage 7's logit lens."""
+
+
+def readout_picks(picks: pd.DataFrame) -> pd.DataFrame:
+    """The picks stage 7 reads out: each role's own direction at the largest α."""
+    role = picks[picks["source"] == "role"]
+    return role[role["alpha"] == role["alpha"].max()].reset_index(drop=True)
+
+
+def stage_readouts(ctx: Context) -> dict[str, Any]:
+    """Stage 7: what the model says each picked direction (last rule, largest α) is.
+
+    ``patchscope.csv`` (when ``patchscope`` is on: the steered and unsteered answers of
+    :func:`roleprobe.patchscope` in ``patchscope_mode``) and ``logit_lens.csv`` (the
+    direction's top tokens, :func:`roleprobe.logit_lens`).
+    """
+    from roleprobe.vectors.readouts import logit_lens, patchscope
+
+    cfg = ctx.config
+    chosen = readout_picks(ctx.picks(cfg.rules[-1]))
+    rd = ctx.directions()
+    tokens = 32 if cfg.patchscope_mode == "placeholder" else None  # None: the mode's (512)
+    patch, lens = [], []
+    for pick in chosen.itertuples(index=False):
+        role, layer, pos = str(pick.role), int(pick.layer), int(pick.position)
+        where = {"role": role, "layer": layer, "position": pos}
+        if cfg.patchscope:
+            res = patchscope(
+                ctx.model,
+                rd.vector(role, layer, pos),
+                layer,
+                max_new_tokens=tokens,
+                mode=cfg.patchscope_mode,
+                system=rd.system,
+            )
+            patch.append(
+                {**where, "mode": res.mode, "steered": res.steered, "unsteered": res.unsteered}
+            )
+        table = logit_lens(ctx.model, rd, role, pos, k=LOGIT_LENS_K, layers=[layer])
+        lens.append(table.assign(role=role, position=pos))
+    paths = ctx.run.paths
+    write_csv(paths.patchscope, pd.DataFrame(patch, columns=list(PATCHSCOPE_COLUMNS)))
+    lens_table = pd.concat(lens, ignore_index=True) if lens else pd.DataFrame()
+    write_csv(paths.logit_lens, lens_table.reindex(columns=list(LOGIT_LENS_COLUMNS)))
+    return {"picks": len(chosen), "patchscope": len(patch), "logit_lens_rows": len(lens_table)}
+
+
+def stage_report(ctx: Context) -> dict[str, Any]:
+    """Stage 8: figures, a self-contained report.html and summary.md (no model is run)."""
+    from roleprobe.app.report import write_report
+    from roleprobe.vectors.directions import RoleDirections
+
+    return write_report(ctx.run, RoleDirections.load(ctx.run.paths.directions))
+
+
+StageFn = Callable[[Context], dict[str, Any]]
+
+STEPS: dict[Stage, StageFn] = {
+    PROMPTS: stage_prompts,
+    DIRECTIONS: stage_directions,
+    VALIDATION: stage_validation,
+    SWEEP: stage_sweep,
+    SELECTION: stage_selection,
+    EVALUATION: stage_evaluation,
+    READOUTS: stage_readouts,
+    REPORT: stage_report,
+}
+"""What each stage of :data:`~roleprobe.app.run.STAGES` computes."""
+
+
+# ------------------------------------------------------------------ running them ------------
+def _make(ctx: Context, stage: Stage) -> bool:
+    """Run one stage and mark it done; ``False`` when a shard left the sweep unfinished."""
+    start = time.perf_counter()
+    summary = STEPS[stage](ctx)
+    if stage == SWEEP and not summary["complete"]:
+        logger.info(
+            "shard %s finished; %d parts of the sweep are still missing: run again "
+            "without --shard once every shard is done",
+            ctx.shard,
+            summary["missing"],
+        )
+        return False
+    ctx.run.finish(stage, summary, time.perf_counter() - start)
+    return True
+
+
+def run_pipeline(
+    config: RunConfig,
+    out: str | os.PathLike[str],
+    shard: str | None = None,
+    until: str | None = None,
+    resume: bool = True,
+) -> Run:
+    """Run (or resume) every stage in order; stop after ``until`` or after a shard's sweep.
+
+    Args:
+        config: what the run does.
+        out: the run folder (resumed if it holds this config; refused if another).
+        shard: ``"i/n"``: do only that part of the sweep, then stop.
+        until: the last stage to make (folder name, key or an earlier name).
+        resume: ``False`` refuses a folder that already holds finished stages.
+
+    Returns:
+        The :class:`~roleprobe.app.run.Run` (its ``timings`` hold the seconds of the stages
+        made now).
+    """
+    last = stage_named(until) if until is not None else STAGES[-1]
+    run = Run(config, out)
+    finished = [s.name for s in run.finished()]
+    if finished and not resume:
+        raise ValueError(
+            f"{run.out} already holds finished stages {finished}; drop --no-resume to "
+            "continue it, or choose a new --out folder"
+        )
+    ctx = Context(run, shard)
+    for stage in STAGES:
+        if run.is_done(stage):
+            logger.info("%s already done; skipped", stage.name)
+        elif not _make(ctx, stage):
+            return run
+        if stage == last:
+            break
+    return run
+
+
+def rerun_stage(out: str | os.PathLike[str], stage: str | Stage) -> Run:
+    """Make one stage of an existing run folder again (e.g. the report after a code change).
+
+    Raises:
+        ValueError: ``out`` is not a run folder, the stage is unknown, a stage before it is
+            not finished, or it is the sweep (resume it with :func:`run_pipeline`).
+    """
+    target = stage_named(stage)
+    if target == SWEEP:
+        raise ValueError("the sweep resumes inside its store: use run_pipeline (roleprobe run)")
+    run = Run.open(out)
+    missing = [s.name for s in STAGES[: STAGES.index(target)] if not run.is_done(s)]
+    if missing:
+        raise ValueError(
+            f"{run.out}: stages {missing} are not finished; finish the run (roleprobe run) "
+            f"before making {target.name} again"
+        )
+    _make(Context(run), target)
+    return run

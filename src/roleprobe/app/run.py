@@ -1,0 +1,339 @@
+"""The run folder: its stages, their order and every file they write, spelled once here.
+
+A run folder holds ``config.json`` and one numbered sub-folder per stage (:data:`STAGES`);
+a stage is complete when its ``done.json`` exists (written last, atomically).
+:class:`RunPaths` names every file a stage writes (``run.paths.picks("paper")``,
+``run.paths.sweep_store``, ...), so the pipeline that writes them, the report that reads
+them and the command line that points at them never spell a path themselves.
+
+This module only knows the folder: it loads no model and runs nothing (the stages'
+computations are in :mod:`roleprobe.app.pipeline`).
+
+Example:
+    >>> run = Run.open("runs/demo")
+    >>> run.is_done(SELECTION)
+    True
+    >>> pd.read_csv(run.paths.picks("held-out"))
+"""
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from roleprobe.app.run_config import RunConfig
+from roleprobe.core.io import write_json
+from roleprobe.data.roles import ROLES
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DIRECTIONS",
+    "EVALUATION",
+    "PROMPTS",
+    "READOUTS",
+    "REPORT",
+    "SELECTION",
+    "STAGES",
+    "SWEEP",
+    "VALIDATION",
+    "Run",
+    "RunPaths",
+    "Stage",
+    "stage_named",
+]
+
+CONFIG = "config.json"
+DONE = "done.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One numbered stage of a run.
+
+    Attributes:
+        number: its place in the order (1-based).
+        key: its short name (``roleprobe run --until KEY``).
+        summary: what its folder holds (one line, for the docs and the report).
+        aliases: earlier names still accepted by ``--until`` (old keys and folder names).
+    """
+
+    number: int
+    key: str
+    summary: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The folder name, e.g. ``05_selection``."""
+        return f"{self.number:02d}_{self.key}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+PROMPTS = Stage(1, "prompts", "role and generic prompts as used, split train / held-out")
+DIRECTIONS = Stage(
+    2,
+    "directions",
+    "float64 mean activations and role directions (RoleDirections, safetensors + JSON)",
+    aliases=("means", "02_means"),
+)
+VALIDATION = Stage(
+    3,
+    "validation",
+    "per role, position, layer: norm, cosine to the base mean, held-out AUROC",
+    aliases=("03_directions",),
+)
+SWEEP = Stage(
+    4,
+    "sweep",
+    "the sweep's result store (resumable, shardable) and its score tables",
+)
+SELECTION = Stage(5, "selection", "picks by each rule (paper, held-out), with statistics")
+EVALUATION = Stage(
+    6,
+    "evaluation",
+    "every role's pick on every domain: per-item runs and the effect table",
+)
+READOUTS = Stage(
+    7,
+    "readouts",
+    "what the model says each picked direction is: patchscope and logit lens",
+)
+REPORT = Stage(
+    8, "report", "figures, report.html (self-contained) and summary.md", aliases=("07_report",)
+)
+
+STAGES: tuple[Stage, ...] = (
+    PROMPTS,
+    DIRECTIONS,
+    VALIDATION,
+    SWEEP,
+    SELECTION,
+    EVALUATION,
+    READOUTS,
+    REPORT,
+)
+"""Every stage, in the order a run makes them."""
+
+
+def stage_named(name: "str | Stage") -> Stage:
+    """The stage called ``name``: its folder name, key or an alias.
+
+    Raises:
+        ValueError: no stage has that name (the message lists the names).
+    """
+    if isinstance(name, Stage):
+        return name
+    for stage in STAGES:
+        if name in (stage.name, stage.key, *stage.aliases):
+            return stage
+    keys = [s.key for s in STAGES]
+    folders = [s.name for s in STAGES]
+    raise ValueError(f"unknown stage {name!r}; use one of {keys} or {folders}")
+
+
+class RunPaths:
+    """Every file of a run folder (paths only: nothing is created or read).
+
+    Args:
+        root: the run folder.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def folder(self, stage: "str | Stage") -> Path:
+        """A stage's folder."""
+        return self.root / stage_named(stage).name
+
+    def done(self, stage: "str | Stage") -> Path:
+        """A stage's completion marker."""
+        return self.folder(stage) / DONE
+
+    @property
+    def config(self) -> Path:
+        """The run's configuration (JSON)."""
+        return self.root / CONFIG
+
+    # 01_prompts
+    def prompts(self, part: str) -> Path:
+        """The prompts as used: ``part`` is ``train`` or ``heldout`` (JSON)."""
+        if part not in ("train", "heldout"):
+            raise ValueError(f"unknown prompt part {part!r}; use 'train' or 'heldout'")
+        return self.folder(PROMPTS) / f"{part}.json"
+
+    # 02_directions
+    @property
+    def directions(self) -> Path:
+        """The :class:`~roleprobe.RoleDirections` folder."""
+        return self.folder(DIRECTIONS) / "directions"
+
+    # 03_validation
+    @property
+    def validation(self) -> Path:
+        """Per role, position and layer: norm, base cosine, held-out AUROC (CSV)."""
+        return self.folder(VALIDATION) / "validation.csv"
+
+    # 04_sweep
+    @property
+    def sweep_store(self) -> Path:
+        """The sweep's :class:`~roleprobe.ResultStore` folder."""
+        return self.folder(SWEEP) / "store"
+
+    @property
+    def sweep_scores(self) -> Path:
+        """Per candidate: the sweep's scores (:meth:`roleprobe.SweepResult.scores`, CSV)."""
+        return self.folder(SWEEP) / "scores.csv"
+
+    @property
+    def sweep_baseline(self) -> Path:
+        """Per (group, question): the unsteered answers of the sweep (CSV)."""
+        return self.folder(SWEEP) / "baseline.csv"
+
+    # 05_selection
+    def picks(self, rule: str) -> Path:
+        """The picks of one selection rule, with their statistics (CSV)."""
+        return self.folder(SELECTION) / f"picks_{rule}.csv"
+
+    # 06_evaluation
+    @property
+    def evaluation_runs(self) -> Path:
+        """Per (pick, question): the steered answers (parquet)."""
+        return self.folder(EVALUATION) / "runs.parquet"
+
+    @property
+    def evaluation_baseline(self) -> Path:
+        """Per question: the unsteered answers on the evaluated questions (parquet)."""
+        return self.folder(EVALUATION) / "baseline.parquet"
+
+    @property
+    def effects(self) -> Path:
+        """Per (role, condition, domain): effects with paired tests and ``part`` (CSV)."""
+        return self.folder(EVALUATION) / "effects.csv"
+
+    # 07_readouts
+    @property
+    def patchscope(self) -> Path:
+        """Per pick: the steered and unsteered patchscope answers (CSV)."""
+        return self.folder(READOUTS) / "patchscope.csv"
+
+    @property
+    def logit_lens(self) -> Path:
+        """Per pick, sign and rank: the direction's top tokens (CSV)."""
+        return self.folder(READOUTS) / "logit_lens.csv"
+
+    # 08_report
+    @property
+    def figures(self) -> Path:
+        """The figures folder (one HTML page each, sharing ``plotly.min.js``)."""
+        return self.folder(REPORT) / "figures"
+
+    def figure(self, name: str) -> Path:
+        """One figure's page."""
+        return self.figures / f"{name}.html"
+
+    @property
+    def report_html(self) -> Path:
+        """The self-contained HTML report."""
+        return self.folder(REPORT) / "report.html"
+
+    @property
+    def summary_md(self) -> Path:
+        """The Markdown summary."""
+        return self.folder(REPORT) / "summary.md"
+
+
+_LEGACY = ("02_means", "03_directions", "07_report")
+
+
+class Run:
+    """A run folder: its config (checked against the stored one), paths and stage marks.
+
+    Args:
+        config: what the run does.
+        out: the run folder (created). If it holds a ``config.json`` already, ``config``
+            must equal it (settings added after the run was started read as their
+            defaults).
+
+    Raises:
+        ValueError: the folder holds a run with another configuration (the message names
+            the differing settings), or a run made with the earlier stage layout.
+    """
+
+    def __init__(self, config: RunConfig, out: str | os.PathLike[str]) -> None:
+        self.config = config
+        self.out = Path(out)
+        self.paths = RunPaths(self.out)
+        self.timings: dict[str, float] = {}
+        self.out.mkdir(parents=True, exist_ok=True)
+        legacy = [name for name in _LEGACY if (self.out / name).exists()]
+        if legacy:
+            raise ValueError(
+                f"{self.out} was made with the earlier stage layout ({legacy}); use a new --out"
+                " folder (copy its 04_sweep/ there to reuse the sweep)"
+            )
+        path = self.paths.config
+        if path.exists():
+            stored = {**RunConfig().to_dict(), **json.loads(path.read_text())}
+            wanted = config.to_dict()
+            if stored != wanted:
+                keys = sorted(
+                    k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)
+                )
+                raise ValueError(
+                    f"{self.out} holds a run with a different configuration (differs in {keys});"
+                    " use a new --out folder"
+                )
+        else:
+            write_json(path, config.to_dict())
+
+    @classmethod
+    def open(cls, out: str | os.PathLike[str]) -> "Run":
+        """An existing run folder, with the config stored in it.
+
+        Raises:
+            ValueError: ``out`` is not a run folder (no ``config.json``) or its config is bad.
+        """
+        path = RunPaths(out).config
+        if not path.exists():
+            raise ValueError(f"{Path(out)} is not a run folder (no {CONFIG})")
+        return cls(RunConfig.from_dict(json.loads(path.read_text()), str(path)), out)
+
+    def folder(self, stage: "str | Stage") -> Path:
+        """A stage's folder (created)."""
+        folder = self.paths.folder(stage)
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def is_done(self, stage: "str | Stage") -> bool:
+        """Whether the stage finished."""
+        return self.paths.done(stage).exists()
+
+    def finished(self) -> list[Stage]:
+        """The finished stages, in order."""
+        return [s for s in STAGES if self.is_done(s)]
+
+    def finish(self, stage: "str | Stage", summary: Mapping[str, Any], seconds: float) -> None:
+        """Mark a stage done, with its one-line summary and wall time."""
+        stage = stage_named(stage)
+        write_json(self.paths.done(stage), {"seconds": round(seconds, 1), **summary})
+        self.timings[stage.name] = seconds
+        logger.info("%s done in %.0fs: %s", stage.name, seconds, _one_line(summary))
+
+    def summary(self, stage: "str | Stage") -> dict[str, Any]:
+        """What a finished stage reported (its ``done.json``)."""
+        data: dict[str, Any] = json.loads(self.paths.done(stage).read_text())
+        return data
+
+    def roles(self) -> tuple[str, ...]:
+        """The run's roles (all 29 when the config lists none)."""
+        return self.config.roles or tuple(role.name for role in ROLES)
+
+
+def _one_line(summary: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list))

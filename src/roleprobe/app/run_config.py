@@ -1,0 +1,222 @@
+"""What a run does: :class:`RunConfig` (validated, TOML and dict round-trip) and the presets.
+
+A run folder (:class:`roleprobe.app.run.Run`) stores its config as ``config.json`` and refuses
+another one; :func:`load_config` layers a preset, a TOML file and explicit overrides.
+
+Presets (:data:`PRESETS`): ``demo`` (embedded model, built-in data, a small grid; minutes
+on two CPU cores), ``paper`` (29 roles, the paper's prompts and questions, every layer and
+post-instruction position, α ∈ {1, 3}, ablation, controls; GPU hours) and ``custom``
+(the defaults of :class:`RunConfig`, to be overridden by a TOML file or flags).
+
+Example:
+    >>> cfg = load_config("demo", "run.toml", {"model": "tiny-random"})
+    >>> RunConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CHOICES", "PRESETS", "RunConfig", "load_config"]
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "benchmark": ("builtin", "paper", "mmlu-local", "mmlu"),
+    "scope": ("domain", "all"),
+    "correction": ("holm", "bh"),
+    "prompt_revision": ("final", "v1"),
+    "patchscope_mode": ("placeholder", "paper"),
+    "ablation_at": ("stream", "paper"),
+    "tie_rule": ("fractional", "paper", "first"),
+}
+"""Settings that take one of a few values (kept equal to the library's constants by the
+tests: ``prompts.PAPER_REVISIONS``, ``readouts.PATCHSCOPE_MODES``, ...). A new such
+setting needs a field and one entry here."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run does (validated; loads from TOML, round-trips through dicts).
+
+    Attributes:
+        model: a name for :func:`roleprobe.load_model` (embedded, ``tiny-random``, a folder
+            or a hub name).
+        device: ``auto``, ``cpu``, ``cuda``, ...; dtype: ``float32``, ``bfloat16``, ...
+        n_devices: GPUs to split a big hub model over (TransformerLens multi-device).
+        roles: the roles (``()``: all 29).
+        prompts: ``builtin``, ``paper`` or a folder of prompt files.
+        prompt_revision: which of the paper's two published role prompt sets
+            (``prompts="paper"``): ``final`` (the official repository; default) or ``v1``
+            (the first pipeline's, which ran the experiments; the paper preset). Recorded
+            in the prompts' source, hence in the directions and the sweep manifest.
+        data: the paper's data folder (for ``prompts="paper"`` / ``benchmark="paper"``) or
+            the MMLU release folder (``benchmark="mmlu-local"``).
+        heldout_fraction: share of every prompt set kept out of the means, for AUROC.
+        benchmark: ``builtin``, ``paper``, ``mmlu-local`` or ``mmlu``.
+        split: the benchmark split.
+        questions_per_domain: keep only the first N questions of each domain (0: all), for
+            quick runs.
+        layers: candidate layers (``()``: every layer).
+        positions: candidate positions (offsets; ``()``: every post-instruction position).
+        alphas, ablation, controls, scope: the sweep (see :func:`roleprobe.sweep`).
+        rules: selection rules to run; the last one's picks are evaluated in stage 6.
+        select_fraction: share of each role's questions used for held-out selection.
+        correction: ``holm`` or ``bh``.
+        evaluate_all_domains: stage 6 applies every role's pick to every domain of the
+            benchmark (the paper's table); otherwise to every domain the sweep covered.
+            Either way a role's own domain is read only on the questions selection did not
+            see (the whole own domain for ``rule="paper"``, marked ``selected``).
+        patchscope: write what the model says a picked direction is (stage 7,
+            ``07_readouts``).
+        patchscope_mode: ``placeholder`` (add at the placeholder's tokens; default) or
+            ``paper`` (add at every position, 512 new tokens, as the authors; the paper
+            preset). See :func:`roleprobe.patchscope`.
+        system: the system-turn policy of every prompt and question: ``default`` (the
+            template's own, date pinned), ``none`` (no system turn: the paper's format; the
+            paper preset) or a system prompt text. See :mod:`roleprobe.model.system_turn`.
+        ablation_at: where the ablation sits on models with post-norms (Gemma-2/3):
+            ``stream`` (after them, default) or ``paper`` (before them, as the authors'
+            hooks; the paper preset). See :class:`roleprobe.Ablation`.
+        tie_rule: how a tie at the top of the letter logits scores: ``fractional``
+            (1/k credit, default), ``paper`` (correct if the correct letter is among the
+            tied, as the authors; the paper preset) or ``first``.
+        batch_size: questions and prompts per forward pass.
+        seed: seed of every split and control.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    device: str = "auto"
+    dtype: str = "float32"
+    n_devices: int = 1
+    roles: tuple[str, ...] = ("lawyer", "nurse", "mathematician")
+    prompts: str = "builtin"
+    prompt_revision: str = "final"
+    data: str = ""
+    heldout_fraction: float = 0.25
+    benchmark: str = "builtin"
+    split: str = "test"
+    questions_per_domain: int = 0
+    layers: tuple[int, ...] = ()
+    positions: tuple[int, ...] = ()
+    alphas: tuple[float, ...] = (1.0, 3.0)
+    ablation: bool = True
+    controls: bool = True
+    scope: str = "domain"
+    rules: tuple[str, ...] = ("paper", "held-out")
+    select_fraction: float = 0.5
+    correction: str = "holm"
+    evaluate_all_domains: bool = False
+    patchscope: bool = True
+    patchscope_mode: str = "placeholder"
+    system: str = "default"
+    ablation_at: str = "stream"
+    tie_rule: str = "fractional"
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        from roleprobe.experiments.selection import RULES
+
+        bad = [r for r in self.rules if r not in RULES]
+        if bad or not self.rules:
+            raise ValueError(f"unknown rules {bad or '(none)'}; use some of {list(RULES)}")
+        if not isinstance(self.system, str) or not self.system.strip():
+            raise ValueError(
+                f"system must be 'default', 'none' or a system prompt text, got {self.system!r}"
+            )
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; use one of {list(allowed)}")
+        if self.prompt_revision != "final" and self.prompts == "builtin":
+            raise ValueError(
+                f"prompt_revision={self.prompt_revision!r} needs the paper's prompts "
+                "(prompts = 'paper' or the paper's data folder), not the built-in ones"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "config") -> "RunConfig":
+        """Build from a mapping; unknown keys are an error naming them and ``where``."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"{where}: unknown settings {unknown}; known: {sorted(names)}")
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            default = names[key].default
+            if isinstance(default, tuple):
+                if isinstance(value, str | int | float):
+                    value = [value]
+                if not isinstance(value, list | tuple):
+                    raise ValueError(f"{where}: {key} must be a list, got {value!r}")
+                value = tuple(value)
+            elif isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
+            values[key] = value
+        return cls(**values)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {
+        "roles": ["lawyer", "mathematician"],
+        "layers": [8, 16],
+        "positions": [-1],
+    },
+    "paper": {
+        "roles": [],
+        "prompts": "paper",
+        "benchmark": "paper",
+        "data": "../shared/data/role-vectors-paper",
+        "prompt_revision": "v1",
+        "system": "none",
+        "ablation_at": "paper",
+        "tie_rule": "paper",
+        "heldout_fraction": 0.0,
+        "evaluate_all_domains": True,
+        "patchscope_mode": "paper",
+        "batch_size": 32,
+    },
+    "custom": {},
+}
+
+
+def load_config(
+    preset: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """A preset, then a TOML file, then explicit overrides (later wins).
+
+    Raises:
+        ValueError: unknown preset, unreadable or malformed TOML, unknown or bad settings.
+    """
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
+        values |= PRESETS[preset]
+    if path is not None:
+        file = Path(path)
+        try:
+            loaded = tomllib.loads(file.read_text())
+        except OSError as err:
+            raise ValueError(f"cannot read config {file}: {err.strerror or err}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config {file} is not valid TOML: {err}") from err
+        values |= loaded.get("run", loaded)
+    values |= {k: v for k, v in (overrides or {}).items() if v is not None}
+    return RunConfig.from_dict(values, where=str(path) if path else "config")

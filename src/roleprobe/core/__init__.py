@@ -1,0 +1,1 @@
+"""Types, hook-point vocabulary, file I/O and progress bars: what every layer uses."""

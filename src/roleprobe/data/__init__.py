@@ -1,0 +1,1 @@
+"""Roles, prompt sets and multiple-choice benchmarks (and the built-in files)."""

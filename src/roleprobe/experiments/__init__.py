@@ -1,0 +1,1 @@
+"""Evaluation, sweeps, their result store, selection and applying picks."""

@@ -1,0 +1,1 @@
+"""Loading models (embedded, tiny, families, hub) and formatting chat prompts."""

@@ -1,0 +1,1 @@
+"""Statistics, result tables and figures (no model runs)."""

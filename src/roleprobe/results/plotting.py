@@ -1,0 +1,787 @@
+"""Plotly figures of role directions, sweeps and effect tables. Computation lives elsewhere.
+
+Every function returns a ``plotly.graph_objects.Figure``; none shows or writes it (call
+``fig.show()`` or ``fig.write_html(...)`` yourself).
+
+One style throughout:
+
+* signed values (changes, cosines, attributions) use the diverging ``"RdBu"`` scale centred
+  at 0 (red below, blue above); unsigned ones (norms, accuracies) a sequential scale;
+* heatmap rows are roles in catalogue order, grouped by domain (:data:`roleprobe.ROLES`),
+  top to bottom; columns are layers (the input of each block, ``hook_resid_pre``);
+* hovering a cell shows its exact value and the counts behind it (items or prompts).
+
+Example:
+    >>> fig = sweep_heatmaps(scores, "delta_logprob", selected=chosen)
+    >>> fig.write_html("runs/smollm2/sweep.html")
+"""
+
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import plotly.graph_objects as go
+from jaxtyping import Float
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from roleprobe.data.benchmarks import LETTERS
+from roleprobe.results.labels import (
+    condition_label,
+    condition_rank,
+    role_domain,
+    role_order,
+    significance_stars,
+)
+from roleprobe.results.stats import require_columns
+from roleprobe.results.tables import EFFECT_KEYS, pivot_effects
+from roleprobe.vectors.activations import PositionLabel
+from roleprobe.vectors.directions import RoleDirections
+
+SIGNED_SCALE = "RdBu"
+SEQUENTIAL_SCALE = "Viridis"
+MARKER = {"symbol": "square-open", "size": 16, "color": "black", "line": {"width": 2}}
+SOURCE_ORDER = ("role", "random", "shuffled")
+SCORE_COLUMNS = ("role", "source", "position", "layer", "condition", "alpha", "n")
+VALUE_LABELS = {
+    "delta_accuracy": "Δ accuracy (fraction of items)",
+    "accuracy": "accuracy (fraction of items)",
+    "base_accuracy": "baseline accuracy (fraction of items)",
+    "delta_logprob": "Δ log p(correct letter) (nats)",
+    "logprob_correct": "log p(correct letter) (nats)",
+    "relative_change_pct": "relative change in accuracy (%)",
+    "attribution": "direct logit attribution (logits, centred over A–D)",
+}
+
+
+def value_label(value: str) -> str:
+    """The axis label, with units, of a result column (the column name if unknown)."""
+    return VALUE_LABELS.get(value, value)
+
+
+def _colors(signed: bool, limit: float | None = None) -> dict[str, Any]:
+    if not signed:
+        return {"colorscale": SEQUENTIAL_SCALE}
+    bounds = {} if limit is None else {"zmin": -limit, "zmax": limit}
+    return {"colorscale": SIGNED_SCALE, "zmid": 0.0, **bounds}
+
+
+def _coloraxis(signed: bool, title: str) -> dict[str, Any]:
+    axis: dict[str, Any] = {"colorbar": {"title": {"text": title}}}
+    if signed:
+        return {**axis, "colorscale": SIGNED_SCALE, "cmid": 0.0}
+    return {**axis, "colorscale": SEQUENTIAL_SCALE}
+
+
+def _role_axes(fig: go.Figure, title: str, x_title: str = "layer") -> go.Figure:
+    fig.update_layout(title={"text": title}, template="plotly_white")
+    rows = {str(y) for trace in fig.data if isinstance(trace, go.Heatmap) for y in trace.y}
+    if len(rows) > 12:  # every role gets its label: ~22 px per row
+        fig.update_layout(height=max(450, 160 + 22 * len(rows)))
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(type="category", autorange="reversed", dtick=1)
+    fig.layout.yaxis.title.text = "role"  # the first panel's axis only
+    return fig
+
+
+def _cells(values: pd.DataFrame) -> tuple[list[str], list[Any], npt.NDArray[np.float64]]:
+    return [str(r) for r in values.index], list(values.columns), values.to_numpy(np.float64)
+
+
+def _add_marks(
+    fig: go.Figure,
+    cells: Sequence[tuple[str, Any]],
+    roles: Sequence[str],
+    layers: Sequence[Any],
+    **where: int,
+) -> None:
+    """Black open squares on (role, layer) cells, after checking both exist."""
+    for role, layer in cells:
+        if role not in roles:
+            raise ValueError(f"mark on role {role!r}, which is not a row (rows: {list(roles)})")
+        if layer not in layers:
+            raise ValueError(f"mark on layer {layer!r}, which is not a column ({list(layers)})")
+    trace = go.Scatter(
+        x=[layer for _, layer in cells],
+        y=[role for role, _ in cells],
+        mode="markers",
+        marker=MARKER,
+        name="selected",
+        showlegend=False,
+        hovertemplate="selected: %{y}, layer %{x}<extra></extra>",
+    )
+    fig.add_trace(trace, **where)
+
+
+# ------------------------------------------------------------------ role × layer ------------
+def layer_heatmap(
+    values: pd.DataFrame,
+    title: str,
+    colorbar_title: str,
+    signed: bool = False,
+    marks: Sequence[tuple[str, int]] | None = None,
+    n: pd.DataFrame | None = None,
+) -> go.Figure:
+    """A role × layer heatmap of any per-layer quantity.
+
+    Args:
+        values: index = roles (top to bottom), columns = layers.
+        title: the figure title.
+        colorbar_title: what the colour shows, with units.
+        signed: diverging RdBu scale centred at 0 (else sequential).
+        marks: ``(role, layer)`` cells to outline with a black square (e.g. chosen layers).
+        n: counts behind each cell (same index and columns), shown on hover.
+
+    Raises:
+        ValueError: an empty table, or a mark on a role or layer that is not in ``values``.
+    """
+    if values.empty:
+        raise ValueError("values is empty")
+    roles, layers, z = _cells(values)
+    hover = f"role: %{{y}}<br>layer: %{{x}}<br>{colorbar_title}: %{{z:.6g}}"
+    extra: dict[str, Any] = {}
+    if n is not None:
+        extra["customdata"] = n.reindex(index=values.index, columns=values.columns).to_numpy()
+        hover += "<br>n: %{customdata}"
+    heatmap = go.Heatmap(
+        z=z,
+        x=layers,
+        y=roles,
+        colorbar={"title": {"text": colorbar_title}},
+        hovertemplate=hover + "<extra></extra>",
+        **_colors(signed),
+        **extra,
+    )
+    fig = go.Figure(heatmap)
+    if marks:
+        _add_marks(fig, marks, roles, layers)
+    return _role_axes(fig, title)
+
+
+def _role_frame(
+    rd: RoleDirections, grid: Float[Tensor, "role layer"] | npt.NDArray[Any]
+) -> pd.DataFrame:
+    frame = pd.DataFrame(np.asarray(grid, dtype=np.float64), index=rd.roles, columns=rd.layers)
+    return frame.reindex(role_order(rd.roles))
+
+
+def _prompt_counts(rd: RoleDirections) -> pd.DataFrame:
+    counts = np.repeat(np.asarray(rd.role_counts)[:, None], len(rd.layers), axis=1)
+    return _role_frame(rd, counts)
+
+
+def direction_heatmaps(rd: RoleDirections, position: PositionLabel = -1) -> go.Figure:
+    """Two panels, role × layer: the directions' norms and their cosine to the baseline mean.
+
+    A direction much shorter than its neighbours, or one nearly parallel to the baseline
+    mean (|cos| near 1: the "role" shifts the overall activation scale), deserves a look
+    before it is used for steering.
+    """
+    p = rd.position_index(position)
+    panels = (
+        (_role_frame(rd, rd.norms()[:, p]), "‖d‖ (L2 norm)", False, 0.77),
+        (_role_frame(rd, rd.base_cosine()[:, p]), "cos(d, baseline mean)", True, 0.23),
+    )
+    titles = [t for _, t, _, _ in panels]
+    fig = make_subplots(1, 2, subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.06)
+    counts = _prompt_counts(rd).to_numpy()
+    for col, (frame, label, signed, bar_x) in enumerate(panels, start=1):
+        roles, layers, z = _cells(frame)
+        heatmap = go.Heatmap(
+            z=z,
+            x=layers,
+            y=roles,
+            customdata=np.dstack([counts, np.full_like(counts, rd.base_count)]),
+            hovertemplate=f"role: %{{y}}<br>layer: %{{x}}<br>{label}: %{{z:.6g}}<br>"
+            "n role prompts: %{customdata[0]}<br>n baseline prompts: %{customdata[1]}"
+            "<extra></extra>",
+            colorbar={
+                "title": {"text": label, "side": "right"},
+                "x": 1.02,
+                "y": bar_x,
+                "len": 0.45,
+            },
+            **_colors(signed, 1.0 if signed else None),
+        )
+        fig.add_trace(heatmap, row=1, col=col)
+    model = rd.model_name.rsplit("/", 1)[-1]
+    title = f"Role directions at position {position} ({rd.hook}){' · ' + model if model else ''}"
+    return _role_axes(fig, title)
+
+
+def stability_heatmap(
+    stability: Float[Tensor, "role pos layer"],
+    labels: RoleDirections,
+    position: PositionLabel = -1,
+) -> go.Figure:
+    """Role × layer split-half stability (:func:`roleprobe.split_half_stability`).
+
+    Args:
+        stability: the cosines returned by ``split_half_stability``.
+        labels: directions computed with the same roles, positions and layers (e.g. from all
+            the prompts); only their labels and prompt counts are used.
+        position: which position label to show.
+    """
+    expected = tuple(labels.role_means.shape[:3])
+    if tuple(stability.shape) != expected:
+        raise ValueError(
+            f"stability has shape {tuple(stability.shape)} but the labels' directions have "
+            f"{expected} (role, position, layer)"
+        )
+    p = labels.position_index(position)
+    return layer_heatmap(
+        _role_frame(labels, stability[:, p].double().numpy()),
+        f"Split-half stability at position {position}: cosine between the two halves' directions",
+        "cos(half A, half B)",
+        signed=True,
+        n=_prompt_counts(labels),
+    ).update_traces(zmin=-1.0, zmax=1.0, selector={"type": "heatmap"})
+
+
+def _pick_position(data: pd.DataFrame, value: str, position: PositionLabel | None) -> Any:
+    positions = list(dict.fromkeys(data["position"]))
+    if position is None:
+        if -1 in positions:
+            return -1
+        peak = data.assign(_abs=data[value].abs()).groupby("position")["_abs"].max()
+        return peak.idxmax()
+    if position not in positions:
+        raise ValueError(f"position {position!r} is not in the scores (positions {positions})")
+    return position
+
+
+def _conditions(data: pd.DataFrame) -> list[tuple[str, float]]:
+    """The distinct (condition, alpha) pairs, NaN alphas merged, additions by α first."""
+    pairs = {
+        condition_label(c, a): (str(c), float(a))
+        for c, a in zip(data["condition"], data["alpha"], strict=True)
+    }
+    return sorted(pairs.values(), key=lambda ca: condition_rank(*ca))
+
+
+def _alpha_is(series: pd.Series, alpha: Any) -> pd.Series:
+    return series.isna() if pd.isna(alpha) else series == alpha
+
+
+def sweep_heatmaps(
+    scores: pd.DataFrame,
+    value: str = "delta_accuracy",
+    selected: pd.DataFrame | None = None,
+    position: PositionLabel | None = None,
+    source: str = "role",
+) -> go.Figure:
+    """Sweep results as role × layer panels, one per α of the additions and one for ablation.
+
+    Args:
+        scores: one row per candidate with ``role, source, donor, position, layer,
+            condition, alpha, n`` and ``value`` (``alpha`` NaN for ablation).
+        value: the column to show (e.g. ``"delta_accuracy"``, ``"delta_logprob"``).
+        selected: chosen candidates (``role, source, alpha, position, layer``; ``alpha``
+            NaN for ablation), outlined in the matching panel.
+        position: the position to show (default ``-1`` if swept, else the position with the
+            largest ``|value|``).
+        source: ``"role"``, ``"random"`` or ``"shuffled"``; several candidates of one cell
+            (e.g. several random directions) are averaged.
+
+    Returns:
+        One panel per condition, sharing one colour scale (RdBu centred at 0 for ``delta_*``
+        or negative values).
+    """
+    require_columns(scores, [*SCORE_COLUMNS, value], "scores")
+    data = scores[scores["source"] == source]
+    if data.empty:
+        present = sorted(map(str, scores["source"].unique()))
+        raise ValueError(f"no rows with source {source!r}; sources present: {present}")
+    position = _pick_position(data, value, position)
+    data = data[data["position"] == position]
+    panels = _conditions(data)
+    labels = [condition_label(c, a) for c, a in panels]
+    roles, layers = role_order(list(data["role"])), sorted(data["layer"].unique().tolist())
+    signed = value.startswith("delta") or bool((data[value] < 0).any())
+    fig = make_subplots(1, len(panels), subplot_titles=labels, shared_yaxes=True)
+    for col, (condition, alpha) in enumerate(panels, start=1):
+        cell = data[(data["condition"] == condition) & _alpha_is(data["alpha"], alpha)]
+        agg = cell.groupby(["role", "layer"]).agg(
+            v=(value, "mean"), n=("n", "min"), k=(value, "size")
+        )
+        grid = {c: agg[c].unstack("layer").reindex(index=roles, columns=layers) for c in agg}
+        fig.add_trace(
+            go.Heatmap(
+                z=grid["v"].to_numpy(np.float64),
+                x=layers,
+                y=roles,
+                coloraxis="coloraxis",
+                customdata=np.dstack([grid["n"].to_numpy(), grid["k"].to_numpy()]),
+                hovertemplate=f"role: %{{y}}<br>layer: %{{x}}<br>{labels[col - 1]}<br>"
+                f"{value}: %{{z:.6g}}<br>n items: %{{customdata[0]}}<br>"
+                "candidates averaged: %{customdata[1]}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+    if selected is not None:
+        _mark_selected(fig, selected, source, position, labels, roles, layers)
+    fig.update_layout(coloraxis=_coloraxis(signed, value_label(value)))
+    title = f"{value} by role and layer (source {source}, position {position})"
+    return _role_axes(fig, title)
+
+
+def _mark_selected(
+    fig: go.Figure,
+    selected: pd.DataFrame,
+    source: str,
+    position: Any,
+    labels: list[str],
+    roles: list[str],
+    layers: list[Any],
+) -> None:
+    require_columns(selected, ["role", "source", "alpha", "position", "layer"], "selected")
+    chosen = selected[(selected["source"] == source) & (selected["position"] == position)]
+    by_panel: dict[str, list[tuple[str, Any]]] = {}
+    for _, row in chosen.iterrows():
+        alpha = math.nan if pd.isna(row["alpha"]) else float(row["alpha"])
+        condition = row.get("condition", "ablation" if math.isnan(alpha) else "addition")
+        label = condition_label(str(condition), alpha)
+        if label not in labels:
+            raise ValueError(f"selected {row['role']!r} at {label}, a condition not in the sweep")
+        by_panel.setdefault(label, []).append((str(row["role"]), row["layer"]))
+    for label, cells in by_panel.items():
+        _add_marks(fig, cells, roles, layers, row=1, col=labels.index(label) + 1)
+
+
+# ------------------------------------------------------------------ role × role ------------
+def _cosine_heatmap(
+    rd: RoleDirections, layer: int, position: PositionLabel, centered: bool
+) -> go.Heatmap:
+    order = role_order(rd.roles)
+    index = [rd.role_index(r) for r in order]
+    cos = rd.cosine_similarity(layer, position, centered)[index][:, index].numpy()
+    domains = np.array([role_domain(r) or "other" for r in order], dtype=object)
+    counts = np.array([rd.role_counts[i] for i in index], dtype=object)
+    customdata = np.dstack(
+        [np.broadcast_to(a, cos.shape) for a in (domains[:, None], domains, counts[:, None])]
+    )
+    return go.Heatmap(
+        z=cos,
+        x=order,
+        y=order,
+        customdata=customdata,
+        hovertemplate="%{y} (%{customdata[0]}) vs %{x} (%{customdata[1]})<br>"
+        "cos: %{z:.4f}<br>n prompts (row role): %{customdata[2]}<extra></extra>",
+        colorbar={"title": {"text": "cosine similarity"}},
+        **_colors(True, 1.0),
+    )
+
+
+def _domain_guides(fig: go.Figure, roles: Sequence[str]) -> None:
+    """Thin lines between domain blocks and the domains' names above the columns."""
+    domains = [role_domain(r) or "other" for r in roles]
+    edge = len(roles) - 0.5
+    starts = [0] + [k for k in range(1, len(roles)) if domains[k] != domains[k - 1]]
+    line = {"color": "black", "width": 1}
+    for k in starts[1:]:
+        fig.add_shape(type="line", x0=k - 0.5, x1=k - 0.5, y0=-0.5, y1=edge, line=line)
+        fig.add_shape(type="line", y0=k - 0.5, y1=k - 0.5, x0=-0.5, x1=edge, line=line)
+    for start, end in zip(starts, [*starts[1:], len(roles)], strict=True):
+        fig.add_annotation(
+            x=(start + end - 1) / 2,
+            y=1.0,
+            yref="paper",
+            yanchor="bottom",
+            text=domains[start],
+            showarrow=False,
+            textangle=-30,
+            font={"size": 10},
+        )
+
+
+def _cosine_title(layer: int, position: PositionLabel, centered: bool) -> str:
+    kind = "mean-centred cosine" if centered else "cosine"
+    return f"Role × role {kind} at layer {layer}, position {position}"
+
+
+def cosine_map(
+    rd: RoleDirections, layer: int, position: PositionLabel = -1, centered: bool = False
+) -> go.Figure:
+    """Role × role cosine similarity at one layer, roles grouped by domain.
+
+    ``centered=True`` subtracts the mean direction over roles first (what distinguishes the
+    roles rather than what all of them share; needs at least 3 roles).
+    """
+    fig = go.Figure(_cosine_heatmap(rd, layer, position, centered))
+    _domain_guides(fig, role_order(rd.roles))
+    fig.update_layout(margin={"t": 120})
+    fig = _role_axes(fig, _cosine_title(layer, position, centered), x_title="role")
+    return fig.update_xaxes(type="category", tickangle=-45)
+
+
+def cosine_map_slider(
+    rd: RoleDirections, position: PositionLabel = -1, centered: bool = False
+) -> go.Figure:
+    """:func:`cosine_map` with one animation frame per layer and a layer slider."""
+    fig = cosine_map(rd, rd.layers[0], position, centered)
+    fig.frames = [
+        go.Frame(
+            data=[_cosine_heatmap(rd, layer, position, centered)],
+            name=str(layer),
+            layout={"title": {"text": _cosine_title(layer, position, centered)}},
+        )
+        for layer in rd.layers
+    ]
+    step_args = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}}
+    steps = [
+        {"method": "animate", "label": str(layer), "args": [[str(layer)], step_args]}
+        for layer in rd.layers
+    ]
+    slider = {"active": 0, "currentvalue": {"prefix": "layer: "}, "steps": steps, "pad": {"t": 60}}
+    return fig.update_layout(sliders=[slider])
+
+
+# ------------------------------------------------------------------ lines and boxes ---------
+def _rgba(color: str, opacity: float) -> str:
+    red, green, blue = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{opacity})"
+
+
+def layer_effect_plot(
+    scores: pd.DataFrame,
+    role: str,
+    metric: str = "delta_logprob",
+    ci: pd.DataFrame | None = None,
+    source: str = "role",
+    position: PositionLabel | None = None,
+) -> go.Figure:
+    """One role's effect by layer: a line per α of the additions and one for ablation.
+
+    Args:
+        scores: sweep scores (as :func:`sweep_heatmaps`).
+        role: the role.
+        metric: the column on the y axis.
+        ci: optional interval per point, columns ``condition, alpha, layer, ci_low,
+            ci_high`` (and ``role``/``source``/``position`` when they vary), drawn as bands.
+        source: which candidates (``"role"``, ``"random"``, ``"shuffled"``).
+        position: as in :func:`sweep_heatmaps`.
+    """
+    require_columns(scores, [*SCORE_COLUMNS, metric], "scores")
+    data = scores[(scores["role"] == role) & (scores["source"] == source)]
+    if data.empty:
+        raise ValueError(f"no rows for role {role!r} with source {source!r}")
+    position = _pick_position(data, metric, position)
+    data = data[data["position"] == position]
+    if ci is not None:
+        require_columns(ci, ["condition", "alpha", "layer", "ci_low", "ci_high"], "ci")
+        keys = [k for k in ("role", "source", "position", "condition", "alpha", "layer") if k in ci]
+        data = data.merge(ci[[*keys, "ci_low", "ci_high"]], on=keys, how="left")
+    fig = go.Figure()
+    for i, (condition, alpha) in enumerate(_conditions(data)):
+        label, color = condition_label(condition, alpha), qualitative.Plotly[i % 10]
+        line = data[(data["condition"] == condition) & _alpha_is(data["alpha"], alpha)]
+        if line["layer"].duplicated().any():
+            raise ValueError(f"several rows per layer for {role!r} at {label}: filter by donor")
+        line = line.sort_values("layer")
+        layers = line["layer"].tolist()
+        if ci is not None:
+            band = line.dropna(subset=["ci_low", "ci_high"])
+            fig.add_trace(
+                go.Scatter(
+                    x=band["layer"].tolist() + band["layer"].tolist()[::-1],
+                    y=band["ci_high"].tolist() + band["ci_low"].tolist()[::-1],
+                    fill="toself",
+                    fillcolor=_rgba(color, 0.2),
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=label,
+                    name=f"{label} CI",
+                )
+            )
+        bounds = [line["ci_low"], line["ci_high"]] if ci is not None else []
+        ci_hover = "CI: [%{customdata[1]:.4g}, %{customdata[2]:.4g}]<br>" if bounds else ""
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=line[metric].to_numpy(np.float64),
+                mode="lines+markers",
+                name=label,
+                legendgroup=label,
+                line={"color": color},
+                customdata=np.column_stack([line["n"], *bounds]),
+                hovertemplate=f"{label}<br>layer: %{{x}}<br>{metric}: %{{y:.6g}}<br>"
+                f"{ci_hover}n items: %{{customdata[0]}}<extra></extra>",
+            )
+        )
+    fig.add_hline(y=0.0, line={"color": "grey", "dash": "dot", "width": 1})
+    return fig.update_layout(
+        title={"text": f"{role}: {metric} by layer (source {source}, position {position})"},
+        xaxis_title="layer",
+        yaxis_title=value_label(metric),
+        template="plotly_white",
+    )
+
+
+def control_distribution(scores: pd.DataFrame, value: str = "delta_accuracy") -> go.Figure:
+    """The value's distribution for role directions vs random and shuffled controls.
+
+    One box (with every candidate as a point) per source and condition; a role direction
+    whose effect sits inside the controls' spread is no evidence of a role-specific effect.
+    """
+    require_columns(scores, ["role", "source", "layer", "condition", "alpha", value], "scores")
+    labels = [
+        condition_label(c, a) for c, a in zip(scores["condition"], scores["alpha"], strict=True)
+    ]
+    data = scores.assign(
+        _label=labels,
+        _donor=scores.get("donor", ""),
+        _n=scores.get("n", ""),
+    )
+    present = list(dict.fromkeys(data["source"]))
+    sources = [s for s in SOURCE_ORDER if s in present] + sorted(set(present) - set(SOURCE_ORDER))
+    fig = go.Figure()
+    for source in sources:
+        sub = data[data["source"] == source]
+        fig.add_trace(
+            go.Box(
+                x=sub["_label"].tolist(),
+                y=sub[value].to_numpy(np.float64),
+                name=source,
+                boxpoints="all",
+                jitter=0.4,
+                pointpos=0,
+                customdata=np.column_stack([sub["role"], sub["_donor"], sub["layer"], sub["_n"]]),
+                hovertemplate=f"{source}: %{{customdata[0]}} (donor %{{customdata[1]}})<br>"
+                f"layer %{{customdata[2]}}, %{{x}}<br>{value}: %{{y:.6g}}<br>"
+                "n items: %{customdata[3]}<extra></extra>",
+            )
+        )
+    fig.add_hline(y=0.0, line={"color": "grey", "dash": "dot", "width": 1})
+    return fig.update_layout(
+        boxmode="group",
+        title={"text": f"{value}: role directions vs controls"},
+        xaxis={
+            "title": {"text": "condition"},
+            "categoryorder": "array",
+            "categoryarray": [condition_label(c, a) for c, a in _conditions(scores)],
+        },
+        yaxis_title=value_label(value),
+        legend_title_text="source",
+        template="plotly_white",
+    )
+
+
+# ------------------------------------------------------------------ readouts ----------------
+def letter_attribution_plot(attribution: pd.DataFrame) -> go.Figure:
+    """Layer × letter heatmap of :func:`roleprobe.letter_attribution`, one per role."""
+    require_columns(
+        attribution, ["role", "position", "layer", "letter", "attribution"], "attribution"
+    )
+    roles = role_order(list(attribution["role"]))
+    fig = make_subplots(1, len(roles), subplot_titles=roles, shared_yaxes=True)
+    for col, role in enumerate(roles, start=1):
+        sub = attribution[attribution["role"] == role]
+        if sub["position"].nunique() > 1:
+            raise ValueError(f"role {role!r} has several positions; keep one before plotting")
+        grid = sub.pivot(index="layer", columns="letter", values="attribution")
+        letters = [x for x in LETTERS if x in grid.columns] + sorted(
+            set(grid.columns) - set(LETTERS)
+        )
+        grid = grid.reindex(columns=letters).sort_index()
+        fig.add_trace(
+            go.Heatmap(
+                z=grid.to_numpy(np.float64),
+                x=letters,
+                y=grid.index.tolist(),
+                coloraxis="coloraxis",
+                hovertemplate=f"{role}<br>layer: %{{y}}<br>letter: %{{x}}<br>"
+                "attribution: %{z:.6g} logits<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+    fig.update_layout(
+        coloraxis=_coloraxis(True, value_label("attribution")),
+        title={"text": "Direct attribution of each layer's direction to the answer letters"},
+        template="plotly_white",
+    )
+    fig.update_xaxes(title_text="answer letter", type="category")
+    return fig.update_yaxes(title_text="layer", row=1, col=1)
+
+
+def logit_lens_table(df: pd.DataFrame) -> go.Figure:
+    """A table of :func:`roleprobe.logit_lens`: per layer, the tokens ``+d`` and ``-d`` promote."""
+    if df.empty:
+        raise ValueError("the logit-lens table is empty (every direction was zero?)")
+    require_columns(df, ["layer", "sign", "rank", "token", "logit"], "df")
+
+    def tokens(sub: pd.DataFrame) -> str:
+        return ", ".join(
+            f"{html.escape(repr(t), quote=False)} ({v:.2f})"
+            for t, v in zip(sub["token"], sub["logit"], strict=True)
+        )
+
+    layers = sorted(df["layer"].unique().tolist())
+    by = {key: g.sort_values("rank") for key, g in df.groupby(["layer", "sign"])}
+    empty = df.iloc[:0]
+    columns = [
+        layers,
+        [tokens(by.get((layer, "+"), empty)) for layer in layers],
+        [tokens(by.get((layer, "-"), empty)) for layer in layers],
+    ]
+    table = go.Table(
+        columnwidth=[1, 6, 6],
+        header={"values": ["layer", "top tokens of +d (logit)", "top tokens of −d (logit)"]},
+        cells={"values": columns, "align": "left"},
+    )
+    return go.Figure(table).update_layout(title={"text": "Logit lens of the role direction"})
+
+
+# ------------------------------------------------------------------ paper tables ------------
+def paper_table_figure(effects: pd.DataFrame, value: str = "relative_change_pct") -> go.Figure:
+    """The paper's results table as a heatmap: role × (condition, domain), stars on cells.
+
+    Args:
+        effects: :func:`roleprobe.results.tables.effect_table` output.
+        value: the column coloured (default: % change of accuracy), RdBu centred at 0.
+
+    Cells of a role's own domain are outlined; stars are McNemar after Holm over the table.
+    """
+    needed = [*EFFECT_KEYS, value, "in_domain", "stars", "n", "mcnemar_p_adj"]
+    require_columns(effects, needed, "effects")
+    grid = pivot_effects(effects, value)
+    aligned = {c: pivot_effects(effects, c).reindex_like(grid) for c in needed[5:]}
+    conditions = grid.columns.get_level_values("condition").tolist()
+    domains = grid.columns.get_level_values("domain").tolist()
+    roles = grid.index.tolist()
+    shape = grid.shape
+    customdata = np.dstack(
+        [
+            np.broadcast_to(np.array(roles, dtype=object)[:, None], shape),
+            np.broadcast_to(np.array(conditions, dtype=object), shape),
+            np.broadcast_to(np.array(domains, dtype=object), shape),
+            aligned["n"].to_numpy(),
+            aligned["mcnemar_p_adj"].to_numpy(),
+        ]
+    )
+    stars = aligned["stars"].astype(object).fillna("").to_numpy()
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(np.float64),
+            x=list(range(shape[1])),
+            y=list(range(shape[0])),
+            text=stars,
+            texttemplate="%{text}",
+            customdata=customdata,
+            hovertemplate="%{customdata[0]}, %{customdata[1]}, %{customdata[2]}<br>"
+            f"{value}: %{{z:.4g}}<br>n items: %{{customdata[3]}}<br>"
+            "McNemar p (Holm): %{customdata[4]:.3g}<extra></extra>",
+            colorbar={"title": {"text": value_label(value)}},
+            **_colors(True),
+        )
+    )
+    inside = aligned["in_domain"].fillna(False).to_numpy(bool)
+    for i, j in zip(*np.nonzero(inside), strict=True):
+        fig.add_shape(
+            type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, line={"width": 2}
+        )
+    starts = [j for j in range(shape[1]) if j == 0 or conditions[j] != conditions[j - 1]]
+    for j, end in zip(starts, [*starts[1:], shape[1]], strict=True):
+        if j:
+            fig.add_shape(
+                type="line",
+                x0=j - 0.5,
+                x1=j - 0.5,
+                y0=-0.5,
+                y1=shape[0] - 0.5,
+                line={"color": "grey", "width": 1},
+            )
+        fig.add_annotation(
+            x=(j + end - 1) / 2,
+            y=1.0,
+            yref="paper",
+            yanchor="bottom",
+            text=conditions[j],
+            showarrow=False,
+        )
+    fig.update_xaxes(
+        tickvals=list(range(shape[1])),
+        ticktext=domains,
+        tickangle=-45,
+        title_text="domain of the questions",
+    )
+    fig.update_yaxes(
+        tickvals=list(range(shape[0])), ticktext=roles, autorange="reversed", title_text="role"
+    )
+    return fig.update_layout(
+        title={
+            "text": f"{value_label(value)} by role, condition and domain<br>"
+            "<sup>outlined: the role's own domain · stars: McNemar, Holm · blank: undefined "
+            f"(e.g. baseline accuracy 0){_paper_table_note(effects, value)}</sup>"
+        },
+        template="plotly_white",
+        margin={"t": 100},
+    )
+
+
+def _paper_table_note(effects: pd.DataFrame, value: str) -> str:
+    """Caption additions: how the relative change was computed, and the tie rule."""
+    note = ""
+    if value == "relative_change_pct":
+        decimals = effects.get("round_accuracies", pd.Series(dtype=float)).dropna().unique()
+        note += (
+            f"<br>% change from accuracies rounded to {int(decimals[0])} decimals (as the paper)"
+            if len(decimals) == 1
+            else "<br>% change from unrounded accuracies"
+        )
+    rules = effects.get("tie_rule", pd.Series(dtype=object)).dropna().unique()
+    if len(rules) == 1:
+        note += f" · ties: {rules[0]}"
+    return note
+
+
+def correlation_heatmap(corr: pd.DataFrame) -> go.Figure:
+    """Lower triangle of between-model correlations (:func:`roleprobe.model_correlation`).
+
+    The diagonal and upper triangle are blank; stars are the uncorrected two-sided p-values.
+    """
+    require_columns(corr, ["model_a", "model_b", "r", "p", "n"], "corr")
+    models = list(
+        dict.fromkeys(
+            m for pair in zip(corr["model_a"], corr["model_b"], strict=True) for m in pair
+        )
+    )
+    size = len(models)
+    z: list[list[float | None]] = [[None] * size for _ in range(size)]
+    text = [[""] * size for _ in range(size)]
+    custom: list[list[list[Any]]] = [[[None, None] for _ in range(size)] for _ in range(size)]
+    for a, b, r, p, n in zip(
+        corr["model_a"], corr["model_b"], corr["r"], corr["p"], corr["n"], strict=True
+    ):
+        i, j = sorted((models.index(a), models.index(b)), reverse=True)
+        if i == j:
+            continue
+        z[i][j] = None if math.isnan(r) else float(r)
+        text[i][j] = significance_stars(float(p))
+        custom[i][j] = [float(p), int(n)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=models,
+            y=models,
+            text=text,
+            texttemplate="%{text}",
+            customdata=custom,
+            hovertemplate="%{y} vs %{x}<br>r = %{z:.3f}<br>p = %{customdata[0]:.3g}<br>"
+            "n cells = %{customdata[1]}<extra></extra>",
+            colorbar={"title": {"text": "Pearson r"}},
+            **_colors(True, 1.0),
+        )
+    )
+    fig.update_xaxes(title_text="model", type="category")
+    fig.update_yaxes(title_text="model", type="category", autorange="reversed")
+    return fig.update_layout(
+        title={"text": "Agreement of effects between models (Pearson r)"}, template="plotly_white"
+    )

@@ -1,0 +1,1 @@
+"""Interventions: pure operators, hook specs, steer(), prefix reuse, generation."""

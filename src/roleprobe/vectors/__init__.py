@@ -1,0 +1,1 @@
+"""Role directions: activation means, directions, validation, readouts."""
