@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from roleprobe.core.types import Model
 from roleprobe.model.families import FAMILIES, Family, family_hf_model, get_family
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Subject:
     """
 
     family: Family
-    model: Any
+    model: Model
     reference: nn.Module
 
     @classmethod

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from roleprobe.core.io import file_digest
 
@@ -37,7 +37,9 @@ def _describe_files(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def save_snapshot(model: Any, tokenizer: Any, folder: Path, source: dict[str, Any]) -> Path:
+def save_snapshot(
+    model: PreTrainedModel, tokenizer: Any, folder: Path, source: dict[str, Any]
+) -> Path:
     """Write ``model`` and ``tokenizer`` to ``folder`` atomically, with a manifest.
 
     Args:
