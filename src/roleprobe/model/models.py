@@ -42,7 +42,6 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from roleprobe.core.types import Model
 from roleprobe.model.embedded import EMBEDDED_HF_NAME, EMBEDDED_MODEL, load_embedded_hf
 from roleprobe.model.families import FAMILIES, family_hf_model, family_tokenizer
 from roleprobe.model.families import PREFIX as FAMILY_PREFIX
@@ -235,12 +234,12 @@ def available_models() -> list[ModelInfo]:
     ]
 
 
-def model_name(model: Model) -> str:
+def model_name(model: torch.nn.Module) -> str:
     """The name a model was loaded under (its TransformerLens ``cfg.model_name``)."""
     return str(getattr(model.cfg, "model_name", "") or type(model).__name__)
 
 
-def model_fingerprint(model: Model, sample: int = 4096) -> str:
+def model_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
     """A short hash of a model's weights, cheap even for large models.
 
     Hashes every parameter's name and shape and an evenly strided sample of at most
