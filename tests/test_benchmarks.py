@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pandas as pd
 import pytest
@@ -167,3 +168,129 @@ def test_multiple_choice_validates_rows():
     with pytest.raises(ValueError, match="no questions"):
         MultipleChoice(bench.items.head(0), "x")
     assert benchmarks.SOURCES == ("builtin", "mmlu", "mmlu-local", "paper")
+
+
+def _paper_record(**changes):
+    record = {
+        "question": "What is 2 + 2?",
+        "subject": "high_school_mathematics",
+        "question_id": 7,
+        "true_option": 2,
+        "option1": "3",
+        "option2": "4",
+        "option3": "5",
+        "option4": "6",
+    }
+    record.update(changes)
+    return {k: v for k, v in record.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def _paper_folder(tmp_path, records):
+    (tmp_path / "target_test_math.json").write_text(json.dumps(records))
+    return tmp_path
+
+
+def test_paper_file_good_records_load(tmp_path):
+    folder = _paper_folder(tmp_path, [_paper_record(), _paper_record(question_id=8, true_option=4)])
+    bench = load_benchmark("paper", domain="math", path=folder)
+    assert bench.items["answer"].tolist() == ["B", "D"]
+    assert bench.items["id"].tolist() == ["paper/math/7", "paper/math/8"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"true_option": 0}, r"record 1: true_option 0 is not an integer 1-4"),
+        ({"true_option": -1}, r"record 1: true_option -1 is not an integer 1-4"),
+        ({"true_option": 5}, r"record 1: true_option 5 is not an integer 1-4"),
+        ({"true_option": "2"}, r"record 1: true_option '2' is not an integer 1-4"),
+        ({"true_option": 2.0}, r"record 1: true_option 2\.0 is not an integer 1-4"),
+        ({"true_option": True}, r"record 1: true_option True is not an integer 1-4"),
+        ({"option5": "7"}, r"record 1: unexpected option field\(s\) \['option5'\]"),
+        ({"option3": None}, r"record 1: option3 None is not a non-empty text"),
+        ({"option2": ""}, r"record 1: option2 '' is not a non-empty text"),
+        ({"option4": "  "}, r"record 1: option4 '  ' is not a non-empty text"),
+        ({"option1": 3}, r"record 1: option1 3 is not a non-empty text"),
+        ({"option4": _DROP}, r"record 1: missing field\(s\) \['option4'\]"),
+        ({"question": ""}, r"record 1: question '' is not a non-empty text"),
+    ],
+)
+def test_paper_file_bad_records_name_file_record_and_value(tmp_path, changes, message):
+    folder = _paper_folder(tmp_path, [_paper_record(), _paper_record(question_id=8, **changes)])
+    with pytest.raises(ValueError, match=message) as err:
+        load_benchmark("paper", domain="math", path=folder)
+    assert "target_test_math.json" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", [{"questions": []}, "just text", 3])
+def test_paper_file_must_be_a_list_of_records(tmp_path, content):
+    folder = _paper_folder(tmp_path, content)
+    with pytest.raises(
+        ValueError, match=r"target_test_math\.json: expected a JSON list of question"
+    ):
+        load_benchmark("paper", domain="math", path=folder)
+    _paper_folder(tmp_path, [_paper_record(), ["not", "a", "record"]])
+    with pytest.raises(ValueError, match=r"record 1: expected a JSON object, got list"):
+        load_benchmark("paper", domain="math", path=folder)
+
+
+def test_paper_file_keeps_the_papers_nan_options(tmp_path):
+    # the paper's files hold MMLU's option "None" as NaN (7 questions); they keep loading
+    (tmp_path / "target_test_math.json").write_text(
+        json.dumps([_paper_record(option1=float("nan"))])
+    )
+    bench = load_benchmark("paper", domain="math", path=tmp_path)
+    assert len(bench) == 1 and pd.isna(bench.items.loc[0, "A"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"source": "builtin", "subjects": ["professional_law", "professional_lw"]},
+            r"no questions for subjects \['professional_lw'\]; close matches: "
+            r"'professional_lw': professional_law",
+        ),
+        (
+            {"source": "builtin", "subjects": ["international_law", "college_biolgy"]},
+            r"\['college_biolgy'\]; close matches: 'college_biolgy': college_biology",
+        ),
+    ],
+)
+def test_mistyped_subject_next_to_a_valid_one_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_benchmark(**kwargs)
+
+
+def test_mistyped_subject_is_refused_by_the_paper_and_local_sources(tmp_path):
+    folder = tmp_path
+    for domain in DOMAIN_SUBJECTS:
+        (folder / f"target_test_{domain}.json").write_text(json.dumps([_paper_record()]))
+    assert len(load_benchmark("paper", subjects=["high_school_mathematics"], path=folder)) == 8
+    with pytest.raises(ValueError, match=r"\['high_school_mathematic'\]; close matches"):
+        load_benchmark(
+            "paper", subjects=["high_school_mathematics", "high_school_mathematic"], path=folder
+        )
+    release = tmp_path / "release" / "test"
+    release.mkdir(parents=True)
+    for subject in ("anatomy", "virology"):
+        (release / f"{subject}_test.csv").write_text("q,a,b,c,d,A\n")
+    with pytest.raises(
+        FileNotFoundError, match=r"\['virolgy'\]; close matches: 'virolgy': virology"
+    ):
+        load_benchmark("mmlu-local", subjects=["anatomy", "virolgy"], path=release.parent)
+
+
+def test_mistyped_hub_subject_is_refused_before_any_download(monkeypatch):
+    import datasets
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("no download for a mistyped subject")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_download)
+    with pytest.raises(ValueError, match=r"unknown MMLU subject\(s\) \['anatomyy'\].*anatomy"):
+        load_benchmark("mmlu", subjects=["virology", "anatomyy"])
+    assert len(benchmarks.MMLU_SUBJECTS) == len(set(benchmarks.MMLU_SUBJECTS)) == 57

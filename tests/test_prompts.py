@@ -5,6 +5,7 @@ import random
 import shutil
 import threading
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -178,6 +179,30 @@ def test_folder_source(tmp_path):
         load_prompts(tmp_path, roles=["nurse"])
     with pytest.raises(ValueError, match="unknown prompt source"):
         load_prompts("nonexistent-source")
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            ["lawyer.json", "lawyer.txt"],
+            r"lawyer\.json and lawyer\.txt both give the prompts of 'lawyer'",
+        ),
+        (["base.csv", "base.txt"], r"base\.csv and base\.txt both give the prompts of 'base'"),
+        (["generic.json"], r"base\.txt and generic\.json both give the base prompts"),
+    ],
+)
+def test_folder_with_two_files_for_one_role_is_refused(tmp_path, files, message):
+    (tmp_path / "base.txt").write_text("g1\ng2\n")
+    (tmp_path / "nurse.txt").write_text("n1\nn2\n")
+    for name in files:
+        content = {".json": '["a", "b"]', ".csv": "instruction\na\nb\n"}.get(
+            Path(name).suffix, "a\nb\n"
+        )
+        (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=message) as err:
+        load_prompts(tmp_path)
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
 
 
 def _paper_reference(paper_dir, role, n=128):

@@ -18,6 +18,7 @@ Example:
 """
 
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -36,6 +37,66 @@ from roleprobe.data.roles import DOMAIN_SUBJECTS, DOMAINS, check_domain
 LETTERS = ("A", "B", "C", "D")
 COLUMNS = ("id", "subject", "question", "A", "B", "C", "D", "answer")
 SOURCES = ("builtin", "mmlu", "mmlu-local", "paper")
+# the 57 subjects of MMLU (the release's file names, the hub's configs)
+MMLU_SUBJECTS: tuple[str, ...] = (
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
+    "world_religions",
+)
 _SPLIT_FILES = {"test": "test", "validation": "val", "val": "val", "dev": "dev"}
 _HUB_SPLITS = {"test": "test", "validation": "validation", "val": "validation", "dev": "dev"}
 
@@ -94,8 +155,11 @@ class MultipleChoice:
         if wanted is None:
             return self
         unknown = sorted(set(wanted) - set(self.subjects))
-        if unknown and set(wanted).isdisjoint(self.subjects):
-            raise ValueError(f"benchmark {self.name!r} has no questions for subjects {unknown}")
+        if unknown and (subjects is not None or set(wanted).isdisjoint(self.subjects)):
+            raise ValueError(
+                f"benchmark {self.name!r} has no questions for subjects {unknown}"
+                f"{_close_matches(unknown, self.subjects)}"
+            )
         label = domain or ",".join(wanted)
         rows = self.items[self.items["subject"].isin(wanted)]
         return MultipleChoice(rows, f"{self.name}[{label}]", self.split)
@@ -131,6 +195,26 @@ def _wanted_subjects(subjects: Sequence[str] | None, domain: str | None) -> list
             raise ValueError("no subjects given (the subject list is empty)")
         return list(subjects)
     return None
+
+
+def _close_matches(names: Sequence[str], choices: Sequence[str]) -> str:
+    """``"; did you mean ..."`` for the names that have close matches among choices, else ``""``."""
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(str(name), list(choices), n=3)
+        if close:
+            hints.append(f"{name!r}: {', '.join(close)}")
+    return f"; close matches: {'; '.join(hints)}" if hints else ""
+
+
+def check_mmlu_subjects(subjects: Sequence[str]) -> list[str]:
+    """The subjects, refusing any that is not an MMLU subject (the error names close matches)."""
+    unknown = [s for s in subjects if s not in MMLU_SUBJECTS]
+    if unknown:
+        raise ValueError(
+            f"unknown MMLU subject(s) {unknown}{_close_matches(unknown, MMLU_SUBJECTS)}"
+        )
+    return list(subjects)
 
 
 # ------------------------------------------------------------------- MMLU, local CSVs -----
@@ -178,7 +262,10 @@ def mmlu_local(
     names = sorted(available) if subjects is None else list(subjects)
     missing = [s for s in names if s not in available]
     if missing:
-        raise FileNotFoundError(f"MMLU folder {folder} has no file for subjects {missing}")
+        raise FileNotFoundError(
+            f"MMLU folder {folder} has no file for subjects {missing}"
+            f"{_close_matches(missing, sorted(available))}"
+        )
     frames = [read_mmlu_csv(available[s], s, split_dir) for s in names]
     return MultipleChoice(pd.concat(frames, ignore_index=True), "mmlu-local", _canonical(split))
 
@@ -229,6 +316,8 @@ def mmlu_hub(split: str = "test", subjects: Sequence[str] | None = None) -> Mult
     hub_split = _HUB_SPLITS.get(split)
     if hub_split is None:
         raise ValueError(f"unknown split {split!r}; use one of {sorted(_HUB_SPLITS)}")
+    if subjects is not None:
+        subjects = check_mmlu_subjects(subjects)
     try:
         if subjects is None:
             data = load_dataset("cais/mmlu", "all", split=hub_split)
@@ -261,22 +350,61 @@ def paper_benchmark(path: str | Path, domain: str | None = None) -> MultipleChoi
             records = json.loads(file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
             raise ValueError(f"{file}: not a valid JSON test set ({err})") from err
-        for i, r in enumerate(records):
-            try:
-                answer = LETTERS[int(r["true_option"]) - 1]
-                choices = [r[f"option{k}"] for k in range(1, 5)]
-                rows.append(
-                    (
-                        f"paper/{name}/{r['question_id']}",
-                        r["subject"],
-                        r["question"],
-                        *choices,
-                        answer,
-                    )
-                )
-            except (KeyError, ValueError, IndexError) as err:
-                raise ValueError(f"{file}, item {i}: malformed question ({err!r})") from err
+        if not isinstance(records, list):
+            raise ValueError(
+                f"{file}: expected a JSON list of question records (each with question, subject, "
+                f"question_id, true_option 1-4, option1..option4), got a {type(records).__name__}"
+            )
+        rows += [_paper_row(file, name, i, r) for i, r in enumerate(records)]
     return MultipleChoice(pd.DataFrame(rows, columns=list(COLUMNS)), "paper", "test")
+
+
+_PAPER_FIELDS = ("question", "subject", "question_id", "true_option")
+_PAPER_OPTIONS = tuple(f"option{k}" for k in range(1, 5))
+
+
+def _paper_row(file: Path, domain: str, index: int, record: Any) -> tuple[Any, ...]:
+    """One paper record as a benchmark row; errors name the file, the record and the value.
+
+    ``true_option`` must be an integer 1-4 (no wrap-around of 0 or -1), the options exactly
+    ``option1..option4`` and none of them ``null`` or empty. A NaN option is kept as it is: the
+    paper's files store MMLU's option text "None" that way (7 questions), and its code shows it.
+    """
+    where = f"{file}, record {index}"
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in (*_PAPER_FIELDS, *_PAPER_OPTIONS) if k not in record]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    extra = sorted(k for k in record if k.startswith("option") and k not in _PAPER_OPTIONS)
+    if extra:
+        raise ValueError(f"{where}: unexpected option field(s) {extra}; exactly option1..option4")
+    true_option = record["true_option"]
+    if (
+        isinstance(true_option, bool)
+        or not isinstance(true_option, int)
+        or not 1 <= true_option <= 4
+    ):
+        raise ValueError(f"{where}: true_option {true_option!r} is not an integer 1-4")
+    choices: list[str | float] = []
+    for key in _PAPER_OPTIONS:
+        value = record[key]
+        if isinstance(value, float) and math.isnan(value):
+            choices.append(value)
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where}: {key} {value!r} is not a non-empty text")
+        choices.append(value)
+    question = record["question"]
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: question {question!r} is not a non-empty text")
+    return (
+        f"paper/{domain}/{record['question_id']}",
+        record["subject"],
+        question,
+        *choices,
+        LETTERS[true_option - 1],
+    )
 
 
 def builtin_benchmark() -> MultipleChoice:

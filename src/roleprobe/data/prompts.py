@@ -475,10 +475,26 @@ def custom_prompts(
 
 
 def _folder_prompts(folder: Path, roles: str | Sequence[str] | None) -> RolePrompts:
-    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in _SUFFIXES}
-    base_key = next((k for k in (BASE_NAME, "generic") if k in files), None)
-    if base_key is None:
+    by_stem: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in _SUFFIXES:
+            by_stem.setdefault(path.stem, []).append(path)
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            names = " and ".join(p.name for p in paths)
+            raise ValueError(
+                f"prompt folder {folder}: {names} both give the prompts of {stem!r}; keep one"
+            )
+    files = {stem: paths[0] for stem, paths in by_stem.items()}
+    bases = [k for k in (BASE_NAME, "generic") if k in files]
+    if not bases:
         raise FileNotFoundError(f"prompt folder {folder} has no base.* or generic.* file")
+    if len(bases) > 1:
+        raise ValueError(
+            f"prompt folder {folder}: {files[bases[0]].name} and {files[bases[1]].name} both give "
+            "the base prompts; keep one"
+        )
+    base_key = bases[0]
     stems = [k for k in files if k != base_key]
     wanted = (
         stems
