@@ -55,3 +55,44 @@ def test_console_script_entry_point_runs():
         [sys.executable, "-m", "roleprobe.app.cli", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("roleprobe ")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("layers = [1.5]", "layers[0] must be an integer, got 1.5"),
+        ("seed = 1.5", "seed must be an integer, got 1.5"),
+        ("batch_size = '16'", "batch_size must be an integer, got '16'"),
+        ("batch_size = true", "batch_size must be an integer, got True"),
+        ("run = 5", "run must be a [run] table of settings, got 5"),
+        ("questions_per_domain = -2", "questions_per_domain must be 0 (all)"),
+        (b"model = 'caf\xe9'", "is not UTF-8"),
+    ],
+)
+def test_bad_config_fails_before_the_run_folder_exists(tmp_path, capsys, toml, message):
+    config = tmp_path / "bad.toml"
+    config.write_bytes(toml if isinstance(toml, bytes) else toml.encode())
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--out", str(out), "--model", "tiny-random"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(config) in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--preset", "demo", "--out", ""],
+        ["sweep", "--preset", "demo", "--out", "  "],
+        ["directions", *TINY, "--out", ""],
+        ["evaluate", *TINY, "--out", ""],
+        ["merge", ""],
+        ["figures", ""],
+    ],
+)
+def test_an_empty_out_is_refused_not_the_current_folder(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must name a path" in err[0]
+    assert list(tmp_path.iterdir()) == []

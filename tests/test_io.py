@@ -9,6 +9,7 @@ from roleprobe.core.io import (
     atomic_write_bytes,
     atomic_write_text,
     create_text,
+    current_umask,
     write_csv,
     write_json,
     write_parquet,
@@ -59,3 +60,16 @@ def test_create_text_is_exclusive(tmp_path):
     assert target.read_text() in {f"w{i}" for i in range(8)}
     assert not create_text(target, "late") and target.read_text() != "late"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_respect_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        written = atomic_write_bytes(tmp_path / "part.parquet", b"x")
+        assert create_text(tmp_path / "manifest.json", "{}")
+        assert current_umask() == umask
+    finally:
+        os.umask(old)
+    assert written.stat().st_mode & 0o777 == mode
+    assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == mode

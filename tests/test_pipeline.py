@@ -137,6 +137,58 @@ def test_bad_config_files_are_named(tmp_path, text, message):
         load_config(None, path)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("layers = [1.5]", r"layers\[0\] must be an integer, got 1.5"),
+        ("layers = [1, true]", r"layers\[1\] must be an integer, got True"),
+        ("layers = 'x'", r"layers\[0\] must be an integer, got 'x'"),
+        ("alphas = ['big']", r"alphas\[0\] must be a number, got 'big'"),
+        ("alphas = [nan]", r"alphas\[0\] must be a finite number, got nan"),
+        ("roles = [1]", r"roles\[0\] must be a string, got 1"),
+        ("seed = 1.5", "seed must be an integer, got 1.5"),
+        ("batch_size = '16'", "batch_size must be an integer, got '16'"),
+        ("batch_size = true", "batch_size must be an integer, got True"),
+        ("heldout_fraction = '0.2'", "heldout_fraction must be a number, got '0.2'"),
+        ("heldout_fraction = true", "heldout_fraction must be a number, got True"),
+        ("model = 5", "model must be a string, got 5"),
+        ("patchscope = 1", "patchscope must be true or false, got 1"),
+        ("layers = {a = 1}", "layers must be a list of integers"),
+        ("questions_per_domain = -1", "questions_per_domain must be 0 .all. or a positive"),
+        ("n_devices = 0", "n_devices must be at least 1"),
+        ("select_fraction = 2.0", "select_fraction must be strictly between 0 and 1"),
+        ("run = 5", r"run must be a \[run\] table of settings, got 5"),
+        ("seed = 1\n[run]\nbatch_size = 8", r"settings \['seed'\] are outside the \[run\]"),
+    ],
+)
+def test_config_types_are_checked_naming_the_key_and_file(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        load_config(None, path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_config_types_are_checked_from_python_and_widened():
+    cfg = RunConfig.from_dict({"alphas": [1, 3], "heldout_fraction": 0, "layers": [2, 1]})
+    assert cfg.alphas == (1.0, 3.0) and isinstance(cfg.alphas[0], float)
+    assert cfg.heldout_fraction == 0.0 and isinstance(cfg.heldout_fraction, float)
+    assert cfg.layers == (2, 1) and hash(cfg)  # a list becomes a tuple
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"^config: layers\[0\] must be an integer, got 1.5$"):
+        RunConfig.from_dict({"layers": [1.5]})
+    with pytest.raises(ValueError, match=r"^config: seed must be an integer, got 1\.5$"):
+        RunConfig.from_dict({"seed": 1.5})
+
+
+def test_a_non_utf8_config_is_named(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("model = 'caf\u00e9'\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="is not UTF-8") as err:
+        load_config(None, path)
+    assert str(path) in str(err.value)
+
+
 def test_unknown_preset_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         load_config("fast")

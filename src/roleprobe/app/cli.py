@@ -208,9 +208,18 @@ def _cmd_models(args: argparse.Namespace) -> None:
         _out(f"{entry.name:24} {status:15} {entry.source:30} {entry.note}")
 
 
+def _path_arg(value: str, flag: str = "--out") -> str:
+    """``value`` unless it is empty or blank (which would mean the current folder)."""
+    if not value.strip():
+        raise ValueError(f"{flag} must name a path, got {value!r}")
+    return value
+
+
 def _run_config(args: argparse.Namespace) -> "RunConfig":
+    """The run's config from ``--preset``/``--config``/flags, validated before any write."""
     from roleprobe.app.run_config import load_config
 
+    _path_arg(args.out)
     if args.preset is None and args.config is None:
         raise ValueError("give --preset (demo, paper, custom) or --config FILE")
     overrides = {"model": args.model, "device": args.device, "roles": args.roles}
@@ -252,7 +261,7 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     from roleprobe.app.run import SWEEP, RunPaths
     from roleprobe.experiments.sweeps import merge
 
-    paths = RunPaths(args.out)
+    paths = RunPaths(_path_arg(args.out, "out"))
     store = paths.sweep_store if paths.folder(SWEEP).exists() else Path(args.out)
     result = merge(store)
     _out(f"complete: {len(result.table)} rows, {len(result.baseline)} baseline rows in {store}")
@@ -262,7 +271,7 @@ def _cmd_figures(args: argparse.Namespace) -> None:
     from roleprobe.app.pipeline import rerun_stage
     from roleprobe.app.run import REPORT
 
-    rerun_stage(args.out, REPORT)
+    rerun_stage(_path_arg(args.out, "out"), REPORT)
     _report_paths(args.out)
 
 
@@ -270,6 +279,7 @@ def _cmd_directions(args: argparse.Namespace) -> None:
     from roleprobe.model.models import load_model
     from roleprobe.vectors.directions import compute_directions
 
+    _path_arg(args.out)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     rd = compute_directions(
         model,
@@ -289,6 +299,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from roleprobe.model.models import load_model
     from roleprobe.results.stats import accuracy
 
+    if args.out is not None:
+        _path_arg(args.out)
     bench = load_benchmark(args.benchmark, domain=args.domain, split=args.split, path=args.data)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     condition = Persona(args.persona) if args.persona else Baseline()

@@ -15,12 +15,13 @@ Example:
 """
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 __all__ = ["CHOICES", "PRESETS", "RunConfig", "load_config"]
 
@@ -119,6 +120,20 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in _check_types(fields).items():
+            object.__setattr__(self, name, value)  # widened ints, tuples for lists
+        if self.questions_per_domain < 0:
+            raise ValueError(
+                f"questions_per_domain must be 0 (all) or a positive count, "
+                f"got {self.questions_per_domain}"
+            )
+        if self.n_devices < 1:
+            raise ValueError(f"n_devices must be at least 1, got {self.n_devices}")
+        if not 0 < self.select_fraction < 1:
+            raise ValueError(
+                f"select_fraction must be strictly between 0 and 1, got {self.select_fraction}"
+            )
         if not 0 <= self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         from roleprobe.experiments.selection import RULES
@@ -157,17 +172,81 @@ class RunConfig:
             raise ValueError(f"{where}: unknown settings {unknown}; known: {sorted(names)}")
         values: dict[str, Any] = {}
         for key, value in data.items():
-            default = names[key].default
-            if isinstance(default, tuple):
-                if isinstance(value, str | int | float):
-                    value = [value]
-                if not isinstance(value, list | tuple):
-                    raise ValueError(f"{where}: {key} must be a list, got {value!r}")
-                value = tuple(value)
-            elif isinstance(default, bool) and not isinstance(value, bool):
-                raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
+            if _is_tuple_type(names[key].type) and isinstance(value, str | int | float):
+                value = [value]  # a single value for a list setting
             values[key] = value
-        return cls(**values)
+        try:
+            return cls(**_check_types(values))
+        except ValueError as err:
+            message = str(err)
+            raise ValueError(
+                message if message.startswith(f"{where}:") else f"{where}: {message}"
+            ) from None
+
+
+_KINDS: dict[type, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
+
+_PLURALS: dict[type, str] = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _is_tuple_type(tp: Any) -> bool:
+    return get_origin(tp) is tuple
+
+
+def _conform(key: str, tp: type, value: Any) -> Any:
+    """``value`` as type ``tp`` (an int for a float widens), or a ValueError naming ``key``."""
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise ValueError(f"{key} must be {_KINDS.get(tp, tp.__name__)}, got {value!r}")
+    return value
+
+
+def _check_types(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (a subset of the fields) checked against the fields' annotations.
+
+    Generic over the field types (``bool``, ``int``, ``float``, ``str`` and
+    ``tuple[T, ...]`` of those): a bool is never an int or a float, an int for a float
+    field is widened to ``float``, a list for a tuple field becomes a tuple (so that the
+    frozen config stays hashable and ``config.json`` keeps the checked values). Runs
+    before every other check (:meth:`RunConfig.from_dict` and ``__post_init__``).
+
+    Returns:
+        The conformed values.
+
+    Raises:
+        ValueError: ``KEY must be an integer, got '16'`` (or a list's element:
+            ``layers[0] must be an integer, got 1.5``).
+    """
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        tp = types[name]
+        if _is_tuple_type(tp):
+            (inner, *_) = get_args(tp)
+            if not isinstance(value, list | tuple):
+                kind = _PLURALS.get(inner, inner.__name__)
+                raise ValueError(f"{name} must be a list of {kind}, got {value!r}")
+            out[name] = tuple(_conform(f"{name}[{i}]", inner, v) for i, v in enumerate(value))
+        else:
+            if not isinstance(tp, type):  # a new field with an annotation not handled here
+                raise TypeError(f"RunConfig.{name}: unsupported field type {tp!r}")
+            out[name] = _conform(name, tp, value)
+    return out
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -212,11 +291,27 @@ def load_config(
     if path is not None:
         file = Path(path)
         try:
-            loaded = tomllib.loads(file.read_text())
+            text = file.read_bytes().decode("utf-8")
+            loaded = tomllib.loads(text)
         except OSError as err:
             raise ValueError(f"cannot read config {file}: {err.strerror or err}") from err
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"config {file} is not UTF-8 text (byte {err.start}: {err.reason})"
+            ) from err
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"config {file} is not valid TOML: {err}") from err
-        values |= loaded.get("run", loaded)
+        if "run" in loaded:
+            table = loaded["run"]
+            if not isinstance(table, dict):
+                raise ValueError(f"{file}: run must be a [run] table of settings, got {table!r}")
+            outside = sorted(set(loaded) - {"run"})
+            if outside:
+                raise ValueError(
+                    f"{file}: settings {outside} are outside the [run] table; "
+                    "put every setting under [run] or none"
+                )
+            loaded = table
+        values |= loaded
     values |= {k: v for k, v in (overrides or {}).items() if v is not None}
     return RunConfig.from_dict(values, where=str(path) if path else "config")

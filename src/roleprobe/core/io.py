@@ -5,6 +5,12 @@ the same folder (same file system), is flushed to disk, then renamed over the ta
 (``os.replace`` is atomic on POSIX and Windows). A process killed mid-write leaves at most
 a stray ``.NAME.*.tmp`` file, which readers ignore. Missing parent folders are created.
 
+Files get the mode an ordinary ``open()`` would give, ``0o666 & ~umask`` (0644 under umask
+022, 0664 under 002), not the 0600 of :func:`tempfile.mkstemp`, so that the members of a
+group can read a shared store. The umask can only be read by setting it; that is done under
+a lock (:func:`current_umask`), but another thread of the process that creates files at
+that instant without the lock could still see umask 0 for it.
+
 Example:
     >>> write_json(Path("runs/demo/config.json"), cfg.to_dict())
     >>> write_csv(Path("runs/demo/05_selection/picks_paper.csv"), picks)
@@ -14,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -24,10 +31,35 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "create_text",
+    "current_umask",
     "write_csv",
     "write_json",
     "write_parquet",
 ]
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read (set and restored at once) under a lock."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def _temporary(target: Path) -> tuple[int, str]:
+    """A new temporary file beside ``target`` with the umask's usual mode (not 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        if hasattr(os, "fchmod"):  # POSIX; Windows has no group modes
+            os.fchmod(fd, 0o666 & ~current_umask())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -42,7 +74,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = _temporary(target)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -88,7 +120,7 @@ def create_text(path: str | os.PathLike[str], text: str) -> bool:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = _temporary(target)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
