@@ -126,11 +126,31 @@ def test_load_refuses_tampered_truncated_or_malformed_files(directions, tmp_path
     meta_ok = directions.save(tmp_path / "rd4")
     meta = json.loads((meta_ok / METADATA_FILE).read_text())
     meta["roles"] = ["lawyer"]
+    del meta["manifest_sha256"]  # an old file: no metadata checksum, so the shape check speaks
     (meta_ok / METADATA_FILE).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="malformed RoleDirections"):
         RoleDirections.load(meta_ok)
     with pytest.raises(FileNotFoundError, match="not a saved RoleDirections"):
         RoleDirections.load(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(roles=[m["roles"][1], m["roles"][0], *m["roles"][2:]]),  # swap roles
+        lambda m: m.update(layers=[m["layers"][-1] + 1, *m["layers"][1:]]),  # relabel a layer
+        lambda m: m.update(model_fingerprint="0123456789abcdef"),  # another model's
+        lambda m: m.update(tensors_sha256="0" * 64),  # the tensor checksum itself
+    ],
+    ids=["swapped-roles", "relabelled-layer", "pasted-fingerprint", "tensor-checksum"],
+)
+def test_metadata_is_as_tamper_evident_as_the_tensors(directions, tmp_path, edit):
+    folder = directions.save(tmp_path / "rd")
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    edit(meta)
+    (folder / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"directions.json was modified after saving"):
+        RoleDirections.load(folder)
 
 
 def test_load_refuses_another_model(directions, tmp_path):
@@ -174,7 +194,7 @@ def test_system_policy_and_format_are_recorded_and_survive_save_load(
         none.chat_date,
     )
     # directions saved before the policy was recorded load as the template's default
-    for key in ("system", "chat_format", "chat_date"):
+    for key in ("system", "chat_format", "chat_date", "manifest_sha256"):
         del meta[key]
     (folder / METADATA_FILE).write_text(json.dumps(meta))
     old = RoleDirections.load(folder, model=tiny_model)

@@ -20,7 +20,9 @@ Example:
     >>> rd.save("runs/smollm2/directions"); RoleDirections.load("runs/smollm2/directions", model)
 """
 
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,8 +49,19 @@ from roleprobe.vectors.activations import PositionLabel, collect_means
 
 TENSORS_FILE = "directions.safetensors"
 METADATA_FILE = "directions.json"
+logger = logging.getLogger(__name__)
+
 FORMAT = 1
+MANIFEST_KEY = "manifest_sha256"
+"""The metadata field holding a SHA-256 over every other field (the tensor checksum
+included): relabelled roles or layers, or another model's fingerprint, are refused on load."""
 _DOMAIN = {role.name: role.domain for role in ROLES}
+
+
+def manifest_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of a directions manifest: every field but :data:`MANIFEST_KEY`, canonical JSON."""
+    body = {k: v for k, v in meta.items() if k != MANIFEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -237,6 +250,7 @@ class RoleDirections:
         atomic_write_bytes(folder / TENSORS_FILE, safetensors_bytes(tensors))
         meta = self._metadata()
         meta["tensors_sha256"] = file_digest(folder / TENSORS_FILE)
+        meta[MANIFEST_KEY] = manifest_digest(meta)
         write_json(folder / METADATA_FILE, meta)
         return folder
 
@@ -286,6 +300,16 @@ class RoleDirections:
             raise ValueError(f"{meta_path} is not valid RoleDirections metadata ({err})") from err
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT}")
+        if MANIFEST_KEY not in meta:
+            logger.warning(
+                "%s predates metadata checksums: its roles, layers and model are not verified",
+                meta_path,
+            )
+        elif meta[MANIFEST_KEY] != manifest_digest(meta):
+            raise ValueError(
+                f"{meta_path} was modified after saving (its {MANIFEST_KEY} does not match its "
+                "roles, layers, positions, model or tensor checksum); save the directions again"
+            )
         if file_digest(tensor_path) != expected:
             raise ValueError(
                 f"{tensor_path} does not match the checksum in {METADATA_FILE}: the file is "
