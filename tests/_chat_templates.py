@@ -1,6 +1,5 @@
-"""Inline chat templates reproducing the paper's families, on the byte-level tiny tokenizer.
-
-Written here (independent of :mod:`roleprobe.model.families`) to test the system-turn policy:
+"""Chat templates of the paper's families on the byte-level tiny tokenizer, to test the
+system-turn policy (the Llama, Qwen and Gemma ones are :mod:`roleprobe.model.families`'):
 
 * ``LLAMA32_TEMPLATE``: Meta's Llama-3.2 format, with its always-rendered system block and
   "Today Date" from ``date_string`` or, when absent, ``strftime_now`` (the clock).
@@ -19,30 +18,10 @@ import datetime
 from transformers.utils import chat_template_utils
 
 import roleprobe as rp
-from roleprobe.model.families import GEMMA2_TEMPLATE, QWEN2_TEMPLATE
-
-LLAMA32_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
-    '{%- set date_string = strftime_now("%d %b %Y") %}'
-    '{%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}{%- endif %}'
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{%- set system_message = messages[0]['content'] | trim %}"
-    "{%- set messages = messages[1:] %}"
-    "{%- else %}{%- set system_message = '' %}{%- endif %}"
-    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
-    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
-    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
-    "{{- system_message }}{{- '<|eot_id|>' }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
-    "+ message['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
+from roleprobe.model.families import GEMMA2_TEMPLATE, LLAMA3_TEMPLATE, QWEN2_TEMPLATE
 
 # The families' own templates (src/roleprobe/model/families.py) serve here too.
+LLAMA32_TEMPLATE = LLAMA3_TEMPLATE
 QWEN25_TEMPLATE = QWEN2_TEMPLATE
 
 

@@ -141,10 +141,9 @@ class RunConfig:
         bad = [r for r in self.rules if r not in RULES]
         if bad or not self.rules:
             raise ValueError(f"unknown rules {bad or '(none)'}; use some of {list(RULES)}")
-        if not isinstance(self.system, str) or not self.system.strip():
-            raise ValueError(
-                f"system must be 'default', 'none' or a system prompt text, got {self.system!r}"
-            )
+        from roleprobe.model.system_turn import normalize_system
+
+        normalize_system(self.system)  # a blank text is refused, naming the choices
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:

@@ -654,8 +654,6 @@ def _prefix_pass(
     wanted = sorted(set(layers))
 
     def grab(act: Tensor, hook: Any, layer: int) -> Tensor:
-        if act.shape[:2] != batch.input_ids.shape:
-            return act  # another pass under these hooks (e.g. a one-off head probe)
         captured[layer] = act.clone()
         if not baseline and layer == wanted[-1]:
             raise _Enough

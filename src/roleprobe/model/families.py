@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
@@ -57,6 +56,8 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from roleprobe.model.tiny import TokenizerSpec, byte_level_tokenizer
 
 PREFIX = "tiny-random-"
 
@@ -162,30 +163,6 @@ PHI3_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """A family's special tokens and chat template.
-
-    Attributes:
-        specials: special tokens, added after the 256 byte tokens in this order.
-        bos: the BOS token (``None``: the family has none).
-        eos: the EOS token.
-        pad: the padding token (``None``: the family has none; roleprobe pads with EOS).
-        unk: the unknown token (never produced by a byte-level vocabulary).
-        template: the Jinja chat template.
-        prefix_space: encode text with a leading-space marker (SentencePiece-style),
-            with merges so that ``" A"``..``" D"`` are single tokens.
-    """
-
-    specials: tuple[str, ...]
-    bos: str | None
-    eos: str
-    pad: str | None
-    unk: str
-    template: str
-    prefix_space: bool = False
 
 
 @dataclass(frozen=True)
@@ -425,34 +402,8 @@ def get_family(name: str) -> Family:
 
 def family_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """A byte-level tokenizer with the family's special tokens and chat template."""
-    spec = get_family(name).tokenizer
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {char: i for i, char in enumerate(alphabet)}
-    merges: list[tuple[str, str]] = []
-    if spec.prefix_space:
-        merges = [("Ġ", letter) for letter in "ABCD"]
-        vocab |= {"Ġ" + letter: len(vocab) + i for i, letter in enumerate("ABCD")}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=spec.prefix_space)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(list(spec.specials))
-    tokens = {"eos_token": spec.eos, "unk_token": spec.unk}
-    if spec.bos is not None:
-        tokens["bos_token"] = spec.bos
-    if spec.pad is not None:
-        tokens["pad_token"] = spec.pad
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        padding_side="left",
-        # Only where the family has a BOS: TransformerLens re-loads a tokenizer by name unless
-        # it already adds BOS, and this one lives in memory. Chat templates are encoded
-        # without special tokens, so the flag never doubles the template's own BOS.
-        add_bos_token=spec.bos is not None,
-        name_or_path=f"roleprobe/{get_family(name).model_name}",
-        **tokens,
-    )
-    tokenizer.chat_template = spec.template
-    return tokenizer
+    family = get_family(name)
+    return byte_level_tokenizer(family.tokenizer, f"roleprobe/{family.model_name}")
 
 
 def family_hf_model(name: str, seed: int = 0, n_layers: int = 2) -> PreTrainedModel:

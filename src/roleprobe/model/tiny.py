@@ -55,29 +55,77 @@ class TinyConfig:
             )
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (one token per byte, no merges) with a ChatML template."""
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A family's special tokens and chat template.
+
+    Attributes:
+        specials: special tokens, added after the 256 byte tokens in this order.
+        bos: the BOS token (``None``: the family has none).
+        eos: the EOS token.
+        pad: the padding token (``None``: the family has none; roleprobe pads with EOS).
+        unk: the unknown token (never produced by a byte-level vocabulary).
+        template: the Jinja chat template.
+        prefix_space: encode text with a leading-space marker (SentencePiece-style),
+            with merges so that ``" A"``..``" D"`` are single tokens.
+    """
+
+    specials: tuple[str, ...]
+    bos: str | None
+    eos: str
+    pad: str | None
+    unk: str
+    template: str
+    prefix_space: bool = False
+
+
+def byte_level_tokenizer(spec: TokenizerSpec, name_or_path: str) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (one token per byte, then ``spec.specials``) with a chat template.
+
+    Args:
+        spec: the special tokens, chat template and whether text gets a leading-space marker.
+        name_or_path: the name the tokenizer reports (it lives only in memory).
+    """
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {char: i for i, char in enumerate(alphabet)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    merges: list[tuple[str, str]] = []
+    if spec.prefix_space:
+        merges = [("Ġ", letter) for letter in "ABCD"]
+        vocab |= {"Ġ" + letter: len(vocab) + i for i, letter in enumerate("ABCD")}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=spec.prefix_space)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(list(_SPECIALS))
+    backend.add_special_tokens(list(spec.specials))
+    tokens = {"eos_token": spec.eos, "unk_token": spec.unk}
+    if spec.bos is not None:
+        tokens["bos_token"] = spec.bos
+    if spec.pad is not None:
+        tokens["pad_token"] = spec.pad
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
         padding_side="left",
-        # TransformerLens re-loads a tokenizer from ``name_or_path`` unless it already adds
-        # BOS; this one lives only in memory. Chat templates are encoded without special tokens, so
-        # the flag never doubles the template's own <|im_start|>.
-        add_bos_token=True,
-        name_or_path="roleprobe/tiny-random",
+        # Only where there is a BOS: TransformerLens re-loads a tokenizer by name unless it
+        # already adds BOS, and this one lives in memory. Chat templates are encoded without
+        # special tokens, so the flag never doubles the template's own BOS.
+        add_bos_token=spec.bos is not None,
+        name_or_path=name_or_path,
+        **tokens,
     )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.chat_template = spec.template
     return tokenizer
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (one token per byte, no merges) with a ChatML template."""
+    spec = TokenizerSpec(
+        _SPECIALS,
+        bos="<|im_start|>",
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        unk="<|endoftext|>",
+        template=CHATML_TEMPLATE,
+    )
+    return byte_level_tokenizer(spec, "roleprobe/tiny-random")
 
 
 def tiny_hf_model(config: TinyConfig | None = None) -> LlamaForCausalLM:
