@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -156,3 +158,132 @@ def test_folder_without_config_is_rejected(tmp_path):
 def test_available_models_lists_the_offline_ones():
     names = {m.name for m in rp.available_models()}
     assert {"smollm2-135m-instruct", "tiny-random"} <= names
+
+
+# ---------------------------------------------------------------- cluster load options ------
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tiny_reference):
+    """The tiny model saved as a local ``save_pretrained`` folder."""
+    hf_model, tokenizer = tiny_reference
+    folder = tmp_path / "tiny-folder"
+    hf_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _capture_boot(monkeypatch, redirect=None):
+    """Record the keywords ``boot_transformers`` gets, then load for real (from ``redirect``)."""
+    real = models.TransformerBridge.boot_transformers
+    seen = {}
+
+    def boot(name, **kwargs):
+        seen.update(name=name, **kwargs)
+        if redirect is not None:  # stands in for the hub: the folder at the asked revision
+            kwargs.pop("revision", None)
+            name = str(redirect)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(models.TransformerBridge, "boot_transformers", boot)
+    return seen
+
+
+def test_folder_load_options_reach_transformerlens_and_load(monkeypatch, tiny_folder):
+    seen = _capture_boot(monkeypatch)
+    model = rp.load_model(
+        str(tiny_folder),
+        dtype="float32",
+        trust_remote_code=True,
+        device_map="cpu",
+        max_memory={"cpu": "4GiB"},
+    )
+    assert seen["name"] == str(tiny_folder)
+    assert seen["trust_remote_code"] is True
+    assert seen["device_map"] == "cpu" and seen["max_memory"] == {"cpu": "4GiB"}
+    assert "device" not in seen  # TransformerLens takes device or device_map, never both
+    assert models.load_settings(model) == {"revision": None, "trust_remote_code": True}
+    hf_model = rp.tiny_hf_model()
+    batch = encode_chat(model.tokenizer, PROMPTS)
+    with torch.no_grad():
+        got = model(batch.input_ids, attention_mask=batch.attention_mask)[:, -1]
+    assert (got - _hf_logits(hf_model, batch)[:, -1]).abs().max() <= 1e-4
+    assert model.tokenizer.padding_side == "left"
+
+
+def test_folder_models_split_over_devices_too(monkeypatch, tiny_folder):
+    seen = {}
+
+    def boot(name, **kwargs):
+        seen.update(kwargs)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(models.TransformerBridge, "boot_transformers", boot)
+    with pytest.raises(OSError, match="stop here"):  # a folder's error is not "the hub's"
+        rp.load_model(str(tiny_folder), n_devices=2, max_memory={0: "1GiB", 1: "1GiB"})
+    assert seen["n_devices"] == 2 and seen["max_memory"] == {0: "1GiB", 1: "1GiB"}
+    assert "device" not in seen and "device_map" not in seen
+
+
+def test_pinned_revision_reaches_the_loader_and_every_manifest(monkeypatch, tmp_path, tiny_folder):
+    seen = _capture_boot(monkeypatch, redirect=tiny_folder)
+    model = rp.load_model("org/tiny-chat", revision="0123abc", device="cpu")
+    assert seen["name"] == "org/tiny-chat" and seen["revision"] == "0123abc"
+    assert models.load_settings(model)["revision"] == "0123abc"
+    assert models.model_name(model).endswith("@0123abc")
+    directions = rp.compute_directions(
+        model, roles=["lawyer"], layers=[1], positions="last", progress=False
+    )
+    assert directions.model_name.endswith("@0123abc")
+    saved = directions.save(tmp_path / "directions")
+    meta = json.loads((saved / "directions.json").read_text())
+    assert meta["model_name"].endswith("@0123abc")
+    # the same weights loaded without a pin keep the plain name and the same weight hash
+    plain = rp.load_model(str(tiny_folder), device="cpu")
+    assert "@" not in models.model_name(plain)
+    assert models.model_fingerprint(plain) == models.model_fingerprint(model)
+
+
+@pytest.mark.parametrize("name", ["tiny-random", "tiny-random-llama", "smollm2-135m-instruct"])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("revision", "main"),
+        ("trust_remote_code", True),
+        ("device_map", "auto"),
+        ("max_memory", {0: "1GiB"}),
+        ("n_devices", 2),
+    ],
+)
+def test_built_in_models_refuse_hub_options(name, option, value):
+    with pytest.raises(ValueError, match=rf"{option}.*for hub models and local folders.*{name}"):
+        rp.load_model(name, device="cpu", **{option: value})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"revision": "main"}, r"revision='main' pins a hub model.*local folder"),
+        ({"revision": " "}, "revision must be a non-empty"),
+        ({"cache_dir": "/tmp/x"}, "cache_dir is the embedded model's snapshot cache"),
+        ({"device": "cpu", "device_map": "auto"}, "give device='cpu' or device_map='auto'"),
+        ({"device_map": "auto", "n_devices": 2}, "give n_devices=2 or device_map"),
+        ({"device_map": {}}, "device_map must be"),
+        ({"max_memory": {0: "1GiB"}}, "max_memory budgets a multi-device load"),
+    ],
+)
+def test_folder_option_mistakes_are_named(monkeypatch, tiny_folder, kwargs, message):
+    monkeypatch.setattr(models.TransformerBridge, "boot_transformers", None)  # never reached
+    with pytest.raises(ValueError, match=message):
+        rp.load_model(str(tiny_folder), **kwargs)
+
+
+def test_hub_cache_dir_points_to_the_hugging_face_cache(monkeypatch):
+    monkeypatch.setattr(models.TransformerBridge, "boot_transformers", None)  # never reached
+    with pytest.raises(ValueError, match="HF_HUB_CACHE"):
+        rp.load_model("org/model", cache_dir="/scratch/hf")
+
+
+def test_tiny_models_refuse_a_cache_dir():
+    with pytest.raises(ValueError, match="has no cache"):
+        rp.load_model("tiny-random", cache_dir="/tmp/x")

@@ -40,9 +40,11 @@ from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
-from roleprobe.model.embedded import EMBEDDED_HF_NAME, EMBEDDED_MODEL, load_embedded_hf
+# EMBEDDED_MODEL is re-exported (`as`): it is load_model's default name
+from roleprobe.model.embedded import EMBEDDED_HF_NAME, load_embedded_hf
+from roleprobe.model.embedded import EMBEDDED_MODEL as EMBEDDED_MODEL
 from roleprobe.model.families import FAMILIES, family_hf_model, family_tokenizer
 from roleprobe.model.families import PREFIX as FAMILY_PREFIX
 from roleprobe.model.tiny import TinyConfig, tiny_hf_model, tiny_tokenizer
@@ -134,6 +136,17 @@ def wrap_hf_model(
     return bridge.eval()
 
 
+DeviceMap = str | dict[str, str | int]
+"""A ``transformers`` device map: ``"auto"``, ``"balanced"``, ... or module name -> device."""
+MaxMemory = dict[str | int, str | int]
+"""A per-device memory budget for the dispatcher, e.g. ``{0: "20GiB", "cpu": "60GiB"}``."""
+
+HUB_LOAD_OPTIONS = ("revision", "trust_remote_code", "device_map", "max_memory")
+""":func:`load_model` options that only a hub or folder model takes (TransformerLens loads it)."""
+
+_LOAD_SETTINGS_ATTR = "_roleprobe_load_settings"
+
+
 def load_model(
     name: str = EMBEDDED_MODEL,
     *,
@@ -141,70 +154,197 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     cache_dir: str | os.PathLike[str] | None = None,
     n_devices: int = 1,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    device_map: DeviceMap | None = None,
+    max_memory: MaxMemory | None = None,
 ) -> TransformerBridge:
     """Load a model by name as a TransformerLens ``TransformerBridge``.
+
+    Hub and folder models are loaded by TransformerLens's own ``boot_transformers``, which
+    receives ``revision``, ``trust_remote_code``, ``device_map``, ``max_memory`` and
+    ``n_devices``. The built-in models (the embedded SmolLM2 and the tiny random ones) are
+    built here and refuse those options: they have no revisions and fit one device.
 
     Args:
         name: ``"smollm2-135m-instruct"`` (default, offline), ``"tiny-random"``,
             ``"tiny-random-<family>"`` (see :data:`roleprobe.model.families.FAMILIES`), a local
             ``save_pretrained`` folder, or a Hugging Face hub name TransformerLens supports.
-        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:0"``, ...
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:0"``, ... Leave it
+            ``"auto"`` when giving ``device_map`` or ``n_devices``.
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` or ``"float64"``.
-        cache_dir: where the embedded model's float32 snapshot is cached.
-        n_devices: split a hub model's layers over this many GPUs (TransformerLens's
-            multi-device loading; ``device`` is then ignored).
+        cache_dir: where the embedded model's float32 snapshot is cached (only the embedded
+            model has one: hub downloads go to the Hugging Face cache, chosen with the
+            ``HF_HUB_CACHE`` or ``HF_HOME`` environment variable before Python starts).
+        n_devices: split a hub or folder model's layers over this many GPUs (TransformerLens's
+            multi-device loading).
+        revision: a hub model's branch, tag or commit (pin a commit for reproducible runs). It
+            is recorded in the model's name (``"org/model@<revision>"``, see
+            :func:`model_name`), so every manifest that records the model carries it. With
+            ``HF_HUB_OFFLINE=1`` a revision already in the local cache loads without network.
+        trust_remote_code: run the model repository's own modelling code (hub or folder).
+        device_map: a ``transformers`` device map (``"auto"``, ``"balanced"`` or a dict of
+            module name to device) to spread a hub or folder model over devices.
+        max_memory: per-device memory budget for ``device_map``/``n_devices``, e.g.
+            ``{0: "20GiB", 1: "20GiB"}``.
 
     Returns:
         A ``TransformerBridge`` in eval mode whose tokenizer pads on the left.
 
+    Raises:
+        ValueError: a bad name, dtype or device, or an option the model cannot take (named).
+        FileNotFoundError: a folder without ``config.json``.
+        OSError: a hub model that cannot be downloaded.
+
     Example:
         >>> model = load_model("tiny-random", device="cpu")
         >>> logits, cache = model.run_with_cache(tokens)
+        >>> big = load_model("google/gemma-2-9b-it", revision="11c9b30", device_map="auto")
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     resolve_dtype(dtype), resolve_device(device)  # fail on bad arguments before any loading
     if n_devices < 1:
         raise ValueError(f"n_devices must be at least 1, got {n_devices}")
-    if n_devices > 1 and (name in (EMBEDDED_MODEL, TINY_MODEL) or name.startswith(FAMILY_PREFIX)):
-        raise ValueError(f"n_devices={n_devices} is for hub models; {name!r} fits one device")
+    local = Path(name).expanduser()
+    built_in = name in (EMBEDDED_MODEL, TINY_MODEL) or (
+        name.startswith(FAMILY_PREFIX) and not local.is_dir()
+    )
+    options: dict[str, Any] = {
+        "revision": revision,
+        "trust_remote_code": trust_remote_code or None,
+        "device_map": device_map,
+        "max_memory": max_memory,
+    }
+    if built_in:
+        given = [key for key, value in options.items() if value is not None]
+        if n_devices > 1:
+            given.append(f"n_devices={n_devices}")
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for hub models and "
+                f"local folders; the built-in {name!r} has no revisions, no remote code and fits "
+                "one device"
+            )
+        if cache_dir is not None and name != EMBEDDED_MODEL:
+            raise ValueError(
+                f"cache_dir is where the embedded model's snapshot is cached; {name!r} is built "
+                "from a config and has no cache"
+            )
     if name == EMBEDDED_MODEL:
         hf_model, tokenizer = load_embedded_hf(cache_dir)
         return wrap_hf_model(hf_model, tokenizer, EMBEDDED_HF_NAME, device, dtype)
     if name == TINY_MODEL:
         return wrap_hf_model(tiny_hf_model(TinyConfig()), tiny_tokenizer(), name, device, dtype)
-    if name.startswith(FAMILY_PREFIX) and not Path(name).expanduser().is_dir():
+    if name.startswith(FAMILY_PREFIX) and not local.is_dir():
         if name not in FAMILY_MODELS:
             raise ValueError(
                 f"unknown tiny family model {name!r}; use one of {[TINY_MODEL, *FAMILY_MODELS]}"
             )
         family = name[len(FAMILY_PREFIX) :]
         return wrap_hf_model(family_hf_model(family), family_tokenizer(family), name, device, dtype)
-    local = Path(name).expanduser()
+    _check_placement(device, n_devices, device_map, max_memory)
+    if cache_dir is not None:
+        raise ValueError(
+            f"cache_dir is the embedded model's snapshot cache; {name!r} is read from "
+            + (
+                "its folder"
+                if local.is_dir()
+                else "the Hugging Face cache: set HF_HUB_CACHE (or HF_HOME) before starting "
+                "Python to move it (TransformerLens 4.3's loader takes no cache_dir)"
+            )
+        )
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ValueError(f"revision must be a non-empty branch, tag or commit, got {revision!r}")
     if local.is_dir():
+        if revision is not None:
+            raise ValueError(
+                f"revision={revision!r} pins a hub model's version, but {str(local)!r} is a local "
+                "folder (one version, nothing to pin). Load the hub name with revision= instead: "
+                "with HF_HUB_OFFLINE=1 it is read from the Hugging Face cache"
+            )
         if not (local / "config.json").is_file():
             raise FileNotFoundError(f"{local} is a folder but has no config.json (not a model)")
-        hf_model = AutoModelForCausalLM.from_pretrained(local, dtype=resolve_dtype(dtype))
-        tokenizer = AutoTokenizer.from_pretrained(local)
-        return wrap_hf_model(hf_model, tokenizer, str(local), device, dtype)
-    return _load_from_hub(name, resolve_device(device), resolve_dtype(dtype), n_devices)
-
-
-def _load_from_hub(
-    name: str, device: torch.device, dtype: torch.dtype, n_devices: int = 1
-) -> TransformerBridge:
-    logger.info("loading %s from the Hugging Face hub through TransformerLens", name)
-    where: dict[str, Any] = {"n_devices": n_devices} if n_devices > 1 else {"device": device}
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
+        tokenizer.padding_side = "left"
+        options["tokenizer"] = tokenizer
+        label = str(local)
+    else:
+        label = name
+        logger.info("loading %s from the Hugging Face hub through TransformerLens", name)
+    where = _placement(resolve_device(device), n_devices, device_map)
+    kwargs = {k: v for k, v in (options | where).items() if v is not None}
     try:
-        bridge = TransformerBridge.boot_transformers(name, dtype=dtype, **where)
+        bridge = TransformerBridge.boot_transformers(label, dtype=resolve_dtype(dtype), **kwargs)
     except OSError as err:
+        if local.is_dir():
+            raise
         raise OSError(
             f"could not load model {name!r} from the Hugging Face hub ({err}). Check the name "
             f"and your connection, or use the offline default {EMBEDDED_MODEL!r}"
         ) from err
     if bridge.tokenizer is not None:
         bridge.tokenizer.padding_side = "left"
+    settings = {"revision": revision, "trust_remote_code": trust_remote_code}
+    setattr(bridge, _LOAD_SETTINGS_ATTR, settings)
     return bridge.eval()
+
+
+def _check_placement(
+    device: str | torch.device | None,
+    n_devices: int,
+    device_map: DeviceMap | None,
+    max_memory: MaxMemory | None,
+) -> None:
+    """Refuse placement options that contradict each other (each named)."""
+    if device_map is not None:
+        if not isinstance(device_map, str | dict) or not device_map:
+            raise ValueError(
+                f"device_map must be a name ('auto', 'balanced', ...) or a dict of module name "
+                f"to device, got {device_map!r}"
+            )
+        if device not in (None, "auto"):
+            raise ValueError(
+                f"give device={device!r} or device_map={device_map!r}, not both (the map "
+                "places every module)"
+            )
+        if n_devices > 1:
+            raise ValueError(f"give n_devices={n_devices} or device_map, not both")
+    if max_memory is not None:
+        if not isinstance(max_memory, dict) or not max_memory:
+            raise ValueError(
+                f"max_memory must be a dict of device to budget, e.g. {{0: '20GiB'}}, "
+                f"got {max_memory!r}"
+            )
+        if device_map is None and n_devices == 1:
+            raise ValueError(
+                "max_memory budgets a multi-device load: give device_map or n_devices too"
+            )
+
+
+def _placement(
+    device: torch.device, n_devices: int, device_map: DeviceMap | None
+) -> dict[str, Any]:
+    """The placement keyword TransformerLens takes: one of device, n_devices, device_map."""
+    if device_map is not None:
+        return {"device_map": device_map}
+    if n_devices > 1:
+        return {"n_devices": n_devices}
+    return {"device": device}
+
+
+def load_settings(model: torch.nn.Module) -> dict[str, Any]:
+    """The settings :func:`load_model` was given that change what the model computes.
+
+    Returns:
+        ``{"revision": ..., "trust_remote_code": ...}``; ``None``/``False`` for a model
+        loaded without them (or not by :func:`load_model`).
+    """
+    settings = getattr(model, _LOAD_SETTINGS_ATTR, None) or {}
+    return {
+        "revision": settings.get("revision"),
+        "trust_remote_code": bool(settings.get("trust_remote_code", False)),
+    }
 
 
 def available_models() -> list[ModelInfo]:
@@ -235,8 +375,15 @@ def available_models() -> list[ModelInfo]:
 
 
 def model_name(model: torch.nn.Module) -> str:
-    """The name a model was loaded under (its TransformerLens ``cfg.model_name``)."""
-    return str(getattr(model.cfg, "model_name", "") or type(model).__name__)
+    """The name a model was loaded under (its TransformerLens ``cfg.model_name``).
+
+    A model loaded with a pinned ``revision`` is named ``"org/model@<revision>"`` (the hub's
+    own notation), so the revision travels into every manifest that records the model:
+    saved :class:`~roleprobe.vectors.directions.RoleDirections` and the sweep store.
+    """
+    name = str(getattr(model.cfg, "model_name", "") or type(model).__name__)
+    revision = load_settings(model)["revision"]
+    return f"{name}@{revision}" if revision else name
 
 
 def model_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
