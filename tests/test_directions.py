@@ -279,3 +279,45 @@ def test_paper_prompts_on_the_embedded_model(embedded_model, paper_dir):
     )
     assert rd.role_counts == (128, 128) and rd.base_count == 128
     assert torch.isfinite(rd.role_means).all()
+
+
+def test_frame_labels_line_up_with_the_tensor_indices(directions):
+    values = torch.zeros(directions.role_means.shape[:3], dtype=torch.float64)
+    r, p, li = 1, 4, 1  # nurse, position -9, layer 1
+    values[r, p, li] = 7.0
+    df = directions.frame(values, "score")
+    assert list(df.columns) == ["role", "position", "layer", "score"]
+    assert len(df) == 3 * 13 * 2
+    hit = df[df["score"] == 7.0]
+    assert hit[["role", "position", "layer"]].values.tolist() == [["nurse", -9, 1]]
+    # rows follow the tensor's own order, and merge with to_dataframe on the labels
+    assert (df["score"].to_numpy() == values.flatten().numpy()).all()
+    norms = directions.frame(directions.norms(), "norm")
+    merged = directions.to_dataframe().merge(norms, on=["role", "position", "layer"])
+    assert (merged["norm_x"] == merged["norm_y"]).all() and len(merged) == len(df)
+    with pytest.raises(ValueError, match=r"values has shape \(3, 13, 1\).*\(3, 13, 2\)"):
+        directions.frame(values[:, :, :1])
+    with pytest.raises(ValueError, match="'role' would overwrite"):
+        directions.frame(values, "role")
+
+
+def test_repr_is_short_and_names_the_essentials(directions):
+    text = repr(directions)
+    assert len(text.splitlines()) <= 4 and len(text) < 400
+    assert "RoleDirections(3 roles × 13 positions × 2 layers, d_model=64" in text
+    assert "'tiny-random'" in text and "lawyer, nurse, economist" in text
+    assert "-13..-1" in text and "source: builtin" in text and "'default'" in text
+    assert "tensor(" not in text
+    many = RoleDirections(
+        role_means=torch.zeros(6, 1, 1, 4, dtype=torch.float64),
+        base_mean=torch.zeros(1, 1, 4, dtype=torch.float64),
+        role_counts=(1,) * 6,
+        base_count=1,
+        roles=tuple("abcdef"),
+        layers=(7,),
+        positions=("instruction_mean",),
+        system="x" * 200,
+    )
+    short = repr(many)
+    assert "1 position × 1 layer" in short and "a, b, c, d, … (+2)" in short
+    assert "instruction_mean" in short and len(short) < 400

@@ -375,3 +375,23 @@ def test_persona_in_generate_is_the_system_prompt(tiny_model):
     assert prefixed == rp.generate(
         tiny_model, [f"You are a lawyer.\n{p}" for p in PROMPTS], max_new_tokens=6
     )
+
+
+def test_specs_print_short_without_tensor_dumps():
+    d = torch.full((64,), 0.5)  # norm 4
+    assert (
+        repr(Addition(d, layer=3, alpha=2.0)) == "Addition(layer=3, alpha=2, direction=[64] |d|=4)"
+    )
+    assert repr(Addition(d, 3, 1.5, positions=[-1], reference_norm=12.5)) == (
+        "Addition(layer=3, alpha=1.5, reference_norm=12.5, direction=[64] |d|=4, positions=(-1,))"
+    )
+    assert repr(Ablation(d)) == "Ablation(layers=all, at='stream', direction=[64] |d|=4)"
+    assert repr(Ablation(d, layers=range(24), at="paper")) == (
+        "Ablation(layers=[0..23], at='paper', direction=[64] |d|=4)"
+    )
+    assert "hooks_at=('hook_resid_pre',)" in repr(Ablation(d, [2], hooks_at=("hook_resid_pre",)))
+    assert repr(Clamp(d, 4, -1.0, positions="generated")) == (
+        "Clamp(layer=4, value=-1, direction=[64] |d|=4, positions='generated')"
+    )
+    big = Addition(torch.randn(4096), layer=1, hook="hook_resid_post")
+    assert "tensor" not in repr(big) and len(repr(big)) < 100 and "hook_resid_post" in repr(big)

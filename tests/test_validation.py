@@ -83,3 +83,42 @@ def test_a_real_signal_separates_held_out_prompts_and_is_stable(tiny_model):
     assert sep.shape == (1, 1, 2) and (sep == 1.0).all()
     stab = split_half_stability(tiny_model, prompts, seed=0, **kwargs)
     assert (stab > 0.9).all()
+
+
+def test_labelled_frames_line_up_with_the_tensors(tiny_model, split_prompts):
+    train, held = split_prompts
+    kwargs = dict(layers=[1], positions=[-2, -1], progress=False)
+    rd = rp.compute_directions(tiny_model, source=train, **kwargs)
+    sep = separation_auroc(tiny_model, rd, held, progress=False)
+    frame = separation_auroc(tiny_model, rd, held, progress=False, as_frame=True)
+    assert list(frame.columns) == ["role", "position", "layer", "auroc"]
+    for r, role in enumerate(rd.roles):
+        for p, pos in enumerate(rd.positions):
+            row = frame[(frame.role == role) & (frame.position == pos) & (frame.layer == 1)]
+            assert row["auroc"].tolist() == [float(sep[r, p, 0])]
+    stab = split_half_stability(tiny_model, train, seed=0, **kwargs)
+    labelled = split_half_stability(tiny_model, train, seed=0, as_frame=True, **kwargs)
+    assert list(labelled.columns) == ["role", "position", "layer", "stability"]
+    assert labelled.set_index(["role", "position", "layer"]).loc[("nurse", -2, 1), "stability"] == (
+        pytest.approx(float(stab[rd.role_index("nurse"), 0, 0]))
+    )
+    # the tensor form is unchanged for existing callers (pipeline: auc.flatten().tolist())
+    assert isinstance(sep, torch.Tensor) and sep.flatten().tolist() == frame["auroc"].tolist()
+
+
+def test_a_missing_held_out_role_fails_before_any_forward_pass(tiny_model, split_prompts):
+    train, held = split_prompts
+    rd = rp.compute_directions(tiny_model, source=train, layers=[1], progress=False)
+    calls = []
+
+    def count(act, hook):
+        calls.append(1)
+        return act
+
+    hooks = [("blocks.0.hook_resid_pre", count)]
+    with (
+        tiny_model.hooks(fwd_hooks=hooks),
+        pytest.raises(ValueError, match="no held-out prompts for role 'nurse'"),
+    ):
+        separation_auroc(tiny_model, rd, held.subset(["lawyer"]), progress=False)
+    assert calls == []

@@ -136,7 +136,8 @@ def evaluate(
         labels: extra constant columns (e.g. ``{"role": "lawyer", "pos": -1}``).
         full_logits: compute the whole vocabulary's logits and pick the letters from them
             (slower; the letter-only path gives the same scores).
-        progress: tqdm bar over batches.
+        progress: a tqdm bar over batches (transient when called inside another
+            roleprobe bar, e.g. a sweep's).
         tie_rule: how a tie at the top of the letter logits is scored: ``"fractional"``
             (``1/k`` credit), ``"paper"`` (the authors' rule) or ``"first"`` (earliest letter).
         system: the system-turn policy of the chat template: ``"default"`` (the template's
@@ -172,8 +173,13 @@ def evaluate(
     pad = pad_token_id(tokenizer)
     # one steer for the whole benchmark: the hooks are built (and checked) before any
     # question runs; each batch tells them its attention mask
-    with torch.inference_mode(), steer(model, *interventions) as state:
-        for rows in bar(order, progress, desc=f"evaluate {benchmark.name}", unit="batch"):
+    # (one bar, closed even on error; inside another roleprobe bar it is transient)
+    with (
+        torch.inference_mode(),
+        steer(model, *interventions) as state,
+        bar(order, progress, desc=f"evaluate {benchmark.name}", unit="batch") as batches,
+    ):
+        for rows in batches:
             batch = collate([encoded[i] for i in rows], template.n_post, pad)
             batch = batch.to(cast(str, model.cfg.device))
             state.attention_mask = batch.attention_mask

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from roleprobe.core.progress import bar
 from roleprobe.core.types import Model
 from roleprobe.data.benchmarks import MultipleChoice
 from roleprobe.experiments.evaluation import evaluate, subject_domain
@@ -167,39 +168,46 @@ def apply_picks(
         if missing:
             raise ValueError(f"heldout_ids lacks roles {missing} (it has {sorted(heldout_ids)})")
     tables = []
-    for role in roles:
-        held = None if heldout_ids is None else heldout_ids[role]
-        questions, parts = _questions(benchmark, role, held, scope)
-        mine = chosen[chosen["role"] == role].sort_values("alpha", kind="mergesort")
-        for i, (_, row) in enumerate(mine.iterrows()):
-            layer, position = int(row["layer"]), position_label(row["position"])
-            donor = str(row["donor"]) if "donor" in row and isinstance(row["donor"], str) else ""
-            vector = directions.vector(donor or role, layer, position)
-            if source == "random":
-                vector = random_control(
-                    directions.vector(role, layer, position), role, position, layer, seed
+    runs = len(chosen) + (len(roles) if ablation else 0)  # additions, one ablation a role
+    with bar(total=runs, enabled=progress, desc="picks", unit="run") as outer:
+        for role in roles:
+            held = None if heldout_ids is None else heldout_ids[role]
+            questions, parts = _questions(benchmark, role, held, scope)
+            mine = chosen[chosen["role"] == role].sort_values("alpha", kind="mergesort")
+            for i, (_, row) in enumerate(mine.iterrows()):
+                layer, position = int(row["layer"]), position_label(row["position"])
+                donor = (
+                    str(row["donor"]) if "donor" in row and isinstance(row["donor"], str) else ""
                 )
-            labels = {"role": role, "source": source, "position": position, "layer": layer}
-            specs: list[tuple[str, Intervention, float]] = [
-                ("addition", Addition(vector, layer, float(row["alpha"])), float(row["alpha"]))
-            ]
-            if ablation and i == 0:
-                ablate = (
-                    Ablation(vector) if ablation_at is None else Ablation(vector, at=ablation_at)
-                )
-                specs.append(("ablation", ablate, math.nan))
-            for condition, spec, alpha in specs:
-                table = evaluate(
-                    model,
-                    questions,
-                    spec,
-                    batch_size,
-                    progress=progress,
-                    tie_rule=tie_rule,
-                    system=directions.system if system is None else system,
-                )
-                table = table.assign(**labels, alpha=alpha, condition=condition)
-                table["part"] = table["id"].map(parts)
-                table["own_domain"] = table["part"] != "other"
-                tables.append(table)
+                vector = directions.vector(donor or role, layer, position)
+                if source == "random":
+                    vector = random_control(
+                        directions.vector(role, layer, position), role, position, layer, seed
+                    )
+                labels = {"role": role, "source": source, "position": position, "layer": layer}
+                specs: list[tuple[str, Intervention, float]] = [
+                    ("addition", Addition(vector, layer, float(row["alpha"])), float(row["alpha"]))
+                ]
+                if ablation and i == 0:
+                    ablate = (
+                        Ablation(vector)
+                        if ablation_at is None
+                        else Ablation(vector, at=ablation_at)
+                    )
+                    specs.append(("ablation", ablate, math.nan))
+                for condition, spec, alpha in specs:
+                    table = evaluate(
+                        model,
+                        questions,
+                        spec,
+                        batch_size,
+                        progress=progress,
+                        tie_rule=tie_rule,
+                        system=directions.system if system is None else system,
+                    )
+                    table = table.assign(**labels, alpha=alpha, condition=condition)
+                    table["part"] = table["id"].map(parts)
+                    table["own_domain"] = table["part"] != "other"
+                    tables.append(table)
+                    outer.update()
     return pd.concat(tables, ignore_index=True)

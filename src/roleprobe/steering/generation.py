@@ -103,26 +103,27 @@ def generate(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     texts: list[str] = []
     starts = range(0, len(prompts), batch_size)
-    for start in bar(starts, progress, desc="generate", unit="batch"):
-        batch = encode_chat(
-            tokenizer,
-            prompts[start : start + batch_size],
-            system,
-            max_length=model.cfg.n_ctx - max_new_tokens,
-            template=template,
-        ).to(cast(str, model.cfg.device))
-        rows = _decode(
-            model,
-            batch.input_ids,
-            batch.attention_mask,
-            steering,
-            max_new_tokens,
-            do_sample,
-            temperature,
-            top_p,
-            generator,
-        )
-        texts += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+    with bar(starts, progress, desc="generate", unit="batch") as batches:
+        for start in batches:
+            batch = encode_chat(
+                tokenizer,
+                prompts[start : start + batch_size],
+                system,
+                max_length=model.cfg.n_ctx - max_new_tokens,
+                template=template,
+            ).to(cast(str, model.cfg.device))
+            rows = _decode(
+                model,
+                batch.input_ids,
+                batch.attention_mask,
+                steering,
+                max_new_tokens,
+                do_sample,
+                temperature,
+                top_p,
+                generator,
+            )
+            texts += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
     return texts
 
 

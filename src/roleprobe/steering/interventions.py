@@ -206,6 +206,26 @@ def _check_model_width(direction: Tensor, model: Model) -> None:
     check_direction(direction, int(model.cfg.d_model))
 
 
+def _layer_list(layers: Sequence[int]) -> str:
+    """``[3, 4, 5]``, or ``[0..23]`` for a long contiguous run."""
+    values = [int(layer) for layer in layers]
+    if len(values) > 3 and values == list(range(values[0], values[-1] + 1)):
+        return f"[{values[0]}..{values[-1]}]"
+    return str(values)
+
+
+def _spec_repr(spec: Any, fields: list[str], hook: str | None) -> str:
+    """``Name(fields, direction=[d_model] |d|=norm, positions=..., hook=...)``: no tensor dump."""
+    direction = spec.direction
+    norm = float(direction.detach().double().norm())
+    parts = [*fields, f"direction=[{direction.shape[0]}] |d|={norm:.4g}"]
+    if spec.positions != "all":
+        parts.append(f"positions={spec.positions!r}")
+    if hook is not None and hook != "hook_resid_pre":
+        parts.append(f"hook={hook!r}")
+    return f"{type(spec).__name__}({', '.join(parts)})"
+
+
 @dataclass(frozen=True)
 class Addition:
     """Add ``alpha`` times a direction to one layer's residual stream.
@@ -247,6 +267,11 @@ class Addition:
         if self.reference_norm is None:
             return self.alpha * self.direction
         return self.alpha * self.reference_norm * unit(self.direction)
+
+    def __repr__(self) -> str:
+        """One line: layer, alpha, the direction's size and norm, positions (no tensor)."""
+        extra = [f"reference_norm={self.reference_norm:.4g}"] if self.reference_norm else []
+        return _spec_repr(self, [f"layer={self.layer}", f"alpha={self.alpha:g}", *extra], self.hook)
 
     def columns(self) -> dict[str, Any]:
         """``condition="addition"`` and the parameters, for per-item tables."""
@@ -315,6 +340,12 @@ class Ablation:
             )
         object.__setattr__(self, "positions", _check_positions(self.positions))
 
+    def __repr__(self) -> str:
+        """One line: layers, the direction's size and norm, placement, positions."""
+        layers = "all" if self.layers is None else _layer_list(self.layers)
+        extra = [] if tuple(self.hooks_at) == ABLATION_HOOKS else [f"hooks_at={self.hooks_at}"]
+        return _spec_repr(self, [f"layers={layers}", f"at={self.at!r}", *extra], None)
+
     def columns(self) -> dict[str, Any]:
         """``condition="ablation"`` and the parameters, for per-item tables."""
         layers = "all" if self.layers is None else ",".join(map(str, self.layers))
@@ -372,6 +403,10 @@ class Clamp:
         if self.hook not in HOOKS:
             raise ValueError(f"unknown hook point {self.hook!r}; use one of {HOOKS}")
         object.__setattr__(self, "positions", _check_positions(self.positions))
+
+    def __repr__(self) -> str:
+        """One line: layer, value, the direction's size and norm, positions."""
+        return _spec_repr(self, [f"layer={self.layer}", f"value={self.value:g}"], self.hook)
 
     def columns(self) -> dict[str, Any]:
         """``condition="clamp"`` and the parameters, for per-item tables."""

@@ -284,27 +284,27 @@ def stream(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     n_batches = -(-len(prompts) // batch_size)
-    bars = bar(
+    with bar(
         batches(model, prompts, batch_size, n_post, system),
         progress,
         total=n_batches,
         desc=desc,
         unit="batch",
-    )
-    for rows, batch in bars:
-        read = partial(
-            _read_selected,
-            pick=selector_for(batch.n_post).picker(batch.to(float64_device(batch.input_ids))),
-            rows=rows,
-            reducer=reducer,
-            prompts=prompts,
-        )
-        fwd_hooks = [
-            (name, partial(read, index=i, name=name))
-            for i, name in enumerate(f"blocks.{layer}.{hook}" for layer in layers)
-        ]
-        with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
-            model(batch.input_ids, attention_mask=batch.attention_mask, stop_at_layer=stop_at)
+    ) as bars:
+        for rows, batch in bars:
+            read = partial(
+                _read_selected,
+                pick=selector_for(batch.n_post).picker(batch.to(float64_device(batch.input_ids))),
+                rows=rows,
+                reducer=reducer,
+                prompts=prompts,
+            )
+            fwd_hooks = [
+                (name, partial(read, index=i, name=name))
+                for i, name in enumerate(f"blocks.{layer}.{hook}" for layer in layers)
+            ]
+            with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+                model(batch.input_ids, attention_mask=batch.attention_mask, stop_at_layer=stop_at)
 
 
 def _read_selected(

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from roleprobe.core.hooks import check_hook, check_layers
 from roleprobe.core.io import atomic_write_bytes, file_digest, write_json
+from roleprobe.core.progress import bar
 from roleprobe.core.types import Model
 from roleprobe.data.prompts import BASE_NAME, RolePrompts, load_prompts
 from roleprobe.data.roles import ROLES, get_role
@@ -237,6 +238,56 @@ class RoleDirections:
         df.attrs.update(system=self.system, chat_format=self.chat_format, chat_date=self.chat_date)
         return df
 
+    def frame(self, values: Float[Tensor, "role pos layer"], name: str = "value") -> pd.DataFrame:
+        """Label a ``[role, pos, layer]`` tensor with these directions' roles, positions, layers.
+
+        For any per-direction quantity: :meth:`norms`, :func:`roleprobe.separation_auroc`,
+        :func:`roleprobe.split_half_stability`, ... One row per (role, position, layer), in
+        the tensor's own (C) order, so ``df[name].to_numpy()`` equals
+        ``values.flatten().numpy()``; the frame merges with :meth:`to_dataframe` on
+        ``["role", "position", "layer"]``. Pivot it for a role × layer grid.
+
+        Args:
+            values: ``[role, pos, layer]`` with this object's role, position and layer counts.
+            name: the value column's name (e.g. ``"auroc"``).
+
+        Returns:
+            A DataFrame with columns ``role, position, layer, <name>``.
+
+        Example:
+            >>> auc = rp.separation_auroc(model, rd, heldout)
+            >>> rd.frame(auc, "auroc").pivot_table(index="role", columns="layer", values="auroc")
+        """
+        expected = tuple(self.role_means.shape[:3])
+        if tuple(values.shape) != expected:
+            raise ValueError(
+                f"values has shape {tuple(values.shape)} but these directions have {expected} "
+                f"(role {len(self.roles)}, position {len(self.positions)}, layer "
+                f"{len(self.layers)})"
+            )
+        if name in ("role", "position", "layer"):
+            raise ValueError(f"name {name!r} would overwrite a label column; pick another name")
+        index = pd.MultiIndex.from_product(
+            [list(self.roles), list(self.positions), list(self.layers)],
+            names=["role", "position", "layer"],
+        )
+        flat = values.detach().double().cpu().reshape(-1).numpy()
+        return pd.DataFrame({name: flat}, index=index).reset_index()
+
+    def __repr__(self) -> str:
+        """A few lines: sizes, model, roles, positions, layers, source, system (no tensors)."""
+        system = self.system if len(self.system) <= 40 else self.system[:39] + "…"
+        return (
+            f"RoleDirections({_count(self.roles, 'role')} × {_count(self.positions, 'position')}"
+            f" × {_count(self.layers, 'layer')}, d_model={self.d_model}, "
+            f"model={self.model_name!r})\n"
+            f"  roles: {_preview(self.roles)}\n"
+            f"  positions: {_span(self.positions)}; layers: {_span(self.layers)}; "
+            f"hook: {self.hook}\n"
+            f"  source: {self.source or '?'}; system: {system!r}; "
+            f"prompts: {self.base_count} base, {sum(self.role_counts)} role"
+        )
+
     # --------------------------------------------------------------- persistence -------------
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``directions.safetensors`` and ``directions.json`` into folder ``path``."""
@@ -362,6 +413,24 @@ class RoleDirections:
             )
 
 
+def _preview(items: Sequence[Any], head: int = 4) -> str:
+    """``a, b, c, d, … (+n)``: the first few items of a long tuple."""
+    shown = ", ".join(str(item) for item in items[:head])
+    return shown + (f", … (+{len(items) - head})" if len(items) > head else "")
+
+
+def _count(items: Sequence[Any], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _span(labels: Sequence[Any]) -> str:
+    """``0..23`` for a contiguous run of integers (layers, offsets), else the first few."""
+    ints = [x for x in labels if isinstance(x, int)]
+    if len(ints) == len(labels) > 2 and ints == list(range(ints[0], ints[-1] + 1)):
+        return f"{ints[0]}..{ints[-1]}"
+    return _preview(labels, 6)
+
+
 def _cosine(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
 
@@ -392,7 +461,8 @@ def compute_directions(
         data_dir: the paper's data folder or URL (``source="paper"``).
         layers: which layers (default: all).
         hook: per-block hook point (default the residual stream entering the block).
-        progress: tqdm bars over batches.
+        progress: one tqdm bar over the prompt sets (each set's batches show below it
+            while they run).
         system: the system-turn policy: ``"default"`` (or ``None``: the template's own,
             with a fixed date for date-dependent templates), ``"none"`` (no system turn, the
             paper's format) or a system prompt text. Recorded with the directions, together
@@ -417,11 +487,14 @@ def compute_directions(
         progress=progress,
         system=template.system,
     )
-    base = collect_means(model, list(prompts.base.instructions), desc=BASE_NAME, **kwargs)
-    role_means = [
-        collect_means(model, list(p.instructions), desc=name, **kwargs)
-        for name, p in prompts.roles.items()
-    ]
+    # one bar per call: the prompt sets; each set's batches show below it, then vanish
+    with bar(total=1 + len(prompts.roles), enabled=progress, desc="directions", unit="set") as sets:
+        base = collect_means(model, list(prompts.base.instructions), desc=BASE_NAME, **kwargs)
+        sets.update()
+        role_means = []
+        for name, p in prompts.roles.items():
+            role_means.append(collect_means(model, list(p.instructions), desc=name, **kwargs))
+            sets.update()
     tokens = template.post_instruction_tokens(model.tokenizer)
     position_tokens = tuple(tokens[p] if isinstance(p, int) else "" for p in base.positions)
     return RoleDirections(
