@@ -6,11 +6,13 @@
 # of every layer (`rp.compute_directions`, arXiv 2502.12055). Before steering with them we
 # check that they are more than noise:
 #
-# * **norms and cosine to the baseline mean** per role and layer (`direction_heatmaps`);
+# * **norms and cosine to the baseline mean** per role and layer (`direction_heatmaps`;
+#   norms relative to the baseline mean's norm at the same layer);
 # * **split-half stability**: the cosine between directions computed from two disjoint
 #   halves of every prompt set (near 1: well determined by the prompts);
 # * **held-out separation**: directions from 75 % of the prompts; the AUROC of the held-out
-#   25 % of role prompts vs held-out generic prompts, projected on them (0.5 = chance);
+#   25 % of role prompts vs held-out generic prompts, projected on them (0.5 = chance;
+#   drawn on a fixed 0.5–1 scale);
 # * **role × role cosines** at a middle layer, raw and mean-centred (centring removes the
 #   component every role shares, leaving what tells roles apart), and a layer slider.
 #
@@ -60,7 +62,10 @@ rd = rp.compute_directions(model, source=prompts, progress=args.progress)
 saved = rd.save(args.out / "directions")
 print(f"directions {tuple(rd.vectors.shape)} (role, pos, layer, d_model) saved to {saved}")
 _common.write_table(rd.to_dataframe(), args.out, "01_directions")
-write(plotting.direction_heatmaps(rd, position=POSITION), "01_direction_heatmaps")
+# norms relative to the baseline mean's norm at each layer: on a linear scale the growing
+# residual stream makes the last layers dominate (norm_scale="linear" or "log" also work)
+fig = plotting.direction_heatmaps(rd, position=POSITION, norm_scale="relative")
+write(fig, "01_direction_heatmaps")
 
 # %% [markdown]
 # ## Split-half stability and held-out separation
@@ -82,14 +87,13 @@ held_counts = pd.DataFrame(
     {layer: [len(heldout.roles[r].instructions) for r in order] for layer in rd_train.layers},
     index=order,
 )
-fig = plotting.layer_heatmap(
+fig = plotting.auroc_heatmap(  # fixed scale: 0.5 (chance) to 1
     auroc_frame,
     f"Held-out separation at position {POSITION}: AUROC of role vs generic prompts "
     f"projected on the direction ({len(heldout.base.instructions)} generic prompts held out)",
-    "AUROC",
     n=held_counts,
 )
-write(fig.update_traces(zmin=0.0, zmax=1.0, selector={"type": "heatmap"}), "01_separation_auroc")
+write(fig, "01_separation_auroc")
 
 validation = pd.DataFrame(
     [

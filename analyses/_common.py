@@ -5,9 +5,10 @@ Every analysis script is a thin jupytext "percent" script over the public API
 questions and the sweep the scripts share, and writes figures and tables:
 
 * :func:`write_figure` writes ``NAME.html`` next to one shared ``plotly.min.js`` in the
-  output folder (``include_plotlyjs="directory"``), and ``NAME.png`` when a static exporter
-  works here (``kaleido>=1`` plus a Chrome/Chromium; otherwise one logged line says why
-  PNGs are skipped).
+  output folder (the installed plotly's bundle, loaded by relative path: the pages open
+  offline, and a bundle of another plotly version is replaced), and ``NAME.png`` when a
+  static exporter works here (``kaleido>=1`` plus a Chrome/Chromium; otherwise one logged
+  line says why PNGs are skipped).
 * :func:`sweep_result` runs a sweep into ``OUT/sweep`` (resumable: rerunning, or another
   script with the same grid, reuses it) or reads an existing store (``--store``); a store
   that is still being written is cut to its finished (role, layer) cells.
@@ -34,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 import roleprobe as rp
+from roleprobe.app.report import write_plotlyjs
 from roleprobe.core.io import write_json
 from roleprobe.core.types import Model
 from roleprobe.experiments.selection import layer_cutoff
@@ -82,7 +84,7 @@ def parser(description: str) -> argparse.ArgumentParser:
         "--plotlyjs",
         choices=("directory", "cdn"),
         default="directory",
-        help="plotly.js beside the pages (offline) or from its CDN (what figures/ uses)",
+        help="plotly.js beside the pages (default; opens offline) or from its CDN",
     )
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -377,8 +379,9 @@ def write_figure(
         out_dir: the output folder (created if missing).
         name: the file name without extension.
         png: also try a static PNG.
-        plotlyjs: ``"directory"`` (one ``plotly.min.js`` beside the pages; works offline) or
-            ``"cdn"`` (pages load plotly.js from its CDN; nothing else to ship).
+        plotlyjs: ``"directory"`` (one ``plotly.min.js`` beside the pages, of the installed
+            plotly's version; works offline) or ``"cdn"`` (pages load plotly.js from its CDN;
+            nothing else to ship, but blank without internet).
 
     Returns:
         The files written.
@@ -386,7 +389,10 @@ def write_figure(
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     html = folder / f"{name}.html"
-    fig.write_html(html, include_plotlyjs=plotlyjs)
+    if plotlyjs == "directory":
+        fig.write_html(html, include_plotlyjs=write_plotlyjs(folder).name)
+    else:
+        fig.write_html(html, include_plotlyjs=plotlyjs)
     written = [html]
     if png and _png_exporter():
         try:

@@ -9,6 +9,10 @@ import pytest
 import torch
 
 from roleprobe.results.plotting import (
+    AUROC_RANGE,
+    SLIDER_HEIGHT,
+    UNDEFINED,
+    auroc_heatmap,
     control_distribution,
     correlation_heatmap,
     cosine_map,
@@ -311,7 +315,7 @@ def test_paper_table_figure():
     assert rects == {(-0.5, -0.5), (1.5, -0.5), (0.5, 0.5), (2.5, 0.5)}
     assert [a.text for a in fig.layout.annotations] == ["α=1", "ablation"]
     custom = np.asarray(heat.customdata)
-    assert custom[0, 0].tolist() == ["lawyer", "α=1", "law", 30, 0.004]
+    assert custom[0, 0].tolist() == ["lawyer", "α=1", "law", 30, 0.004, "10"]
     with pytest.raises(ValueError, match="'stars'"):
         paper_table_figure(_effects().drop(columns="stars"))
 
@@ -352,3 +356,95 @@ def test_control_distribution():
     assert fig.layout.yaxis.title.text == "Δ accuracy (fraction of items)"
     with pytest.raises(ValueError, match="'source'"):
         control_distribution(scores.drop(columns="source"))
+
+
+# ------------------------------------------------------------------ figures that read right --
+def _layer_axes(fig, letter="x"):
+    return [
+        a for name, a in fig.layout.to_plotly_json().items() if name.startswith(f"{letter}axis")
+    ]
+
+
+def _assert_layer_axes(fig, layers, letter="x"):
+    axes = _layer_axes(fig, letter)
+    assert axes, f"no {letter} axes"
+    for axis in axes:
+        assert axis["type"] == "category"
+        assert list(axis["tickvals"]) == layers and list(axis["categoryarray"]) == layers
+        assert list(axis["ticktext"]) == [str(x) for x in layers]
+
+
+def test_layers_are_categorical_axes_ticked_at_the_swept_layers(rd):
+    """Layers 8 and 16 are two equal cells ticked 8 and 16, not bands spread over 4-20."""
+    scores = _scores().assign(layer=lambda d: d["layer"].map({2: 8, 5: 16}))
+    _assert_layer_axes(sweep_heatmaps(scores, "delta_logprob"), [8, 16])
+    _assert_layer_axes(layer_effect_plot(scores, "lawyer"), [8, 16])
+    values = pd.DataFrame([[0.1, 0.2]], index=["lawyer"], columns=[8, 16])
+    _assert_layer_axes(layer_heatmap(values, "T", "x"), [8, 16])
+    _assert_layer_axes(direction_heatmaps(rd), [0, 4, 8])
+    rows = [
+        {"role": "nurse", "position": -1, "layer": layer, "letter": letter, "attribution": 0.1}
+        for layer in (16, 8)
+        for letter in "ABCD"
+    ]
+    _assert_layer_axes(letter_attribution_plot(pd.DataFrame(rows)), [8, 16], letter="y")
+    many = pd.DataFrame([list(range(80))], index=["lawyer"], columns=list(range(80)))
+    (axis,) = _layer_axes(layer_heatmap(many, "T", "x"))
+    assert len(axis["categoryarray"]) == 80 and list(axis["tickvals"]) == list(range(0, 80, 2))
+
+
+def test_auroc_has_a_fixed_colour_scale():
+    near = pd.DataFrame([[0.93, 0.99], [0.95, 1.0]], index=["lawyer", "nurse"], columns=[8, 16])
+    (heat,) = _heatmaps(auroc_heatmap(near))
+    assert (heat.zmin, heat.zmax) == AUROC_RANGE == (0.5, 1.0)
+    assert heat.colorbar.title.text == "AUROC"
+    with pytest.raises(ValueError, match="zrange"):
+        layer_heatmap(near, "T", "x", zrange=(1.0, 0.5))
+
+
+def test_cosine_slider_opens_on_a_middle_layer_below_the_labels(rd):
+    fig = cosine_map_slider(rd, position=-1)
+    (slider,) = fig.layout.sliders
+    assert slider.active == 1 and slider.steps[slider.active].label == "4"  # layers 0, 4, 8
+    index = [ROLES.index(r) for r in ORDERED]
+    expected = rd.cosine_similarity(4, -1).numpy()[np.ix_(index, index)]
+    np.testing.assert_allclose(fig.data[0].z, expected)  # what the page opens on
+    assert "layer 4" in fig.layout.title.text
+    # the slider starts below the rotated role names ("court jester": 12 characters at -45°)
+    label_depth = 0.6 * 12 * len("court jester") * np.sin(np.pi / 4)
+    assert slider.yanchor == "top" and slider.y == 0 and slider.pad.t > label_depth + 20
+    assert fig.layout.margin.b >= slider.pad.t + SLIDER_HEIGHT
+
+
+def test_norm_panel_offers_log_and_relative_views(rd):
+    p = rd.position_index(-1)
+    nurse = ORDERED.index("nurse")
+    norms = rd.norms()[ROLES.index("nurse"), p].numpy()
+    linear = _heatmaps(direction_heatmaps(rd))[0]
+    np.testing.assert_allclose(linear.z[nurse], norms)
+    log = direction_heatmaps(rd, norm_scale="log")
+    np.testing.assert_allclose(_heatmaps(log)[0].z[nurse], np.log10(norms))
+    assert log.layout.annotations[0].text.startswith("log")
+    relative = direction_heatmaps(rd, norm_scale="relative")
+    base = rd.base_mean[p].norm(dim=-1).numpy()
+    np.testing.assert_allclose(_heatmaps(relative)[0].z[nurse], norms / base)
+    assert "baseline mean" in relative.layout.annotations[0].text
+    with pytest.raises(ValueError, match="'cubic'"):
+        direction_heatmaps(rd, norm_scale="cubic")
+
+
+def test_undefined_paper_cells_do_not_read_like_zero():
+    effects = _effects()
+    undefined = (effects["role"] == "nurse") & (effects["domain"] == "law")
+    zero = (effects["role"] == "lawyer") & (effects["domain"] == "medicine")
+    effects.loc[undefined, "relative_change_pct"] = math.nan
+    effects.loc[zero, "relative_change_pct"] = 0.0
+    fig = paper_table_figure(effects)
+    values, grey = _heatmaps(fig)
+    text = np.asarray(grey.text)
+    assert text[1, 0] == UNDEFINED and text[0, 1] == ""  # nurse x law: "—"; lawyer 0 %: not
+    assert np.isnan(grey.z[0][1]) and not np.isnan(grey.z[1][0])  # grey only where undefined
+    assert grey.showscale is False and grey.colorscale[0][1] == grey.colorscale[-1][1]
+    assert np.asarray(values.customdata)[0, 1, 5] == "0"
+    assert "undefined" in np.asarray(values.customdata)[1, 0, 5]
+    assert UNDEFINED in fig.layout.title.text

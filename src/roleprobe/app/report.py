@@ -12,14 +12,20 @@ It only renders: every number comes from a file an earlier stage wrote
 :func:`write_report` reads top to bottom: :func:`load_inputs`, :func:`build_figures`,
 :func:`accuracy_summary`, :func:`render_html`, :func:`render_markdown`.
 
-Figures are written as HTML sharing one ``plotly.min.js`` in ``08_report/figures/``;
-``report.html`` embeds plotly.js once and every figure, table and the run manifest, so it
-can be mailed or opened offline.
+Figures are written as HTML sharing one ``plotly.min.js`` in ``08_report/figures/``
+(:func:`write_plotlyjs` keeps it at the installed plotly's version); ``report.html`` embeds
+plotly.js once, as a plain ``<script>``, and every figure, table and the run manifest, so
+it can be mailed or opened offline. Its tables show the essential columns and link the
+full CSV files of the run; an undefined value reads ``—`` (its tooltip says why), never
+like a 0.
 """
 
 import html
 import json
 import logging
+import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -27,9 +33,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from roleprobe.app.run import READOUTS, VALIDATION, Run, RunPaths, stage_named
 from roleprobe.core.io import atomic_write_text
+from roleprobe.data.benchmarks import LETTERS
 from roleprobe.experiments.store import read_manifest
 from roleprobe.results import plotting
 
@@ -40,12 +48,16 @@ __all__ = [
     "CHANCE_NOTE",
     "Figure",
     "ReportInputs",
+    "accuracy_html",
     "accuracy_summary",
     "build_figures",
+    "html_table",
     "lens_summary",
     "load_inputs",
+    "plotlyjs_version",
     "render_html",
     "render_markdown",
+    "write_plotlyjs",
     "write_report",
 ]
 
@@ -84,6 +96,8 @@ class ReportInputs:
         logit_lens: stage 7's top tokens per pick.
         manifest: the sweep store's manifest.
         summaries: every finished stage's ``done.json``, by folder name.
+        picks_csv: where the full picks table lies, relative to the report ("" if nowhere).
+        effects_csv: the same for the effect table.
     """
 
     model: str
@@ -98,6 +112,8 @@ class ReportInputs:
     logit_lens: pd.DataFrame
     manifest: dict[str, Any]
     summaries: dict[str, dict[str, Any]]
+    picks_csv: str = ""
+    effects_csv: str = ""
 
     @property
     def selected(self) -> pd.DataFrame:
@@ -128,7 +144,13 @@ def load_inputs(run: Run) -> ReportInputs:
         logit_lens=_read_text_csv(paths.logit_lens),
         manifest=read_manifest(paths.sweep_store),
         summaries={s.name: run.summary(s) for s in run.finished()},
+        picks_csv=_relative(paths.picks(rule), paths.report_html.parent),
+        effects_csv=_relative(paths.effects, paths.report_html.parent),
     )
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
 
 
 def build_figures(inputs: ReportInputs, directions: "RoleDirections") -> list[Figure]:
@@ -145,16 +167,17 @@ def build_figures(inputs: ReportInputs, directions: "RoleDirections") -> list[Fi
             Figure(
                 "auroc",
                 "Held-out separation (AUROC) of role vs generic prompts along each direction",
-                plotting.layer_heatmap(
-                    grid, f"Held-out AUROC per layer (position {position})", "AUROC"
+                plotting.auroc_heatmap(
+                    grid, f"Held-out AUROC per layer (position {position}; 0.5 = chance)"
                 ),
             )
         )
     figures.append(
         Figure(
             "directions",
-            "Direction norms and cosine to the baseline mean",
-            plotting.direction_heatmaps(rd, position),
+            "Direction norms (relative to the baseline mean's norm at each layer) and "
+            "cosine to the baseline mean",
+            plotting.direction_heatmaps(rd, position, norm_scale="relative"),
         )
     )
     if len(rd.roles) >= 3:
@@ -193,13 +216,25 @@ def build_figures(inputs: ReportInputs, directions: "RoleDirections") -> list[Fi
 
 
 def accuracy_summary(baseline: pd.DataFrame) -> dict[str, Any]:
-    """Baseline accuracy, the majority-letter baseline and the predicted-letter counts."""
+    """Baseline accuracy beside the majority-letter baseline, and the letter counts.
+
+    Returns:
+        ``baseline_accuracy``, ``majority_letter`` (the most common correct letter, ties to
+        the earlier letter), ``majority_letter_baseline`` (the accuracy of always answering
+        it), ``n`` (questions), ``predicted_letters`` and ``answer_letters`` (counts per
+        letter of the model's and the correct answers).
+    """
+    answers = baseline["answer"].astype(str).value_counts()
+    counts = {x: int(answers.get(x, 0)) for x in LETTERS}
+    majority = max(LETTERS, key=lambda x: (counts[x], -LETTERS.index(x)))
+    n = len(baseline)
     return {
         "baseline_accuracy": round(float(baseline["correct"].mean()), 3),
-        "majority_letter_baseline": round(
-            float(baseline["answer"].value_counts(normalize=True).max()), 3
-        ),
+        "majority_letter": majority,
+        "majority_letter_baseline": round(counts[majority] / n, 3) if n else math.nan,
+        "n": n,
         "predicted_letters": {str(k): int(v) for k, v in baseline["pred"].value_counts().items()},
+        "answer_letters": {k: v for k, v in counts.items()},
     }
 
 
@@ -213,54 +248,16 @@ def lens_summary(lens: pd.DataFrame) -> pd.DataFrame:
     return tokens.rename("tokens").reset_index()
 
 
-def _table_html(df: pd.DataFrame, digits: int = 3) -> str:
-    return df.to_html(index=False, float_format=lambda x: f"{x:.{digits}g}", border=0)
+# ------------------------------------------------------------------ HTML ---------------------
+UNDEFINED = plotting.UNDEFINED
+UNDEFINED_WHY = {
+    "relative_change_pct": "undefined: the baseline accuracy is 0, so there is no relative change",
+    "alpha": "no strength: a directional ablation",
+}
+UNDEFINED_DEFAULT = "undefined or not computed for this row"
+_NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
-
-def _pre(data: Any) -> str:
-    return "<pre>" + html.escape(json.dumps(data, indent=1)) + "</pre>"
-
-
-def render_html(inputs: ReportInputs, figures: list[Figure], accuracy: dict[str, Any]) -> str:
-    """The self-contained page: plotly.js once, every figure, table and the manifest."""
-    parts = [
-        "<h1>roleprobe run</h1>",
-        f"<p>model <b>{html.escape(inputs.model)}</b>, roles "
-        f"{html.escape(', '.join(inputs.roles))}</p>",
-        f"<p class=note>{html.escape(CHANCE_NOTE)}</p>",
-        "<h2>Accuracy beside the majority-letter baseline</h2>",
-        _pre(accuracy),
-    ]
-    for fig in figures:
-        parts.append(f"<h2>{html.escape(fig.title)}</h2>")
-        parts.append(pio.to_html(fig.figure, include_plotlyjs=False, full_html=False))
-    parts.append(f"<h2>Picks ({html.escape(inputs.rule)} rule)</h2>" + _table_html(inputs.picks))
-    if not inputs.effects.empty:
-        parts.append(
-            "<h2>Effects on every domain (column part: own-domain cells read on the "
-            "held-out questions, or on the selection questions for the paper rule)</h2>"
-            + _table_html(inputs.effects)
-        )
-    if not inputs.patchscope.empty:
-        parts.append("<h2>Patchscope: what the model says each picked direction is</h2>")
-        parts.append(_table_html(inputs.patchscope))
-    if not inputs.logit_lens.empty:
-        parts.append("<h2>Logit lens: each picked direction's top tokens</h2>")
-        parts.append(_table_html(lens_summary(inputs.logit_lens)))
-    parts.append("<h2>Stages</h2>" + _pre(inputs.summaries))
-    parts.append("<h2>Run manifest</h2>" + _pre(inputs.manifest))
-    carrier = go.Figure(layout={"height": 10, "width": 10})  # carries plotly.js, once
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>roleprobe report</title>"
-        + pio.to_html(carrier, include_plotlyjs=True, full_html=False)
-        + "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-        "table{font-size:12px;border-collapse:collapse}td,th{padding:2px 6px}"
-        ".note{background:#fff4d6;padding:8px}</style></head><body>"
-        + "\n".join(parts)
-        + "</body></html>"
-    )
-
-
+# the picks and effects in the report: the essential columns (the CSV files have all)
 PICK_COLUMNS = (
     "role",
     "source",
@@ -269,10 +266,10 @@ PICK_COLUMNS = (
     "layer",
     "passed",
     "report_n",
-    "delta_accuracy",
-    "mcnemar_p_adj",
     "delta_logprob",
     "logprob_p_adj",
+    "delta_accuracy",
+    "mcnemar_p_adj",
 )
 EFFECT_COLUMNS = (
     "role",
@@ -290,6 +287,152 @@ EFFECT_COLUMNS = (
 )
 
 
+def _cell(value: Any, column: str, digits: int) -> str:
+    """One ``<td>``: numbers to ``digits`` significant digits, an undefined value as "—"."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        why = html.escape(UNDEFINED_WHY.get(column, UNDEFINED_DEFAULT), quote=True)
+        return f'<td class="na" title="{why}">{UNDEFINED}</td>'
+    if isinstance(value, float) and not value.is_integer():
+        return f'<td class="num">{value:.{digits}g}</td>'
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'<td class="num">{value:g}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def html_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A compact HTML table; undefined cells (NaN, empty) read "—" with a tooltip saying why.
+
+    Args:
+        df: the rows to show (every column is shown: select the essential ones first).
+        digits: significant digits of non-integer numbers.
+    """
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = [
+        "<tr>"
+        + "".join(_cell(v, str(c), digits) for c, v in zip(df.columns, row, strict=True))
+        + "</tr>"
+        for row in df.itertuples(index=False)
+    ]
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def accuracy_html(accuracy: dict[str, Any]) -> str:
+    """The accuracy beside the majority-letter and uniform baselines, and the letter counts."""
+    majority = accuracy["majority_letter"]
+    rows = [
+        (f"the model, unsteered ({accuracy['n']} questions)", accuracy["baseline_accuracy"]),
+        (
+            f"always answering the most common correct letter ({majority})",
+            accuracy["majority_letter_baseline"],
+        ),
+        (f"a uniform guess among {len(LETTERS)} letters", round(1 / len(LETTERS), 3)),
+    ]
+    summary = "".join(
+        f'<tr><th scope="row">{html.escape(label)}</th><td class="num">{value:.3f}</td></tr>'
+        for label, value in rows
+    )
+    letters = [*LETTERS, *sorted(set(accuracy["predicted_letters"]) - set(LETTERS))]
+    counts = [
+        ("correct answer", accuracy["answer_letters"]),
+        ("the model's answer", accuracy["predicted_letters"]),
+    ]
+    letter_rows = "".join(
+        f'<tr><th scope="row">{label}</th>'
+        + "".join(f'<td class="num">{int(by.get(x, 0))}</td>' for x in letters)
+        + "</tr>"
+        for label, by in counts
+    )
+    letter_head = "".join(f"<th>{html.escape(x)}</th>" for x in letters)
+    return (
+        '<div class="acc"><table><thead><tr><th></th><th>accuracy</th></tr></thead>'
+        f"<tbody>{summary}</tbody></table>"
+        f"<table><thead><tr><th>questions by letter</th>{letter_head}</tr></thead>"
+        f"<tbody>{letter_rows}</tbody></table></div>"
+    )
+
+
+def _stages_html(summaries: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for name, summary in summaries.items():
+        rest = {k: v for k, v in summary.items() if k != "seconds"}
+        details = ", ".join(f"{k}: {json.dumps(v)}" for k, v in rest.items())
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(stage_named(name).summary)}</td>"
+            f'<td class="num">{summary.get("seconds", "")}</td>'
+            f'<td class="small">{html.escape(details)}</td></tr>'
+        )
+    head = "<tr><th>stage</th><th>what</th><th>seconds</th><th>summary</th></tr>"
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _full_table_link(path: str, what: str) -> str:
+    if not path:
+        return ""
+    href = html.escape(path, quote=True)
+    link = f'<a href="{href}">{href}</a>'
+    return f'<p class="small">Essential columns; every column of {what}: {link}</p>'
+
+
+def _pre(data: Any) -> str:
+    return "<pre>" + html.escape(json.dumps(data, indent=1)) + "</pre>"
+
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 12px}"
+    "table{font-size:12px;border-collapse:collapse;margin:6px 0}"
+    "td,th{padding:2px 8px;border-bottom:1px solid #e4e4e4;text-align:left}"
+    "td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    "td.na{text-align:center;color:#888;background:#f0f0f0}"
+    ".acc{display:flex;gap:32px;flex-wrap:wrap;align-items:flex-start}"
+    ".acc table{font-size:14px}"
+    ".note{background:#fff4d6;padding:8px}.small{font-size:12px;color:#555}"
+)
+
+
+def render_html(inputs: ReportInputs, figures: list[Figure], accuracy: dict[str, Any]) -> str:
+    """The self-contained page: plotly.js once (a plain script), every figure and table."""
+    parts = [
+        "<h1>roleprobe run</h1>",
+        f"<p>model <b>{html.escape(inputs.model)}</b>, roles "
+        f"{html.escape(', '.join(inputs.roles))}</p>",
+        f"<p class=note>{html.escape(CHANCE_NOTE)}</p>",
+        "<h2>Accuracy beside the majority-letter baseline</h2>",
+        accuracy_html(accuracy),
+    ]
+    for fig in figures:
+        parts.append(f"<h2>{html.escape(fig.title)}</h2>")
+        parts.append(pio.to_html(fig.figure, include_plotlyjs=False, full_html=False))
+    parts.append(f"<h2>Picks ({html.escape(inputs.rule)} rule)</h2>")
+    parts.append(_full_table_link(inputs.picks_csv, "the picks"))
+    parts.append(html_table(_columns(inputs.picks, PICK_COLUMNS)))
+    if not inputs.effects.empty:
+        parts.append(
+            "<h2>Effects on every domain (column part: own-domain cells read on the "
+            "held-out questions, or on the selection questions for the paper rule)</h2>"
+        )
+        parts.append(_full_table_link(inputs.effects_csv, "the effects"))
+        parts.append(html_table(_columns(inputs.effects, EFFECT_COLUMNS)))
+    if not inputs.patchscope.empty:
+        parts.append("<h2>Patchscope: what the model says each picked direction is</h2>")
+        parts.append(html_table(inputs.patchscope))
+    if not inputs.logit_lens.empty:
+        parts.append("<h2>Logit lens: each picked direction's top tokens</h2>")
+        parts.append(html_table(lens_summary(inputs.logit_lens)))
+    parts.append("<h2>Stages</h2>" + _stages_html(inputs.summaries))
+    parts.append(
+        "<h2>Run manifest</h2><details><summary>the sweep store's manifest (JSON)</summary>"
+        + _pre(inputs.manifest)
+        + "</details>"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>roleprobe report</title>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script>'
+        f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>"
+    )
+
+
 def _columns(df: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     return df[[c for c in columns if c in df]]
 
@@ -302,7 +445,8 @@ def render_markdown(inputs: ReportInputs, accuracy: dict[str, Any]) -> str:
         f"> {CHANCE_NOTE}",
         "",
         f"Baseline accuracy {accuracy['baseline_accuracy']:.3f}; always answering the most "
-        f"common letter scores {accuracy['majority_letter_baseline']:.3f}; predicted letters "
+        f"common correct letter ({accuracy['majority_letter']}) scores "
+        f"{accuracy['majority_letter_baseline']:.3f}; predicted letters "
         f"{accuracy['predicted_letters']}.",
         "",
     ]
@@ -372,12 +516,42 @@ def write_report(run: Run, directions: "RoleDirections") -> dict[str, Any]:
     inputs = load_inputs(run)
     figures = build_figures(inputs, directions)
     accuracy = accuracy_summary(inputs.baseline)
-    run.paths.figures.mkdir(parents=True, exist_ok=True)
+    script = write_plotlyjs(run.paths.figures)
     for fig in figures:
-        fig.figure.write_html(run.paths.figure(fig.name), include_plotlyjs="directory")
+        fig.figure.write_html(run.paths.figure(fig.name), include_plotlyjs=script.name)
     atomic_write_text(run.paths.report_html, render_html(inputs, figures, accuracy))
     atomic_write_text(run.paths.summary_md, render_markdown(inputs, accuracy))
     return {
         "figures": len(figures),
-        **{k: v for k, v in accuracy.items() if k != "predicted_letters"},
+        **{k: v for k, v in accuracy.items() if not k.endswith("_letters")},
     }
+
+
+PLOTLYJS = "plotly.min.js"
+_VERSION_HEADER = re.compile(r"plotly\.js v(\S+)")
+
+
+def plotlyjs_version(path: str | os.PathLike[str]) -> str | None:
+    """The plotly.js version named in a bundle's header comment (``None`` if none)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        match = _VERSION_HEADER.search(f.read(2000))
+    return match.group(1) if match else None
+
+
+def write_plotlyjs(folder: str | os.PathLike[str]) -> Path:
+    """Put the installed plotly's ``plotly.min.js`` into ``folder`` for pages beside it.
+
+    Pages written with ``include_plotlyjs="plotly.min.js"`` load it by relative path, so
+    they open offline and share one copy. An existing file of another version (a folder
+    written by an older plotly) is replaced; one of the same version is left alone.
+
+    Returns:
+        The script's path.
+    """
+    path = Path(folder) / PLOTLYJS
+    if path.exists() and plotlyjs_version(path) == get_plotlyjs_version():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, get_plotlyjs())
+    logger.info("wrote %s (plotly.js %s)", path, get_plotlyjs_version())
+    return path

@@ -9,6 +9,10 @@ One style throughout:
   at 0 (red below, blue above); unsigned ones (norms, accuracies) a sequential scale;
 * heatmap rows are roles in catalogue order, grouped by domain (:data:`roleprobe.ROLES`),
   top to bottom; columns are layers (the input of each block, ``hook_resid_pre``);
+* layer axes are categorical (:func:`layer_axis`): a sweep of layers 8 and 16 is two equal
+  cells ticked 8 and 16, not two bands spread over 4–20;
+* a quantity with a natural range keeps it (AUROC 0.5–1, cosines −1–1), so near-identical
+  values look alike; undefined cells read ``—`` on grey, never like a "0" cell;
 * hovering a cell shows its exact value and the counts behind it (items or prompts).
 
 Example:
@@ -48,6 +52,13 @@ SEQUENTIAL_SCALE = "Viridis"
 MARKER = {"symbol": "square-open", "size": 16, "color": "black", "line": {"width": 2}}
 SOURCE_ORDER = ("role", "random", "shuffled")
 SCORE_COLUMNS = ("role", "source", "position", "layer", "condition", "alpha", "n")
+MAX_LAYER_TICKS = 40
+AUROC_RANGE = (0.5, 1.0)  # chance to perfect separation: one fixed scale for every figure
+NORM_SCALES = ("linear", "log", "relative")
+UNDEFINED = "—"  # the text of a cell whose value is undefined (never "0")
+UNDEFINED_COLOR = "#d0d0d0"  # and its colour (RdBu's middle, 0, is near white)
+SLIDER_GAP = 40  # px between the rotated tick labels (and the axis title) and a slider
+SLIDER_HEIGHT = 90  # px of a slider with its current-value label
 VALUE_LABELS = {
     "delta_accuracy": "Δ accuracy (fraction of items)",
     "accuracy": "accuracy (fraction of items)",
@@ -78,12 +89,41 @@ def _coloraxis(signed: bool, title: str) -> dict[str, Any]:
     return {**axis, "colorscale": SEQUENTIAL_SCALE}
 
 
-def _role_axes(fig: go.Figure, title: str, x_title: str = "layer") -> go.Figure:
+def layer_axis(layers: Sequence[Any], max_ticks: int = MAX_LAYER_TICKS) -> dict[str, Any]:
+    """Axis settings that draw ``layers`` as categories: one equal cell per swept layer.
+
+    A numeric axis draws a sweep of layers 8 and 16 as two wide bands (layer 8 covering
+    4–12) with ticks that are not the swept layers; a categorical one draws exactly one cell
+    per layer, ticked with its number. Past ``max_ticks`` layers every k-th is ticked.
+
+    Args:
+        layers: the layers, in the order drawn.
+        max_ticks: the most tick labels to draw.
+
+    Returns:
+        Keyword arguments for ``fig.update_xaxes`` / ``update_yaxes`` (or a layout axis).
+    """
+    values = list(dict.fromkeys(layers))
+    step = max(1, math.ceil(len(values) / max_ticks))
+    ticks = values[::step]
+    return {
+        "type": "category",
+        "categoryorder": "array",
+        "categoryarray": values,
+        "tickmode": "array",
+        "tickvals": ticks,
+        "ticktext": [str(v) for v in ticks],
+    }
+
+
+def _role_axes(
+    fig: go.Figure, title: str, x_title: str = "layer", layers: Sequence[Any] | None = None
+) -> go.Figure:
     fig.update_layout(title={"text": title}, template="plotly_white")
     rows = {str(y) for trace in fig.data if isinstance(trace, go.Heatmap) for y in trace.y}
     if len(rows) > 12:  # every role gets its label: ~22 px per row
         fig.update_layout(height=max(450, 160 + 22 * len(rows)))
-    fig.update_xaxes(title_text=x_title)
+    fig.update_xaxes(title_text=x_title, **(layer_axis(layers) if layers is not None else {}))
     fig.update_yaxes(type="category", autorange="reversed", dtick=1)
     fig.layout.yaxis.title.text = "role"  # the first panel's axis only
     return fig
@@ -126,8 +166,9 @@ def layer_heatmap(
     signed: bool = False,
     marks: Sequence[tuple[str, int]] | None = None,
     n: pd.DataFrame | None = None,
+    zrange: tuple[float, float] | None = None,
 ) -> go.Figure:
-    """A role × layer heatmap of any per-layer quantity.
+    """A role × layer heatmap of any per-layer quantity (layers as categorical columns).
 
     Args:
         values: index = roles (top to bottom), columns = layers.
@@ -136,12 +177,17 @@ def layer_heatmap(
         signed: diverging RdBu scale centred at 0 (else sequential).
         marks: ``(role, layer)`` cells to outline with a black square (e.g. chosen layers).
         n: counts behind each cell (same index and columns), shown on hover.
+        zrange: a fixed colour range ``(low, high)`` for a quantity that has one (AUROC,
+            cosines); values outside it take the end colours. ``None``: fitted to the data.
 
     Raises:
-        ValueError: an empty table, or a mark on a role or layer that is not in ``values``.
+        ValueError: an empty table, a reversed ``zrange``, or a mark on a role or layer that
+            is not in ``values``.
     """
     if values.empty:
         raise ValueError("values is empty")
+    if zrange is not None and not zrange[0] < zrange[1]:
+        raise ValueError(f"zrange must be (low, high) with low < high, got {zrange!r}")
     roles, layers, z = _cells(values)
     hover = f"role: %{{y}}<br>layer: %{{x}}<br>{colorbar_title}: %{{z:.6g}}"
     extra: dict[str, Any] = {}
@@ -157,10 +203,35 @@ def layer_heatmap(
         **_colors(signed),
         **extra,
     )
+    if zrange is not None:
+        heatmap.update(zmin=zrange[0], zmax=zrange[1])
     fig = go.Figure(heatmap)
     if marks:
         _add_marks(fig, marks, roles, layers)
-    return _role_axes(fig, title)
+    return _role_axes(fig, title, layers=layers)
+
+
+def auroc_heatmap(
+    auroc: pd.DataFrame,
+    title: str = "Held-out separation (AUROC) of role vs generic prompts",
+    n: pd.DataFrame | None = None,
+    marks: Sequence[tuple[str, int]] | None = None,
+) -> go.Figure:
+    """Role × layer AUROC on the fixed scale :data:`AUROC_RANGE` (0.5 chance to 1 perfect).
+
+    A scale fitted to the data would stretch 0.93–1.0 over the whole colour bar and make
+    near-identical layers look maximally different; on the fixed scale they look alike.
+    Values below 0.5 (worse than chance) take the chance colour; hover shows every exact
+    value.
+
+    Args:
+        auroc: index = roles, columns = layers (e.g. a pivot of
+            :func:`roleprobe.separation_auroc`'s table).
+        title: the figure title.
+        n: held-out prompts behind each cell, shown on hover.
+        marks: ``(role, layer)`` cells to outline.
+    """
+    return layer_heatmap(auroc, title, "AUROC", n=n, marks=marks, zrange=AUROC_RANGE)
 
 
 def _role_frame(
@@ -175,16 +246,50 @@ def _prompt_counts(rd: RoleDirections) -> pd.DataFrame:
     return _role_frame(rd, counts)
 
 
-def direction_heatmaps(rd: RoleDirections, position: PositionLabel = -1) -> go.Figure:
+def _norm_view(rd: RoleDirections, p: int, scale: str) -> tuple[npt.NDArray[np.float64], str]:
+    """The norm panel's values and colour-bar label under ``scale`` (see NORM_SCALES)."""
+    if scale not in NORM_SCALES:
+        raise ValueError(f"norm scale {scale!r} is not one of {list(NORM_SCALES)}")
+    norms = rd.norms()[:, p].double().numpy()
+    if scale == "linear":
+        return norms, "‖d‖ (L2 norm)"
+    if scale == "log":
+        with np.errstate(divide="ignore"):
+            logs = np.log10(norms)
+        return np.where(norms > 0, logs, np.nan), "log₁₀ ‖d‖"
+    base = rd.base_mean[p].double().norm(dim=-1).numpy()  # (layer,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(base > 0, norms / np.where(base > 0, base, 1.0), np.nan)
+    return ratio, "‖d‖ / ‖baseline mean‖"
+
+
+def direction_heatmaps(
+    rd: RoleDirections, position: PositionLabel = -1, norm_scale: str = "linear"
+) -> go.Figure:
     """Two panels, role × layer: the directions' norms and their cosine to the baseline mean.
 
     A direction much shorter than its neighbours, or one nearly parallel to the baseline
     mean (|cos| near 1: the "role" shifts the overall activation scale), deserves a look
     before it is used for steering.
+
+    The residual stream grows with depth, so on a linear scale the last layers' norms
+    dominate the colour bar and every early layer looks alike. ``norm_scale="relative"``
+    divides each norm by the baseline mean's norm at the same layer and position (how big
+    the direction is beside the activations it is added to); ``"log"`` shows ``log10 ‖d‖``
+    (zero directions, e.g. at layer 0, are left blank).
+
+    Args:
+        rd: the directions.
+        position: which position label to show.
+        norm_scale: ``"linear"``, ``"log"`` or ``"relative"`` (see above).
+
+    Raises:
+        ValueError: an unknown ``norm_scale`` or position.
     """
     p = rd.position_index(position)
+    norms, norm_label = _norm_view(rd, p, norm_scale)
     panels = (
-        (_role_frame(rd, rd.norms()[:, p]), "‖d‖ (L2 norm)", False, 0.77),
+        (_role_frame(rd, norms), norm_label, False, 0.77),
         (_role_frame(rd, rd.base_cosine()[:, p]), "cos(d, baseline mean)", True, 0.23),
     )
     titles = [t for _, t, _, _ in panels]
@@ -211,7 +316,7 @@ def direction_heatmaps(rd: RoleDirections, position: PositionLabel = -1) -> go.F
         fig.add_trace(heatmap, row=1, col=col)
     model = rd.model_name.rsplit("/", 1)[-1]
     title = f"Role directions at position {position} ({rd.hook}){' · ' + model if model else ''}"
-    return _role_axes(fig, title)
+    return _role_axes(fig, title, layers=list(rd.layers))
 
 
 def stability_heatmap(
@@ -240,7 +345,8 @@ def stability_heatmap(
         "cos(half A, half B)",
         signed=True,
         n=_prompt_counts(labels),
-    ).update_traces(zmin=-1.0, zmax=1.0, selector={"type": "heatmap"})
+        zrange=(-1.0, 1.0),
+    )
 
 
 def _pick_position(data: pd.DataFrame, value: str, position: PositionLabel | None) -> Any:
@@ -328,7 +434,7 @@ def sweep_heatmaps(
         _mark_selected(fig, selected, source, position, labels, roles, layers)
     fig.update_layout(coloraxis=_coloraxis(signed, value_label(value)))
     title = f"{value} by role and layer (source {source}, position {position})"
-    return _role_axes(fig, title)
+    return _role_axes(fig, title, layers=layers)
 
 
 def _mark_selected(
@@ -423,8 +529,13 @@ def cosine_map(
 def cosine_map_slider(
     rd: RoleDirections, position: PositionLabel = -1, centered: bool = False
 ) -> go.Figure:
-    """:func:`cosine_map` with one animation frame per layer and a layer slider."""
-    fig = cosine_map(rd, rd.layers[0], position, centered)
+    """:func:`cosine_map` with one animation frame per layer and a layer slider.
+
+    It opens on the middle layer (at layer 0 the post-instruction directions are exactly
+    zero: a uniform map), and the slider sits below the rotated role names.
+    """
+    active = len(rd.layers) // 2
+    fig = cosine_map(rd, rd.layers[active], position, centered)
     fig.frames = [
         go.Frame(
             data=[_cosine_heatmap(rd, layer, position, centered)],
@@ -438,8 +549,24 @@ def cosine_map_slider(
         {"method": "animate", "label": str(layer), "args": [[str(layer)], step_args]}
         for layer in rd.layers
     ]
-    slider = {"active": 0, "currentvalue": {"prefix": "layer: "}, "steps": steps, "pad": {"t": 60}}
-    return fig.update_layout(sliders=[slider])
+    labels = _tick_label_depth(role_order(rd.roles))
+    slider = {
+        "active": active,
+        "currentvalue": {"prefix": "layer: "},
+        "steps": steps,
+        "y": 0.0,
+        "yanchor": "top",
+        "pad": {"t": labels + SLIDER_GAP},
+    }
+    height = fig.layout.height or 450
+    bottom = labels + SLIDER_GAP + SLIDER_HEIGHT
+    return fig.update_layout(sliders=[slider], margin={"b": bottom}, height=height + bottom)
+
+
+def _tick_label_depth(labels: Sequence[str], angle: float = 45.0, font_px: float = 12.0) -> int:
+    """Pixels that x tick labels rotated by ``angle`` reach below the axis (an estimate)."""
+    longest = max((len(str(x)) for x in labels), default=0)
+    return math.ceil(0.6 * font_px * longest * math.sin(math.radians(angle)) + font_px + 8)
 
 
 # ------------------------------------------------------------------ lines and boxes ---------
@@ -516,6 +643,7 @@ def layer_effect_plot(
             )
         )
     fig.add_hline(y=0.0, line={"color": "grey", "dash": "dot", "width": 1})
+    fig.update_xaxes(layer_axis(sorted(data["layer"].unique().tolist())))
     return fig.update_layout(
         title={"text": f"{role}: {metric} by layer (source {source}, position {position})"},
         xaxis_title="layer",
@@ -608,6 +736,7 @@ def letter_attribution_plot(attribution: pd.DataFrame) -> go.Figure:
         template="plotly_white",
     )
     fig.update_xaxes(title_text="answer letter", type="category")
+    fig.update_yaxes(layer_axis(sorted(attribution["layer"].unique().tolist())))
     return fig.update_yaxes(title_text="layer", row=1, col=1)
 
 
@@ -648,6 +777,8 @@ def paper_table_figure(effects: pd.DataFrame, value: str = "relative_change_pct"
         value: the column coloured (default: % change of accuracy), RdBu centred at 0.
 
     Cells of a role's own domain are outlined; stars are McNemar after Holm over the table.
+    An undefined cell (e.g. a relative change from a baseline accuracy of 0) or one that
+    was not evaluated reads ``—`` on grey, never like a white "0 %" cell; its hover says why.
     """
     needed = [*EFFECT_KEYS, value, "in_domain", "stars", "n", "mcnemar_p_adj"]
     require_columns(effects, needed, "effects")
@@ -664,6 +795,7 @@ def paper_table_figure(effects: pd.DataFrame, value: str = "relative_change_pct"
             np.broadcast_to(np.array(domains, dtype=object), shape),
             aligned["n"].to_numpy(),
             aligned["mcnemar_p_adj"].to_numpy(),
+            _cell_values(grid, aligned["n"]),
         ]
     )
     stars = aligned["stars"].astype(object).fillna("").to_numpy()
@@ -676,12 +808,30 @@ def paper_table_figure(effects: pd.DataFrame, value: str = "relative_change_pct"
             texttemplate="%{text}",
             customdata=customdata,
             hovertemplate="%{customdata[0]}, %{customdata[1]}, %{customdata[2]}<br>"
-            f"{value}: %{{z:.4g}}<br>n items: %{{customdata[3]}}<br>"
+            f"{value}: %{{customdata[5]}}<br>n items: %{{customdata[3]}}<br>"
             "McNemar p (Holm): %{customdata[4]:.3g}<extra></extra>",
             colorbar={"title": {"text": value_label(value)}},
             **_colors(True),
         )
     )
+    missing = grid.isna().to_numpy()
+    if missing.any():  # grey "—" cells on top: never read like a white "0 %" cell
+        fig.add_trace(
+            go.Heatmap(
+                z=np.where(missing, 0.0, np.nan),
+                x=list(range(shape[1])),
+                y=list(range(shape[0])),
+                text=np.where(missing, UNDEFINED, ""),
+                texttemplate="%{text}",
+                customdata=customdata,
+                colorscale=[[0.0, UNDEFINED_COLOR], [1.0, UNDEFINED_COLOR]],
+                showscale=False,
+                hoverongaps=False,
+                hovertemplate="%{customdata[0]}, %{customdata[1]}, %{customdata[2]}<br>"
+                f"{value}: %{{customdata[5]}}<br>n items: %{{customdata[3]}}<extra></extra>",
+                name="undefined",
+            )
+        )
     inside = aligned["in_domain"].fillna(False).to_numpy(bool)
     for i, j in zip(*np.nonzero(inside), strict=True):
         fig.add_shape(
@@ -718,12 +868,27 @@ def paper_table_figure(effects: pd.DataFrame, value: str = "relative_change_pct"
     return fig.update_layout(
         title={
             "text": f"{value_label(value)} by role, condition and domain<br>"
-            "<sup>outlined: the role's own domain · stars: McNemar, Holm · blank: undefined "
-            f"(e.g. baseline accuracy 0){_paper_table_note(effects, value)}</sup>"
+            "<sup>outlined: the role's own domain · stars: McNemar, Holm · "
+            f"{UNDEFINED} on grey: undefined (e.g. baseline accuracy 0) or not evaluated"
+            f"{_paper_table_note(effects, value)}</sup>"
         },
         template="plotly_white",
         margin={"t": 100},
     )
+
+
+def _cell_values(grid: pd.DataFrame, n: pd.DataFrame) -> npt.NDArray[np.object_]:
+    """Hover text of each value: the number, or why there is none."""
+    values, counts = grid.to_numpy(np.float64), n.to_numpy(np.float64)
+    text = np.empty(values.shape, dtype=object)
+    for idx, v in np.ndenumerate(values):
+        if not math.isnan(v):
+            text[idx] = f"{v:.4g}"
+        elif math.isnan(counts[idx]):
+            text[idx] = f"{UNDEFINED} (not evaluated)"
+        else:
+            text[idx] = f"{UNDEFINED} (undefined, e.g. baseline accuracy 0)"
+    return text
 
 
 def _paper_table_note(effects: pd.DataFrame, value: str) -> str:
@@ -785,3 +950,215 @@ def correlation_heatmap(corr: pd.DataFrame) -> go.Figure:
     return fig.update_layout(
         title={"text": "Agreement of effects between models (Pearson r)"}, template="plotly_white"
     )
+
+
+# ------------------------------------------------------------------ components, role vs role -
+def _attribution_position(data: pd.DataFrame, position: PositionLabel | None) -> Any:
+    present = list(dict.fromkeys(data["position"]))
+    if position is None:
+        return -1 if -1 in present else present[-1]
+    if position not in present:
+        raise ValueError(f"position {position!r} is not in the table (positions {present})")
+    return position
+
+
+def attribution_heatmap(
+    df: pd.DataFrame, role: str, position: PositionLabel | None = None
+) -> go.Figure:
+    """Layer × head map of what each component writes along one role's direction.
+
+    Args:
+        df: a :func:`roleprobe.vectors.components.component_attribution` table.
+        role: which role.
+        position: which position label (default ``-1`` when present, else the last one).
+
+    Returns:
+        A heatmap, rows the layers below the decomposed one, columns the heads, the
+        attention bias (where the model has one) and the MLP (per-block tables: ``attn`` and
+        ``MLP``); values are projections on ``d̂`` (signed, RdBu), the embedding's term is in
+        the title. All terms sum to ``d̂ · d``.
+    """
+    require_columns(
+        df,
+        ("role", "position", "component", "kind", "layer", "head", "value", "share"),
+        "component attribution",
+    )
+    data = df[df["role"] == role]
+    if data.empty:
+        raise ValueError(f"role {role!r} is not in the table (roles {sorted(set(df['role']))})")
+    pos = _attribution_position(data, position)
+    data = data[data["position"] == pos]
+    column = np.where(
+        data["kind"] == "head",
+        "H" + data["head"].astype(str),
+        data["kind"].map(
+            {"attn_bias": "attn bias", "attn": "attn", "mlp": "MLP", "embed": "embed"}
+        ),
+    )
+    data = data.assign(column=column)
+    body = data[data["kind"] != "embed"]
+    heads = sorted({int(h) for h in body["head"].dropna()})
+    columns = [f"H{h}" for h in heads] + [
+        c for c in ("attn bias", "attn", "MLP") if c in set(body["column"])
+    ]
+    layers = sorted({int(x) for x in body["layer"].dropna()})
+    values = body.pivot_table(index="layer", columns="column", values="value", aggfunc="sum")
+    shares = body.pivot_table(index="layer", columns="column", values="share", aggfunc="sum")
+    values = values.reindex(index=layers, columns=columns)
+    shares = shares.reindex(index=layers, columns=columns)
+    z = values.to_numpy(np.float64)
+    limit = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=columns,
+            y=[f"L{layer}" for layer in layers],
+            customdata=shares.to_numpy(np.float64),
+            hovertemplate="%{y} %{x}<br>d̂·Δ: %{z:.4g}<br>share of d̂·d: %{customdata:.1%}"
+            "<extra></extra>",
+            colorbar={"title": {"text": "projection on d̂"}},
+            **_colors(True, limit or 1.0),
+        )
+    )
+    embed = float(data.loc[data["kind"] == "embed", "value"].sum())
+    total = float(data["value"].sum())
+    layer = df.attrs.get("layer", max(layers) + 1 if layers else "?")
+    fig.update_layout(
+        title={
+            "text": f"What writes the {role} direction into resid_pre[{layer}] (position {pos})"
+            f"<br><sup>sum of all terms d̂·d = {total:.4g}; embedding term {embed:.3g}</sup>"
+        },
+        template="plotly_white",
+        height=max(400, 140 + 22 * len(layers)),
+    )
+    fig.update_xaxes(title_text="component", type="category")
+    fig.update_yaxes(title_text="layer", type="category", autorange="reversed")
+    return fig
+
+
+def top_writers_figure(
+    df: pd.DataFrame, k: int = 5, position: PositionLabel | None = None
+) -> go.Figure:
+    """Role × component map of the top writers: each role's ``k`` largest ``|value|``.
+
+    Args:
+        df: a :func:`roleprobe.vectors.components.component_attribution` table.
+        k: components per role (the columns are the union over roles, ordered by mean
+            ``|share|``).
+        position: which position label (default ``-1`` when present, else the last one).
+
+    Returns:
+        A heatmap of each component's share of ``d̂ · d`` (signed, RdBu), roles grouped by domain.
+    """
+    require_columns(
+        df, ("role", "position", "component", "value", "share"), "component attribution"
+    )
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    pos = _attribution_position(df, position)
+    data = df[df["position"] == pos]
+    ranked = data.assign(_abs=data["value"].abs()).sort_values("_abs", ascending=False)
+    chosen = set(ranked.groupby("role").head(k)["component"])
+    shares = data.pivot_table(index="role", columns="component", values="share", aggfunc="sum")
+    columns = shares[sorted(chosen)].abs().mean().sort_values(ascending=False).index.tolist()
+    roles = role_order(list(shares.index))
+    table = shares.reindex(index=roles, columns=columns)
+    fig = go.Figure(
+        go.Heatmap(
+            z=table.to_numpy(np.float64),
+            x=columns,
+            y=roles,
+            hovertemplate="%{y}: %{x}<br>share of d̂·d: %{z:.1%}<extra></extra>",
+            colorbar={"title": {"text": "share of d̂·d"}},
+            **_colors(True, float(np.nanmax(np.abs(table.to_numpy(np.float64)))) or 1.0),
+        )
+    )
+    layer = df.attrs.get("layer", "?")
+    fig = _role_axes(
+        fig, f"Top {k} writers of each role direction at layer {layer}, position {pos}", "component"
+    )
+    return fig.update_xaxes(type="category", tickangle=-45)
+
+
+def confusion_figure(
+    matrix: Float[Tensor, "role role"] | npt.NDArray[np.float64],
+    roles: Sequence[str],
+    domains: Sequence[str],
+    title: str | None = None,
+) -> go.Figure:
+    """Role × role confusion matrix (row: true role, column: assigned role), grouped by domain.
+
+    Args:
+        matrix: row-normalised fractions in the order of ``roles`` (e.g.
+            :meth:`roleprobe.vectors.confusion.RoleConfusion.matrix`).
+        roles: the role of each row/column.
+        domains: the domain of each role; rows and columns are reordered by domain
+            (catalogue order of domains, then first appearance), with lines between domains.
+        title: the figure title (default: a generic one with the accuracy).
+
+    Returns:
+        A heatmap on a sequential 0–1 scale; the diagonal is the fraction assigned correctly.
+    """
+    from roleprobe.results.labels import domain_order
+
+    m = np.asarray(matrix.numpy() if isinstance(matrix, Tensor) else matrix, dtype=np.float64)
+    if m.shape != (len(roles), len(roles)) or len(domains) != len(roles):
+        raise ValueError(
+            f"matrix has shape {m.shape} for {len(roles)} roles and {len(domains)} domains; "
+            "need one row, column and domain per role"
+        )
+    rank = {d: i for i, d in enumerate(domain_order(list(domains)))}
+    order = sorted(range(len(roles)), key=lambda i: (rank[domains[i]], i))
+    m = m[np.ix_(order, order)]
+    names = [roles[i] for i in order]
+    doms = [domains[i] for i in order]
+    fig = go.Figure(
+        go.Heatmap(
+            z=m,
+            x=names,
+            y=names,
+            customdata=np.dstack(
+                [
+                    np.broadcast_to(np.array(doms, dtype=object)[:, None], m.shape),
+                    np.broadcast_to(np.array(doms, dtype=object), m.shape),
+                ]
+            ),
+            hovertemplate="true %{y} (%{customdata[0]})<br>assigned %{x} (%{customdata[1]})"
+            "<br>fraction: %{z:.2f}<extra></extra>",
+            colorscale="Blues",
+            zmin=0.0,
+            zmax=1.0,
+            colorbar={"title": {"text": "fraction of the row's prompts"}},
+        )
+    )
+    edge = len(names) - 0.5
+    starts = [0] + [i for i in range(1, len(names)) if doms[i] != doms[i - 1]]
+    for s in starts[1:]:
+        for kw in (
+            {"x0": s - 0.5, "x1": s - 0.5, "y0": -0.5, "y1": edge},
+            {"y0": s - 0.5, "y1": s - 0.5, "x0": -0.5, "x1": edge},
+        ):
+            fig.add_shape(type="line", line={"color": "black", "width": 1}, **kw)
+    for start, end in zip(starts, [*starts[1:], len(names)], strict=True):
+        fig.add_annotation(
+            x=(start + end - 1) / 2,
+            y=1.0,
+            yref="paper",
+            yanchor="bottom",
+            text=doms[start],
+            showarrow=False,
+            textangle=-30,
+            font={"size": 10},
+        )
+    accuracy = float(np.nanmean(np.diag(m))) if np.isfinite(m).any() else float("nan")
+    text = title or f"Nearest-direction role confusion (mean diagonal {accuracy:.2f})"
+    fig.update_layout(
+        title={"text": text},
+        template="plotly_white",
+        margin={"t": 120},
+        height=max(450, 200 + 22 * len(names)),
+        width=max(500, 260 + 22 * len(names)),
+    )
+    fig.update_xaxes(title_text="assigned role", type="category", tickangle=-45)
+    fig.update_yaxes(title_text="true role", type="category", autorange="reversed")
+    return fig
