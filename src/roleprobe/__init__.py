@@ -62,6 +62,12 @@ _EXPORTS = {
     "separation_auroc": "vectors.validation",
     "split_half_stability": "vectors.validation",
     "auroc": "vectors.validation",
+    "load_settings": "model.models",
+    "component_attribution": "vectors.components",
+    "top_writers": "vectors.components",
+    "role_confusion": "vectors.confusion",
+    "RoleConfusion": "vectors.confusion",
+    "set_progress": "core.progress",
     "model_fingerprint": "model.models",
     "Addition": "steering.interventions",
     "Ablation": "steering.interventions",
@@ -137,6 +143,9 @@ __all__ = ["__version__", *_EXPORTS]  # every public name is declared once, abov
 if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and IDEs
     from roleprobe.core.io import (
         cache_root as cache_root,
+    )
+    from roleprobe.core.progress import (
+        set_progress as set_progress,
     )
     from roleprobe.core.types import (
         Model as Model,
@@ -301,6 +310,9 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
         load_model as load_model,
     )
     from roleprobe.model.models import (
+        load_settings as load_settings,
+    )
+    from roleprobe.model.models import (
         model_fingerprint as model_fingerprint,
     )
     from roleprobe.model.models import (
@@ -431,6 +443,18 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
     )
     from roleprobe.vectors.attribution import (
         letter_attribution as letter_attribution,
+    )
+    from roleprobe.vectors.components import (
+        component_attribution as component_attribution,
+    )
+    from roleprobe.vectors.components import (
+        top_writers as top_writers,
+    )
+    from roleprobe.vectors.confusion import (
+        RoleConfusion as RoleConfusion,
+    )
+    from roleprobe.vectors.confusion import (
+        role_confusion as role_confusion,
     )
     from roleprobe.vectors.directions import (
         RoleDirections as RoleDirections,
