@@ -1,9 +1,18 @@
 import json
+import os
+import subprocess
 
 import pandas as pd
 import pytest
 
-from roleprobe.experiments.store import ResultStore, StoreMismatchError, git_hash, read_manifest
+from roleprobe.experiments.store import (
+    ResultStore,
+    StoreMismatchError,
+    code_versions,
+    git_hash,
+    read_manifest,
+    roleprobe_checkout,
+)
 
 
 def test_parts_round_trip_in_key_order(tmp_path):
@@ -60,3 +69,47 @@ def test_read_manifest_is_the_public_way_to_a_stores_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text("[1]")
     with pytest.raises(ValueError, match="not a JSON object"):
         read_manifest(tmp_path)
+
+
+def _git_repo(root, pyproject):
+    root.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / "pyproject.toml").write_text(pyproject)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    subprocess.run(
+        ["git", "-C", str(root), "commit", "-qm", "x"], check=True, env={**os.environ, **env}
+    )
+    return git_hash(root)
+
+
+def test_the_commit_is_recorded_only_for_an_editable_checkout_of_roleprobe(tmp_path):
+    # a user's own repository with roleprobe installed (copied) inside it: no commit
+    user = tmp_path / "user-project"
+    _git_repo(user, '[project]\nname = "my-analysis"\n')
+    installed = user / ".venv/lib/python3.11/site-packages/roleprobe"
+    installed.mkdir(parents=True)
+    assert git_hash(installed) != "unknown"  # what the old code recorded: the user's commit
+    assert roleprobe_checkout(installed) is None
+    # even laid out as src/roleprobe, a repository of another project is no checkout
+    other = user / "src" / "roleprobe"
+    other.mkdir(parents=True)
+    assert roleprobe_checkout(other) is None
+    # a checkout of roleprobe itself: its commit
+    repo = tmp_path / "roleprobe-repo"
+    commit = _git_repo(repo, '[project]\nname = "roleprobe"\n')
+    (repo / "src" / "roleprobe").mkdir(parents=True)
+    assert roleprobe_checkout(repo / "src" / "roleprobe") == repo
+    assert len(commit) == 40
+
+
+def test_code_versions_record_the_version_and_the_commit_only_from_a_checkout(monkeypatch):
+    from roleprobe.experiments import store as store_module
+
+    versions = code_versions()
+    assert versions["roleprobe"] and versions["torch"]
+    here = roleprobe_checkout()
+    assert ("git" in versions) == (here is not None)
+    monkeypatch.setattr(store_module, "roleprobe_checkout", lambda package=None: None)
+    assert "git" not in code_versions()

@@ -323,7 +323,7 @@ def select(
         sel_ids, rep_ids = split_ids(items, select_fraction, seed) if held_out else (ids, ids)
         sel_scores = result.scores(sel_ids)
         sel_scores = sel_scores[sel_scores["role"] == role]
-        table = result.table[result.table["role"] == role]
+        table = result.read_table(roles=[role])  # one role's parts, not the whole store
         base_rep = _items(result.baseline, result.role_group(role), rep_ids)
         for (source, donor), scores in sel_scores.groupby(["source", "donor"], sort=False):
             grid = _grid_significance(table, result, role, source, sel_ids, correction)

@@ -29,6 +29,14 @@ and by ablating it everywhere, on the role's own domain, and then picks one
   with the same store skips finished items. ``shard=(i, n)`` (or ``"i/n"``) takes items
   ``i, i+n, i+2n, …`` of the deterministic plan, so the jobs of an array write disjoint parts
   into one store; :func:`merge` checks that nothing is missing and builds the tables.
+* **Concurrent workers.** Several processes may run the *same* sweep on one store (no
+  shards needed: two notebooks, a job array on a lab's shared folder). Each claims a work
+  item before computing it (:meth:`roleprobe.ResultStore.claim`), so they split the work
+  instead of doubling it, and the merged table is the one a single worker writes. A
+  worker that runs out of items while others still compute returns an incomplete result
+  whose ``in_flight`` lists them. A crashed worker's claims are taken over: at once on the
+  same host (its process is gone), after ``claim_timeout`` (6 h) from another host.
+  Shards and claims combine (``shard`` picks the items, claims split them further).
 
 Example:
     >>> result = rp.sweep(model, rd, rp.load_benchmark("builtin"), roles=["lawyer"],
@@ -46,12 +54,11 @@ import random
 import tempfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -61,22 +68,33 @@ from roleprobe.core.hooks import check_layers
 from roleprobe.core.progress import bar
 from roleprobe.core.types import Model
 from roleprobe.data.benchmarks import LETTERS, MultipleChoice
-from roleprobe.data.roles import get_role
 from roleprobe.experiments.evaluation import (
-    FORMATS,
-    check_tie_rule,
     encode_questions,
     length_batches,
     letter_logits,
     score_table,
     subject_domain,
 )
-from roleprobe.experiments.store import MANIFEST, ResultStore, code_versions, read_manifest
+from roleprobe.experiments.merging import SweepResult as SweepResult
+from roleprobe.experiments.merging import candidate_scores as candidate_scores
+from roleprobe.experiments.merging import merge as merge
+from roleprobe.experiments.store import (
+    CLAIM_TIMEOUT,
+    ResultStore,
+    check_claim_timeout,
+    code_versions,
+)
+from roleprobe.experiments.sweep_config import ALPHA_UNITS as ALPHA_UNITS
+from roleprobe.experiments.sweep_config import BUILTIN_CONDITIONS as BUILTIN_CONDITIONS
+from roleprobe.experiments.sweep_config import CANDIDATE as CANDIDATE
+from roleprobe.experiments.sweep_config import SCOPES as SCOPES
+from roleprobe.experiments.sweep_config import SweepConfig as SweepConfig
+from roleprobe.experiments.sweep_config import WorkItem as WorkItem
+from roleprobe.experiments.sweep_config import parse_shard as parse_shard
+from roleprobe.experiments.sweep_config import role_group as role_group
 from roleprobe.model.chat import ChatBatch, ChatTemplate, answer_letter_ids, collate, pad_token_id
 from roleprobe.model.models import model_fingerprint, model_name
-from roleprobe.model.system_turn import normalize_system
 from roleprobe.steering.interventions import (
-    ABLATION_PLACEMENTS,
     Ablation,
     Addition,
     HookFn,
@@ -91,257 +109,8 @@ from roleprobe.vectors.directions import RoleDirections
 
 logger = logging.getLogger(__name__)
 
-SCOPES = ("domain", "all")
-ALPHA_UNITS = ("raw", "norm")
-"""``"raw"``: ``alpha * d`` (the paper); ``"norm"``: ``alpha * |resid_pre[l]| * d_hat``."""
-BUILTIN_CONDITIONS = ("addition", "ablation")
-CANDIDATE = ["role", "source", "donor", "position", "layer", "condition", "alpha"]
-
 MakeIntervention = Callable[[Float[Tensor, " d_model"], int], Intervention]
 """``make(direction, layer)``: the intervention a sweep condition applies for a candidate."""
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """What a sweep runs (validated; round-trips through :meth:`to_dict`).
-
-    Attributes:
-        roles: the roles swept.
-        layers: candidate layers (the direction's layer = the addition's layer).
-        positions: candidate positions (labels of the directions).
-        alphas: addition strengths (raw direction, as in the paper).
-        ablation: also ablate each candidate direction at every layer.
-        controls: add the random and shuffled-role control directions.
-        scope: ``"domain"`` (each role on its own domain) or ``"all"``.
-        batch_size: questions per batch (and per work item).
-        stack: variants stacked into one upper-layer forward pass.
-        prompt_format: question format (see :func:`roleprobe.format_question`).
-        seed: seed of the control directions.
-        tie_rule: how a tie at the top of the letter logits is scored (see
-            :func:`roleprobe.score_table`); a manifest written before the field existed
-            reads as ``"first"``, the rule such sweeps used.
-        ablation_at: where the ablation projects the direction out of the sub-layer outputs
-            (``"stream"`` or ``"paper"``; see :class:`roleprobe.Ablation`; they differ only on
-            models with post-norms, e.g. Gemma-2).
-        system: the system-turn policy the questions are formatted with (``"default"``,
-            ``"none"`` or a text; see :mod:`roleprobe.model.system_turn`).
-        alpha_unit: ``"raw"`` (``alpha * d``, the paper) or ``"norm"`` (``alpha`` in units
-            of the layer's mean residual norm: ``Addition(..., reference_norm=...)``).
-        conditions: names of the user-defined conditions swept besides the additions and
-            the ablation (their interventions are built by the callables passed to
-            :func:`sweep`; the name identifies them in the table and the store).
-    """
-
-    roles: tuple[str, ...]
-    layers: tuple[int, ...]
-    positions: tuple[PositionLabel, ...]
-    alphas: tuple[float, ...] = (1.0, 3.0)
-    ablation: bool = True
-    controls: bool = True
-    scope: str = "domain"
-    batch_size: int = 16
-    stack: int = 4
-    prompt_format: str = "paper"
-    seed: int = 0
-    tie_rule: str = "fractional"
-    ablation_at: str = "stream"
-    system: str = "default"
-    alpha_unit: str = "raw"
-    conditions: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("roles", "layers", "positions"):
-            if not getattr(self, name):
-                raise ValueError(f"the sweep has no {name} (the list is empty)")
-        if len(set(self.roles)) != len(self.roles):
-            raise ValueError(f"roles are repeated: {list(self.roles)}")
-        if not self.alphas and not self.ablation and not self.conditions:
-            raise ValueError("nothing to sweep: no alphas, ablation=False and no conditions")
-        if any(not np.isfinite(a) for a in self.alphas):
-            raise ValueError(f"alphas must be finite, got {list(self.alphas)}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"unknown scope {self.scope!r}; use one of {SCOPES}")
-        if self.prompt_format not in FORMATS:
-            raise ValueError(f"unknown prompt format {self.prompt_format!r}; use one of {FORMATS}")
-        check_tie_rule(self.tie_rule)
-        if self.ablation_at not in ABLATION_PLACEMENTS:
-            raise ValueError(
-                f"unknown ablation_at {self.ablation_at!r}; use one of {ABLATION_PLACEMENTS}"
-            )
-        object.__setattr__(self, "system", normalize_system(self.system))
-        if self.alpha_unit not in ALPHA_UNITS:
-            raise ValueError(f"unknown alpha_unit {self.alpha_unit!r}; use one of {ALPHA_UNITS}")
-        bad = [c for c in self.conditions if not c.strip() or c in BUILTIN_CONDITIONS]
-        if bad or len(set(self.conditions)) != len(self.conditions):
-            raise ValueError(
-                f"condition names must be unique, non-empty and not {BUILTIN_CONDITIONS}, "
-                f"got {list(self.conditions)}"
-            )
-        if self.batch_size < 1 or self.stack < 1:
-            raise ValueError(f"batch_size and stack must be >= 1 ({self.batch_size}, {self.stack})")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``alpha_unit`` and ``conditions`` only when not their
-        defaults, so that stores written before they existed still resume)."""
-        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        for key, default in (("alpha_unit", "raw"), ("conditions", [])):
-            if out[key] == default:
-                del out[key]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SweepConfig":
-        """Inverse of :meth:`to_dict`."""
-        fields: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
-        }
-        fields.setdefault("tie_rule", "first")  # stores written before ties were counted
-        fields.setdefault("ablation_at", "stream")  # ... and before the placement was a choice
-        fields.setdefault("system", "default")
-        return cls(**fields)
-
-
-def parse_shard(shard: "str | tuple[int, int] | None") -> tuple[int, int]:
-    """``"i/n"`` or ``(i, n)`` with ``0 <= i < n`` (``None``: the whole plan, ``(0, 1)``)."""
-    if shard is None:
-        return 0, 1
-    if isinstance(shard, str):
-        parts = shard.split("/")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"bad shard {shard!r}: write it as i/n, e.g. 0/4 (0-based)")
-        index, count = int(parts[0]), int(parts[1])
-    else:
-        index, count = (int(x) for x in shard)
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"bad shard {shard!r}: need 0 <= i < n (0-based, e.g. 0/4 .. 3/4)")
-    return index, count
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One unit of work: a baseline batch, or all cells of one layer for one batch."""
-
-    group: str
-    batch: int
-    layer: int | None = None
-
-    @property
-    def key(self) -> str:
-        """The store part name."""
-        if self.layer is None:
-            return f"baseline-{self.group}-b{self.batch:04d}"
-        return f"layer{self.layer:03d}-{self.group}-b{self.batch:04d}"
-
-
-@dataclass
-class SweepResult:
-    """What a sweep produced (possibly partial: see ``missing``).
-
-    Attributes:
-        table: one row per (candidate, question): ``role, source, donor, position, layer,
-            condition, alpha, group`` and the per-item scores of :func:`roleprobe.evaluate`.
-        baseline: one row per (group, question), unsteered.
-        config: the sweep's configuration.
-        n_layers: the model's depth (the paper's rule drops layers >= 0.8 of it).
-        missing: store parts of the plan not finished yet.
-        store: the store folder (``None`` for an in-memory sweep).
-    """
-
-    table: pd.DataFrame
-    baseline: pd.DataFrame
-    config: SweepConfig
-    n_layers: int
-    missing: list[str] = field(default_factory=list)
-    store: Path | None = None
-
-    @property
-    def complete(self) -> bool:
-        """Whether every work item of the plan is done."""
-        return not self.missing
-
-    def role_group(self, role: str) -> str:
-        """The question group the role was swept on."""
-        return role_group(role, self.config.scope)
-
-    def role_items(self, role: str) -> list[Any]:
-        """Ids of the questions the role was swept on."""
-        group = self.role_group(role)
-        return self.baseline.loc[self.baseline["group"] == group, "id"].tolist()
-
-    def scores(self, ids: Sequence[Any] | None = None) -> pd.DataFrame:
-        """Per candidate: ``n``, ``accuracy``, ``base_accuracy``, ``delta_accuracy``,
-        ``logprob_correct``, ``delta_logprob``, ``margin``, the predicted-letter shares
-        ``pred_A..pred_D``, ``n_tied`` (items with a tie at the top) and ``tie_rule`` (how
-        ties were scored) (optionally on a subset of question ids only)."""
-        return candidate_scores(self.table, self.baseline, self.config.scope, ids)
-
-
-def role_group(role: str, scope: str) -> str:
-    """The question group a role is swept on: its domain, or ``"all"``."""
-    if scope == "all":
-        return "all"
-    try:
-        return get_role(role).domain
-    except ValueError as err:
-        raise ValueError(f"{err}; roles outside the catalogue need scope='all'") from err
-
-
-def candidate_scores(
-    table: pd.DataFrame, baseline: pd.DataFrame, scope: str, ids: Sequence[Any] | None = None
-) -> pd.DataFrame:
-    """Aggregate a sweep table per candidate, beside the baseline on the same questions.
-
-    ``accuracy`` is the mean credit under the table's tie rule (``tie_rule`` column; tables
-    without one, written before ties were counted, read as ``"first"``).
-    """
-    counted = "tied" in table.columns
-    table = _with_tie_columns(table)
-    baseline = _with_tie_columns(baseline)
-    rules = set(table["tie_rule"].unique()) | set(baseline["tie_rule"].unique())
-    if len(rules) > 1:
-        raise ValueError(f"the sweep mixes tie rules {sorted(rules)}: rescore with one rule")
-    if ids is not None:
-        wanted = set(ids)
-        table = table[table["id"].isin(wanted)]
-        baseline = baseline[baseline["id"].isin(wanted)]
-    if table.empty:
-        return pd.DataFrame(columns=[*CANDIDATE, "n", "accuracy", "base_accuracy", "tie_rule"])
-    table = table.assign(_tie=table["tied"] > 1)
-    grouped = table.groupby(CANDIDATE, dropna=False, sort=False)
-    out = grouped.agg(
-        n=("correct", "size"),
-        accuracy=("correct", "mean"),
-        logprob_correct=("logprob_correct", "mean"),
-        margin=("margin", "mean"),
-        n_tied=("_tie", "sum"),
-    )
-    shares = table.assign(**{f"pred_{x}": table["pred"] == x for x in LETTERS})
-    out = out.join(
-        shares.groupby(CANDIDATE, dropna=False, sort=False)[[f"pred_{x}" for x in LETTERS]].mean()
-    ).reset_index()
-    base = baseline.groupby("group").agg(
-        base_n=("correct", "size"),
-        base_accuracy=("correct", "mean"),
-        base_logprob=("logprob_correct", "mean"),
-    )
-    out["group"] = [role_group(r, scope) for r in out["role"]]
-    out = out.join(base, on="group")
-    if (out["n"] != out["base_n"]).any():
-        raise ValueError("candidates and baseline cover different questions (incomplete sweep?)")
-    out["delta_accuracy"] = out["accuracy"] - out["base_accuracy"]
-    out["delta_logprob"] = out["logprob_correct"] - out["base_logprob"]
-    out["tie_rule"] = rules.pop() if rules else "first"
-    if not counted:
-        out["n_tied"] = np.nan
-    return out.drop(columns=["base_n"])
-
-
-def _with_tie_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with ``tied`` and ``tie_rule``; tables from before they existed scored a
-    tie as the earliest letter and did not count ties (``n_tied`` reads NaN for them)."""
-    missing = {"tied": 1, "tie_rule": "first"}
-    extra = {k: v for k, v in missing.items() if k not in table.columns}
-    return table.assign(**extra) if extra else table
 
 
 def _derangement(roles: Sequence[str], seed: int) -> dict[str, str]:
@@ -494,6 +263,7 @@ def sweep(
     system: str | None = None,
     conditions: Mapping[str, MakeIntervention] | None = None,
     alpha_unit: str = "raw",
+    claim_timeout: float | int = CLAIM_TIMEOUT,
 ) -> SweepResult:
     """Score every candidate (role, position, layer) × condition on a benchmark.
 
@@ -524,10 +294,14 @@ def sweep(
             the names only: resuming with other callables under the same names mixes them.
         alpha_unit: ``"raw"`` (``alpha * d``, the paper) or ``"norm"`` (``alpha`` in units
             of the layer's mean residual norm, :func:`roleprobe.residual_norms`).
+        claim_timeout: seconds after which a claim on a work item held by a worker on
+            another host is stale and taken over (default 6 h; claims of dead processes on
+            this host are taken over at once). Must exceed the time one item takes.
 
     Returns:
         A :class:`SweepResult` over everything in the store (``missing`` lists unfinished
-        parts, e.g. those of other shards).
+        parts, e.g. those of other shards; ``in_flight`` those that other workers are
+        computing now: ``complete`` is False until they finish, then :func:`merge`).
 
     Raises:
         TypeError: a condition's ``make`` is not callable or does not return an
@@ -561,6 +335,7 @@ def sweep(
     for pos in cfg.positions:
         directions.position_index(pos)
     index, count = parse_shard(shard)
+    timeout = check_claim_timeout(claim_timeout)
     _check_conditions(model, directions, cfg, extra)
     plan = _Plan(model, directions, benchmark, cfg)
     letter_only_supported(model)  # probe the output head once, before any hooks are on
@@ -590,43 +365,84 @@ def sweep(
     with tempfile.TemporaryDirectory(prefix="roleprobe-sweep-") as scratch:
         root = Path(store) if store is not None else Path(scratch)
         results = ResultStore(root, manifest, resume=resume)
-        done = results.done()
-        todo = [w for i, w in enumerate(plan.work) if i % count == index and w.key not in done]
-        logger.info(
-            "sweep: %d work items in the plan, shard %d/%d, %d to do",
-            len(plan.work),
-            index,
-            count,
-            len(todo),
-        )
-        # batch-major: each batch's residuals at every layer it needs come from one pass
-        by_batch: dict[tuple[str, int], list[WorkItem]] = {}
-        for item in todo:
-            by_batch.setdefault((item.group, item.batch), []).append(item)
-        bars = bar(total=len(todo), enabled=progress, desc="sweep", unit="item")
-        for (group, b), items in by_batch.items():
-            batch = _batch(model, plan, group, b)
-            prefix = bool(cfg.alphas or cfg.conditions)  # conditions that may reuse it
-            layers = [w.layer for w in items if w.layer is not None] if prefix else []
-            resids, base = _prefix_pass(
-                model, batch, layers, plan.letters, any(w.layer is None for w in items)
+        try:
+            busy = _work(
+                model, directions, plan, results, (index, count), donors, swept, timeout, progress
             )
-            for item in items:
-                if item.layer is None:
-                    assert base is not None
-                    table = score_table(
-                        _rows(plan, item), base, {"group": item.group}, cfg.tie_rule
-                    )
-                else:
-                    resid = resids.pop(item.layer, None)
-                    table = _run_item(model, directions, plan, item, donors, batch, resid, swept)
-                results.write(item.key, table)
-                bars.update(1)
-        bars.close()
-        result = merge(root, allow_partial=count > 1)
+        finally:
+            results.release_all()  # claims of an interrupted item
+        result = merge(root, allow_partial=count > 1 or bool(busy))
+        if busy:
+            logger.warning(
+                "sweep: %d work items are being computed by other workers (e.g. %s); "
+                "merge the store when they finish",
+                len(result.in_flight),
+                busy[0],
+            )
         if store is None:
+            result.table = result.table  # read before the scratch folder goes
             result.store = None
         return result
+
+
+def _work(
+    model: Model,
+    directions: RoleDirections,
+    plan: "_Plan",
+    results: ResultStore,
+    shard: tuple[int, int],
+    donors: dict[str, str],
+    swept: "list[_Condition]",
+    claim_timeout: float,
+    progress: bool = True,
+) -> list[str]:
+    """Compute this worker's work items (its shard, less what is done or claimed by other
+    workers) into the store, batch by batch; returns the keys left to other workers."""
+    cfg, (index, count) = plan.cfg, shard
+    done = results.done()
+    todo = [w for i, w in enumerate(plan.work) if i % count == index and w.key not in done]
+    logger.info(
+        "sweep: %d work items in the plan, shard %d/%d, %d to do",
+        len(plan.work),
+        index,
+        count,
+        len(todo),
+    )
+    # batch-major: each batch's residuals at every layer it needs come from one pass
+    by_batch: dict[tuple[str, int], list[WorkItem]] = {}
+    for item in todo:
+        by_batch.setdefault((item.group, item.batch), []).append(item)
+    busy: list[str] = []
+    bars = bar(total=len(todo), enabled=progress, desc="sweep", unit="item")
+    for (group, b), batch_items in by_batch.items():
+        items = []
+        for item in batch_items:  # claimed one batch at a time, so that workers interleave
+            if results.claim(item.key, claim_timeout):
+                items.append(item)
+            elif item.key not in results.done():
+                busy.append(item.key)
+            else:
+                bars.update(1)
+        if not items:
+            continue
+        batch = _batch(model, plan, group, b)
+        prefix = bool(cfg.alphas or cfg.conditions)  # conditions that may reuse it
+        layers = [w.layer for w in items if w.layer is not None] if prefix else []
+        resids, base = _prefix_pass(
+            model, batch, layers, plan.letters, any(w.layer is None for w in items)
+        )
+        for item in items:
+            if item.layer is None:
+                assert base is not None
+                table = score_table(_rows(plan, item), base, {"group": item.group}, cfg.tie_rule)
+            else:
+                resid = resids.pop(item.layer, None)
+                table = _run_item(model, directions, plan, item, donors, batch, resid, swept)
+            results.write(item.key, table)  # releases the claim
+            logger.debug("sweep: computed %s", item.key)
+            bars.update(1)
+    bars.close()
+    return [key for key in busy if key not in results.done()]
 
 
 def _rows(plan: _Plan, item: WorkItem) -> pd.DataFrame:
@@ -805,37 +621,3 @@ def _cell(
         "group": group,
     }
     return score_table(items, scores.double().cpu(), labels, tie_rule)
-
-
-def merge(store: str | os.PathLike[str], allow_partial: bool = False) -> SweepResult:
-    """The tables of a sweep store (e.g. after all shards finished).
-
-    Raises:
-        ValueError: parts of the plan are missing (listed) and ``allow_partial`` is False,
-            or the folder holds no sweep manifest.
-    """
-    root = Path(store)
-    try:
-        manifest = read_manifest(root)
-    except FileNotFoundError as err:
-        raise ValueError(f"{root} is not a sweep store (no {MANIFEST})") from err
-    try:
-        config = manifest["config"]
-        cfg = SweepConfig.from_dict(config["sweep"])
-        plan = list(config["plan"])
-        n_layers = int(config["n_layers"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{root / MANIFEST} is not a sweep manifest: {err}") from err
-    results = ResultStore(root, manifest)
-    done = results.done()
-    missing = [key for key in plan if key not in done]
-    if missing and not allow_partial:
-        shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
-        raise ValueError(
-            f"the sweep in {root} is incomplete: {len(missing)} of {len(plan)} parts "
-            f"missing ({shown})"
-        )
-    finished = [key for key in plan if key in done]
-    baseline = results.read([k for k in finished if k.startswith("baseline-")])
-    table = results.read([k for k in finished if k.startswith("layer")])
-    return SweepResult(table, baseline, cfg, n_layers, missing, root)
