@@ -89,9 +89,80 @@ def test_a_rerun_skips_finished_stages(finished):
     assert again.timings == {}
 
 
-def test_a_run_folder_refuses_another_config(finished, tiny4):
-    with pytest.raises(ValueError, match=r"different configuration \(differs in \['layers'\]\)"):
+def test_a_run_folder_refuses_a_change_to_what_finished_stages_computed(finished, tiny4):
+    before = (finished.out / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"02_directions.*layers \(\[1, 2\] -> \[1\], used from"):
         run_pipeline(_config(tiny4, layers=[1]), finished.out)
+    with pytest.raises(ValueError, match=r"\['04_sweep'\].*alphas .*used from 04_sweep on"):
+        run_pipeline(_config(tiny4, alphas=[1.0]), finished.out)
+    assert (finished.out / "config.json").read_text() == before  # nothing was rewritten
+
+
+def test_every_setting_names_the_first_stage_it_changes():
+    from dataclasses import fields
+
+    from roleprobe.app.run import FIRST_STAGE
+
+    assert set(FIRST_STAGE) == {f.name for f in fields(RunConfig)}
+
+
+def test_a_change_after_the_sweep_remakes_only_the_stages_it_affects(tiny4, tmp_path):
+    cfg = _config(tiny4, roles=["lawyer"], patchscope=False)
+    run_pipeline(cfg, tmp_path)
+    store = sorted((tmp_path / "04_sweep" / "store" / "parts").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in store]
+    directions = (tmp_path / "02_directions" / "done.json").stat().st_mtime_ns
+    again = run_pipeline(
+        _config(tiny4, roles=["lawyer"], patchscope=False, correction="bh"), tmp_path
+    )
+    assert sorted(again.timings) == [
+        "05_selection",
+        "06_evaluation",
+        "07_readouts",
+        "08_report",
+    ]
+    assert [p.stat().st_mtime_ns for p in store] == stamps
+    assert (tmp_path / "02_directions" / "done.json").stat().st_mtime_ns == directions
+    assert json.loads((tmp_path / "config.json").read_text())["correction"] == "bh"
+    # a later stage only: readouts and the report
+    third = run_pipeline(
+        _config(tiny4, roles=["lawyer"], patchscope=True, correction="bh"), tmp_path
+    )
+    assert sorted(third.timings) == ["07_readouts", "08_report"]
+    # where the run computes is not what it computes
+    fourth = run_pipeline(
+        _config(
+            tiny4, roles=["lawyer"], patchscope=True, correction="bh", n_devices=1, device="auto"
+        ),
+        tmp_path,
+    )
+    assert fourth.timings == {}
+
+
+def test_a_setting_known_only_to_the_model_leaves_the_folder_fixable(tiny4, tmp_path):
+    with pytest.raises(ValueError, match=r"layers \[7\] are beyond .* 4 layers \(0-3\)"):
+        run_pipeline(_config(tiny4, layers=[1, 7]), tmp_path)
+    assert not (tmp_path / "02_directions" / "done.json").exists()
+    fixed = run_pipeline(_config(tiny4, layers=[1, 2]), tmp_path, until="directions")
+    assert fixed.is_done("02_directions")
+
+
+def test_bad_inputs_known_up_front_write_nothing(tmp_path, monkeypatch):
+    import roleprobe.model.models as models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    out = tmp_path / "run"
+    cfg = RunConfig(model="tiny-random", device="cpu", benchmark="paper", data=str(tmp_path / "no"))
+    with pytest.raises(
+        ValueError, match=r"data = '.*no' \(needed by benchmark = 'paper'\) is not a folder"
+    ):
+        run_pipeline(cfg, out)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="out must name a run folder"):
+        run_pipeline(RunConfig(model="tiny-random"), "")
 
 
 def test_shards_stop_after_the_sweep_and_the_last_call_finishes(tiny4, tmp_path):
@@ -115,7 +186,7 @@ def test_load_config_layers_preset_file_and_flags(tmp_path):
     assert cfg.roles == ("nurse",) and cfg.alphas == (2.0,) and cfg.layers == (8, 16)
     assert cfg.model == "tiny-random"
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
-    assert set(PRESETS) == {"demo", "paper", "custom"}
+    assert set(PRESETS) == {"demo", "paper", "smoke", "custom"}
 
 
 @pytest.mark.parametrize(
@@ -197,21 +268,32 @@ def test_unknown_preset_and_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "status", "message"),
     [
-        (["run", "--out", "{tmp}/r"], "give --preset"),
-        (["run", "--preset", "fast", "--out", "{tmp}/r"], "unknown preset 'fast'"),
-        (["run", "--config", "{tmp}/missing.toml", "--out", "{tmp}/r"], "cannot read config"),
-        (["run", "--preset", "demo", "--out", "{tmp}/r", "--until", "x"], "unknown stage 'x'"),
-        (["merge", "{tmp}"], "not a sweep store"),
-        (["figures", "{tmp}"], "not a run folder"),
+        (["run", "--out", "{tmp}/r"], 2, "give --preset"),  # a usage error the CLI finds
+        (["run", "--config", "{tmp}/missing.toml", "--out", "{tmp}/r"], 1, "cannot read config"),
+        (["merge", "{tmp}"], 1, "not a sweep store"),
+        (["figures", "{tmp}"], 1, "not a run folder"),
     ],
 )
-def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, status, message):
     argv = [a.format(tmp=tmp_path) for a in argv]
-    assert main(["--quiet", *argv]) == 2
+    assert main(["--quiet", *argv]) == status
     err = capsys.readouterr().err
     assert err.startswith("roleprobe: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--preset", "fast", "--out", "{tmp}/r"], "invalid choice: 'fast'"),
+        (["run", "--preset", "demo", "--out", "{tmp}/r", "--until", "x"], "invalid choice: 'x'"),
+    ],
+)
+def test_cli_bad_choices_are_usage_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["--quiet", *(a.format(tmp=tmp_path) for a in argv)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cli_bad_shard_is_one_line(tmp_path, capsys, tiny4):
@@ -232,7 +314,7 @@ def test_cli_bad_shard_is_one_line(tmp_path, capsys, tiny4):
                 "sweep",
             ]
         )
-        == 2
+        == 1
     )
     assert "bad shard '2/2'" in capsys.readouterr().err
 
@@ -303,7 +385,8 @@ def test_a_run_started_before_new_settings_still_resumes(tmp_path):
         k: v for k, v in cfg.to_dict().items() if k not in ("prompt_revision", "patchscope_mode")
     }
     (tmp_path / "config.json").write_text(json.dumps(old))
-    Run(cfg, tmp_path)  # the missing settings read as their defaults
+    run = Run(cfg, tmp_path)  # the missing settings read as their defaults
+    run.finish("01_prompts", {}, 0.0)
     with pytest.raises(ValueError, match="prompt_revision"):
         Run(
             RunConfig(model="tiny-random", device="cpu", prompts="paper", prompt_revision="v1"),
@@ -422,3 +505,22 @@ def test_a_folder_with_the_earlier_layout_is_refused(tmp_path):
     (tmp_path / "02_means").mkdir()
     with pytest.raises(ValueError, match=r"earlier stage layout \(\['02_means'\]\)"):
         Run(RunConfig(model="tiny-random", device="cpu"), tmp_path)
+
+
+def test_the_smoke_preset_finishes_every_stage_on_the_tiny_model(tmp_path, capsys):
+    out = tmp_path / "smoke"
+    assert main(["--quiet", "run", "--preset", "smoke", "--out", str(out)]) == 0
+    for stage in STAGES:
+        assert (out / stage.name / "done.json").exists(), stage
+    assert "report:" in capsys.readouterr().out
+    effects = pd.read_csv(out / "06_evaluation" / "effects.csv")
+    assert set(effects["role"]) == {"lawyer", "mathematician"}
+
+
+def test_the_paper_rule_on_two_layers_says_why_before_computing(tmp_path):
+    cfg = load_config("smoke", None, {"rules": ["paper", "held-out"]})
+    with pytest.raises(ValueError, match=r"rules \['paper'\] never pick the last 20 % .* of 2"):
+        run_pipeline(cfg, tmp_path)
+    assert not (tmp_path / "02_directions" / "done.json").exists()
+    done = run_pipeline(load_config("smoke"), tmp_path)  # rules only change stage 5 on
+    assert done.is_done("08_report")

@@ -14,8 +14,12 @@ Subcommands:
     ``roleprobe info``: a model's layers, hook names, post-instruction tokens, letter ids.
     ``roleprobe models``: what :func:`roleprobe.load_model` can load here.
 
-Errors print one line (``roleprobe: error: ...``) and exit with status 2; ``--debug`` shows
-the traceback instead.
+Exit status: 0 on success, 2 for a usage error (a bad command line: unknown flag, a value
+outside a flag's choices, an empty ``--out``), 1 for a runtime error (the library refused an
+input or a file while running: a bad config, device or data file), 130 when interrupted.
+Errors print one line (``roleprobe: error: ...``); ``--debug`` shows the traceback instead.
+``--quiet`` and ``--debug`` go before or after the subcommand (``roleprobe run --quiet ...``).
+``python -m roleprobe`` is the same command.
 """
 
 import argparse
@@ -30,12 +34,58 @@ from roleprobe import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from roleprobe.app.run_config import RunConfig
+    from roleprobe.core.types import Model
 
 logger = logging.getLogger("roleprobe")
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
+"""The ``--dtype`` choices (the names :func:`roleprobe.model.models.resolve_dtype` takes)."""
+
+EXIT_RUNTIME_ERROR = 1
+EXIT_USAGE_ERROR = 2
+
+
+class UsageError(ValueError):
+    """A command line the CLI itself refuses (exit status 2, like argparse's own errors)."""
 
 
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
+
+
+def _positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _max_memory(value: str) -> dict[str | int, str | int]:
+    """An argparse type: ``0=20GiB,1=20GiB,cpu=60GiB`` -> ``{0: "20GiB", 1: "20GiB", ...}``."""
+    budget: dict[str | int, str | int] = {}
+    for part in value.split(","):
+        device, sep, size = (x.strip() for x in part.partition("="))
+        if not sep or not device or not size:
+            raise argparse.ArgumentTypeError(
+                f"expected DEVICE=SIZE[,DEVICE=SIZE...] (e.g. 0=20GiB,cpu=60GiB), got {value!r}"
+            )
+        budget[int(device) if device.isdigit() else device] = size
+    return budget
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    """``--debug``/``--quiet``: on the top-level parser (default ``False``) and on every
+    subcommand (default suppressed, so a flag given before the subcommand is kept)."""
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks on errors"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", default=default, help="only warnings and results"
+    )
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +93,32 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         "--model", default="smollm2-135m-instruct", help="model name (see `roleprobe models`)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="parameter dtype")
+    parser.add_argument(
+        "--model-revision",
+        default=None,
+        metavar="REV",
+        help="hub models: the branch, tag or commit to load (recorded with the results)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="hub or folder models: run the repository's own modelling code",
+    )
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        metavar="MAP",
+        help="hub or folder models: spread the model over devices (auto, balanced, ...); "
+        "leave --device at auto",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=_max_memory,
+        default=None,
+        metavar="DEV=SIZE,...",
+        help="with --device-map: per-device budget, e.g. 0=20GiB,1=20GiB,cpu=60GiB",
+    )
     parser.add_argument(
         "--system",
         default="default",
@@ -54,17 +129,21 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
+    from roleprobe.app.run import STAGES
+    from roleprobe.app.run_config import PRESETS
+
     parser = argparse.ArgumentParser(
-        prog="roleprobe", description="Role vectors in a language model's residual stream."
+        prog="roleprobe",
+        description="Role vectors in a language model's residual stream.",
+        epilog="exit status: 0 success, 1 runtime error, 2 usage error, 130 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"roleprobe {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--quiet", action="store_true", help="only warnings and results")
+    _add_global_flags(parser, False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     chat = sub.add_parser("chat", help="answer one prompt in the model's chat template")
     chat.add_argument("prompt", help="the user turn")
-    chat.add_argument("--max-new-tokens", type=int, default=64)
+    chat.add_argument("--max-new-tokens", type=_positive_int, default=64)
     chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     chat.add_argument("--seed", type=int, default=None)
     _add_model_args(chat)
@@ -75,17 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="models that can be loaded here")
 
-    run = sub.add_parser("run", help="the pipeline: prompts -> ... -> report, resumable")
-    _add_run_args(run)
+    keys = [s.key for s in STAGES]
+    run = sub.add_parser(
+        "run",
+        help="the pipeline: prompts -> ... -> report, resumable",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the numbered pipeline into a run folder, one sub-folder per stage:\n\n"
+        + "\n".join(f"  {s.name:15} {s.summary}" for s in STAGES)
+        + "\n\nA finished stage is not made again, so a rerun resumes; --until stops early.\n"
+        "Settings: a --preset, then a --config TOML file, then the flags (later wins).",
+    )
+    _add_run_args(run, sorted(PRESETS))
     run.add_argument(
         "--until",
         default=None,
-        help="stop after this stage: prompts, directions, validation, sweep, selection, "
-        "evaluation, readouts or report (or its folder name, e.g. 03_validation)",
+        choices=[*keys, *(s.name for s in STAGES), *(a for s in STAGES for a in s.aliases)],
+        metavar="STAGE",
+        help=f"stop after this stage: one of {', '.join(keys)} (or its folder name, "
+        f"e.g. {STAGES[2].name})",
+    )
+    run.add_argument(
+        "--dtype", default=None, choices=DTYPE_NAMES, help="overrides the preset's dtype"
     )
 
     sweep = sub.add_parser("sweep", help="stages 1-4 of a run (one shard of the sweep)")
-    _add_run_args(sweep)
+    _add_run_args(sweep, sorted(PRESETS))
 
     merge = sub.add_parser("merge", help="check a run's sweep is complete; list missing parts")
     merge.add_argument("out", help="the run folder (or a sweep store folder)")
@@ -104,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("final", "v1"),
         help="--prompts paper: the official release (final, default) or the first pipeline's (v1)",
     )
-    directions.add_argument("--batch-size", type=int, default=16)
+    directions.add_argument("--batch-size", type=_positive_int, default=16)
     directions.add_argument("--out", required=True, help="folder to save the directions in")
 
     evaluate = sub.add_parser("evaluate", help="score a benchmark (baseline or persona)")
@@ -114,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--domain", default=None, help="one of the 8 domains")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--persona", default=None, help="a role to state in the prompt")
-    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=16)
     evaluate.add_argument("--out", default=None, help="per-item CSV to write")
 
     readout = sub.add_parser("readout", help="patchscope and logit lens of a role direction")
@@ -130,11 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="patchscope: add at the placeholder only (default) or everywhere (the paper's)",
     )
     _add_model_args(readout)
+    for subcommand in sub.choices.values():
+        _add_global_flags(subcommand, argparse.SUPPRESS)
     return parser
 
 
-def _add_run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default=None, help="demo, paper or custom")
+def _add_run_args(parser: argparse.ArgumentParser, presets: Sequence[str]) -> None:
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=presets,
+        help="the preset to start from (--config and the flags below override it)",
+    )
     parser.add_argument("--config", default=None, help="a TOML file ([run] table or top level)")
     parser.add_argument("--out", required=True, help="the run folder (resumes if it exists)")
     parser.add_argument("--shard", default=None, help="i/n: do only this part of the sweep")
@@ -146,15 +246,47 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default=None, help="overrides the preset's model")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
+    parser.add_argument(
+        "--model-revision",
+        default=None,
+        metavar="REV",
+        help="hub models: branch, tag or commit (recorded in every manifest)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="hub or folder models: run the repository's own modelling code",
+    )
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        metavar="MAP",
+        help="hub models: auto, balanced, ... (leave --device unset)",
+    )
     parser.add_argument("--roles", nargs="+", default=None, help="overrides the preset's roles")
 
 
-def _cmd_chat(args: argparse.Namespace) -> None:
+def _load(args: argparse.Namespace) -> "Model":
+    """The model the model flags name (see :func:`_add_model_args`)."""
     from roleprobe.model.models import load_model
+
+    return load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        revision=args.model_revision,
+        trust_remote_code=args.trust_remote_code,
+        device_map=args.device_map,
+        max_memory=args.max_memory,
+    )
+
+
+def _cmd_chat(args: argparse.Namespace) -> None:
     from roleprobe.steering.generation import generate
 
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load(args)
     logger.info("loaded %s in %.1fs", args.model, time.perf_counter() - start)
     (text,) = generate(
         model,
@@ -169,9 +301,8 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
 def _cmd_info(args: argparse.Namespace) -> None:
     from roleprobe.model.chat import ChatTemplate, answer_letter_ids
-    from roleprobe.model.models import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load(args)
     tokenizer = model.tokenizer
     template = ChatTemplate.from_tokenizer(tokenizer, args.system)
     letters = answer_letter_ids(tokenizer, system=args.system)
@@ -211,18 +342,26 @@ def _cmd_models(args: argparse.Namespace) -> None:
 def _path_arg(value: str, flag: str = "--out") -> str:
     """``value`` unless it is empty or blank (which would mean the current folder)."""
     if not value.strip():
-        raise ValueError(f"{flag} must name a path, got {value!r}")
+        raise UsageError(f"{flag} must name a path, got {value!r}")
     return value
 
 
 def _run_config(args: argparse.Namespace) -> "RunConfig":
     """The run's config from ``--preset``/``--config``/flags, validated before any write."""
-    from roleprobe.app.run_config import load_config
+    from roleprobe.app.run_config import PRESETS, load_config
 
     _path_arg(args.out)
     if args.preset is None and args.config is None:
-        raise ValueError("give --preset (demo, paper, custom) or --config FILE")
-    overrides = {"model": args.model, "device": args.device, "roles": args.roles}
+        raise UsageError(f"give --preset ({', '.join(sorted(PRESETS))}) or --config FILE")
+    overrides = {
+        "model": args.model,
+        "device": args.device,
+        "dtype": getattr(args, "dtype", None),  # `run --dtype`; `sweep` keeps the config's
+        "roles": args.roles,
+        "model_revision": getattr(args, "model_revision", None),
+        "trust_remote_code": getattr(args, "trust_remote_code", None),
+        "device_map": getattr(args, "device_map", None),
+    }
     return load_config(args.preset, args.config, overrides)
 
 
@@ -264,7 +403,7 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     paths = RunPaths(_path_arg(args.out, "out"))
     store = paths.sweep_store if paths.folder(SWEEP).exists() else Path(args.out)
     result = merge(store)
-    _out(f"complete: {len(result.table)} rows, {len(result.baseline)} baseline rows in {store}")
+    _out(f"complete: {result.n_rows} rows, {len(result.baseline)} baseline rows in {store}")
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
@@ -276,11 +415,10 @@ def _cmd_figures(args: argparse.Namespace) -> None:
 
 
 def _cmd_directions(args: argparse.Namespace) -> None:
-    from roleprobe.model.models import load_model
     from roleprobe.vectors.directions import compute_directions
 
     _path_arg(args.out)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load(args)
     rd = compute_directions(
         model,
         roles=args.roles,
@@ -296,13 +434,12 @@ def _cmd_directions(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from roleprobe.data.benchmarks import load_benchmark
     from roleprobe.experiments.evaluation import Baseline, Persona, evaluate
-    from roleprobe.model.models import load_model
     from roleprobe.results.stats import accuracy
 
     if args.out is not None:
         _path_arg(args.out)
     bench = load_benchmark(args.benchmark, domain=args.domain, split=args.split, path=args.data)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load(args)
     condition = Persona(args.persona) if args.persona else Baseline()
     df = evaluate(model, bench, condition, batch_size=args.batch_size, system=args.system)
     acc = accuracy(df)
@@ -317,11 +454,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_readout(args: argparse.Namespace) -> None:
-    from roleprobe.model.models import load_model
     from roleprobe.vectors.directions import RoleDirections
     from roleprobe.vectors.readouts import logit_lens, patchscope
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load(args)
     rd = RoleDirections.load(args.directions, model)
     d = rd.vector(args.role, args.layer, args.position)
     # the prompt is formatted as the directions were (their recorded system-turn policy)
@@ -367,9 +503,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        sys.stderr.write(f"roleprobe: error: {err}\n")
-        return 2
+        sys.stderr.write(f"roleprobe: error: {_one_line(err)}\n")
+        return EXIT_USAGE_ERROR if isinstance(err, UsageError) else EXIT_RUNTIME_ERROR
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (its type name when it has no message)."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

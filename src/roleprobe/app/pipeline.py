@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from roleprobe.app.inputs import check_model_fit, preflight, run_benchmark, run_prompts
 from roleprobe.app.run import (
     DIRECTIONS,
     EVALUATION,
@@ -105,22 +106,22 @@ class Context:
             from roleprobe.model.models import load_model
 
             cfg = self.config
-            self._model = load_model(
-                cfg.model, device=cfg.device, dtype=cfg.dtype, n_devices=cfg.n_devices
+            model = load_model(
+                cfg.model,
+                device=cfg.device,
+                dtype=cfg.dtype,
+                n_devices=cfg.n_devices,
+                revision=cfg.model_revision or None,
+                trust_remote_code=cfg.trust_remote_code,
+                device_map=cfg.device_map or None,
             )
+            check_model_fit(cfg, model)
+            self._model = model
         return self._model
 
     def prompt_sets(self) -> "tuple[RolePrompts, RolePrompts | None]":
         """(train, held-out) role prompts; held-out is ``None`` when no fraction is kept."""
-        from roleprobe.data.prompts import load_prompts
-
-        cfg = self.config
-        revision = None if cfg.prompt_revision == "final" else cfg.prompt_revision
-        prompts = load_prompts(cfg.prompts, list(self.run.roles()), cfg.data or None, revision)
-        if cfg.heldout_fraction == 0:
-            return prompts, None
-        train, held = prompts.split(cfg.heldout_fraction, cfg.seed)
-        return train, held
+        return run_prompts(self.config)
 
     def directions(self) -> "RoleDirections":
         """The directions of stage 2, checked against the model."""
@@ -130,17 +131,7 @@ class Context:
 
     def benchmark(self) -> "MultipleChoice":
         """The questions (the first ``questions_per_domain`` of each domain, if set)."""
-        from roleprobe.data.benchmarks import MultipleChoice, load_benchmark
-        from roleprobe.experiments.evaluation import subject_domain
-
-        cfg = self.config
-        bench = load_benchmark(cfg.benchmark, split=cfg.split, path=cfg.data or None)
-        if cfg.questions_per_domain <= 0:
-            return bench
-        items = bench.items
-        domain = items["subject"].map(subject_domain)
-        kept = items[items.groupby(domain).cumcount() < cfg.questions_per_domain]
-        return MultipleChoice(kept, f"{bench.name}[{cfg.questions_per_domain}/domain]", bench.split)
+        return run_benchmark(self.config)
 
     def picks(self, rule: str) -> pd.DataFrame:
         """The picks stage 5 wrote for ``rule`` (``alpha`` as float)."""
@@ -242,7 +233,12 @@ def stage_sweep(ctx: Context) -> dict[str, Any]:
     if result.complete:
         write_csv(paths.sweep_scores, result.scores())
         write_csv(paths.sweep_baseline, result.baseline)
-    return {"complete": result.complete, "missing": len(result.missing), "rows": len(result.table)}
+    return {
+        "complete": result.complete,
+        "missing": len(result.missing),
+        "in_flight": len(result.in_flight),
+        "rows": result.n_rows,
+    }
 
 
 def stage_selection(ctx: Context) -> dict[str, Any]:
@@ -419,10 +415,11 @@ def _make(ctx: Context, stage: Stage) -> bool:
     summary = STEPS[stage](ctx)
     if stage == SWEEP and not summary["complete"]:
         logger.info(
-            "shard %s finished; %d parts of the sweep are still missing: run again "
-            "without --shard once every shard is done",
-            ctx.shard,
+            "%s finished; %d parts of the sweep are still missing (%d being computed by other "
+            "workers on this store): run again without --shard once they are done",
+            f"shard {ctx.shard}" if ctx.shard else "this worker",
             summary["missing"],
+            summary["in_flight"],
         )
         return False
     ctx.run.finish(stage, summary, time.perf_counter() - start)
@@ -440,16 +437,24 @@ def run_pipeline(
 
     Args:
         config: what the run does.
-        out: the run folder (resumed if it holds this config; refused if another).
+        out: the run folder. Resumed if it holds this config; if it holds another, the
+            settings that changed must only affect stages after the sweep (those stages are
+            made again) or stages not started yet (see :data:`~roleprobe.app.run.FIRST_STAGE`).
         shard: ``"i/n"``: do only that part of the sweep, then stop.
         until: the last stage to make (folder name, key or an earlier name).
         resume: ``False`` refuses a folder that already holds finished stages.
+
+    Raises:
+        ValueError: a bad setting, file or folder, found by
+            :func:`~roleprobe.app.inputs.preflight` before anything is written or any model
+            loads; a layer the model does not have, found when it loads.
 
     Returns:
         The :class:`~roleprobe.app.run.Run` (its ``timings`` hold the seconds of the stages
         made now).
     """
     last = stage_named(until) if until is not None else STAGES[-1]
+    preflight(config, out, shard)  # before anything is written or any model loads
     run = Run(config, out)
     finished = [s.name for s in run.finished()]
     if finished and not resume:

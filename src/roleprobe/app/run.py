@@ -19,6 +19,7 @@ Example:
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DIRECTIONS",
     "EVALUATION",
+    "FIRST_STAGE",
     "PROMPTS",
     "READOUTS",
     "REPORT",
@@ -43,6 +45,7 @@ __all__ = [
     "Run",
     "RunPaths",
     "Stage",
+    "read_config_json",
     "stage_named",
 ]
 
@@ -119,6 +122,47 @@ STAGES: tuple[Stage, ...] = (
     REPORT,
 )
 """Every stage, in the order a run makes them."""
+
+
+FIRST_STAGE: dict[str, Stage | None] = {
+    "roles": PROMPTS,
+    "prompts": PROMPTS,
+    "prompt_revision": PROMPTS,
+    "data": PROMPTS,
+    "heldout_fraction": PROMPTS,
+    "seed": PROMPTS,
+    "model": DIRECTIONS,
+    "model_revision": DIRECTIONS,
+    "trust_remote_code": DIRECTIONS,
+    "dtype": DIRECTIONS,
+    "system": DIRECTIONS,
+    "layers": DIRECTIONS,
+    "positions": DIRECTIONS,
+    "batch_size": DIRECTIONS,
+    "benchmark": SWEEP,
+    "split": SWEEP,
+    "questions_per_domain": SWEEP,
+    "alphas": SWEEP,
+    "ablation": SWEEP,
+    "controls": SWEEP,
+    "scope": SWEEP,
+    "tie_rule": SWEEP,
+    "ablation_at": SWEEP,
+    "rules": SELECTION,
+    "select_fraction": SELECTION,
+    "correction": SELECTION,
+    "evaluate_all_domains": EVALUATION,
+    "patchscope": READOUTS,
+    "patchscope_mode": READOUTS,
+    "device": None,
+    "device_map": None,
+    "n_devices": None,
+}
+"""For every :class:`~roleprobe.app.run_config.RunConfig` setting, the first stage whose
+result it changes (``None``: where the run computes, not what). A rerun may change a
+setting freely while that stage has not started; changing it after re-makes the stages
+from there on, unless that would throw away the sweep or an earlier stage (refused). A
+test keeps this table equal to the config's fields."""
 
 
 def stage_named(name: "str | Stage") -> Stage:
@@ -279,18 +323,59 @@ class Run:
             )
         path = self.paths.config
         if path.exists():
-            stored = {**RunConfig().to_dict(), **json.loads(path.read_text())}
+            stored = {**RunConfig().to_dict(), **read_config_json(path)}
             wanted = config.to_dict()
-            if stored != wanted:
-                keys = sorted(
-                    k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)
-                )
-                raise ValueError(
-                    f"{self.out} holds a run with a different configuration (differs in {keys});"
-                    " use a new --out folder"
-                )
+            changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
+            if changed:
+                self._reconcile(changed, stored, wanted)
+                write_json(path, wanted)
         else:
             write_json(path, config.to_dict())
+
+    def _reconcile(
+        self, changed: list[str], stored: Mapping[str, Any], wanted: Mapping[str, Any]
+    ) -> None:
+        """Accept a rerun whose config differs in ``changed``, or refuse it.
+
+        A setting may change while the first stage it affects (:data:`FIRST_STAGE`) has
+        not started. If that stage comes after the sweep, the finished stages from there
+        on are removed and made again; a change that would alter a finished stage up to
+        the sweep (or a sweep under way) is refused, naming the settings and stages.
+        """
+        affected: dict[str, Stage] = {}
+        for key in changed:
+            stage = FIRST_STAGE.get(key, PROMPTS)  # a setting not in the table: the earliest
+            if stage is not None:
+                affected[key] = stage
+        free = [k for k in changed if k not in affected]
+        if free:
+            logger.info("%s: %s changed (where the run computes, not what)", self.out, free)
+        if not affected:
+            return
+        first = min(affected.values(), key=lambda s: s.number)
+        started = [s for s in STAGES if s.number >= first.number and self.is_done(s)]
+        if first.number <= SWEEP.number and (self.paths.sweep_store / "manifest.json").exists():
+            started.append(SWEEP)
+        locked = sorted({s for s in started if s.number <= SWEEP.number}, key=lambda s: s.number)
+        if locked:
+            detail = ", ".join(
+                f"{k} ({stored.get(k)!r} -> {wanted[k]!r}, used from {affected[k]} on)"
+                for k in sorted(affected, key=lambda k: (affected[k].number, k))
+            )
+            raise ValueError(
+                f"{self.out} holds a run whose finished stages {[s.name for s in locked]} "
+                f"were made with other settings: {detail}; use a new --out folder (or delete "
+                "those stage folders to make them again)"
+            )
+        remade = [s for s in STAGES if s.number >= first.number and self.paths.folder(s).exists()]
+        for stage in remade:
+            shutil.rmtree(self.paths.folder(stage))
+        logger.warning(
+            "%s: %s changed; stages %s will be made again",
+            self.out,
+            sorted(affected),
+            [s.name for s in remade] or "(none started yet)",
+        )
 
     @classmethod
     def open(cls, out: str | os.PathLike[str]) -> "Run":
@@ -302,7 +387,7 @@ class Run:
         path = RunPaths(out).config
         if not path.exists():
             raise ValueError(f"{Path(out)} is not a run folder (no {CONFIG})")
-        return cls(RunConfig.from_dict(json.loads(path.read_text()), str(path)), out)
+        return cls(RunConfig.from_dict(read_config_json(path), str(path)), out)
 
     def folder(self, stage: "str | Stage") -> Path:
         """A stage's folder (created)."""
@@ -333,6 +418,21 @@ class Run:
     def roles(self) -> tuple[str, ...]:
         """The run's roles (all 29 when the config lists none)."""
         return self.config.roles or tuple(role.name for role in ROLES)
+
+
+def read_config_json(path: Path) -> dict[str, Any]:
+    """A run folder's stored config as a dict.
+
+    Raises:
+        ValueError: the file is not a JSON object (names the file).
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a valid run config (JSON): {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object of settings, got {type(data).__name__}")
+    return data
 
 
 def _one_line(summary: Mapping[str, Any]) -> str:

@@ -5,8 +5,11 @@ another one; :func:`load_config` layers a preset, a TOML file and explicit overr
 
 Presets (:data:`PRESETS`): ``demo`` (embedded model, built-in data, a small grid; minutes
 on two CPU cores), ``paper`` (29 roles, the paper's prompts and questions, every layer and
-post-instruction position, α ∈ {1, 3}, ablation, controls; GPU hours) and ``custom``
-(the defaults of :class:`RunConfig`, to be overridden by a TOML file or flags).
+post-instruction position, α ∈ {1, 3}, ablation, controls; GPU hours), ``smoke`` (every
+stage on the two-layer ``tiny-random`` model in seconds: a check that an install works; the
+held-out rule only, since the paper's rule never picks the last 20 % of the layers and
+layer 0's directions are zero, which leaves it nothing on two layers) and ``custom`` (the
+defaults of :class:`RunConfig`, to be overridden by a TOML file or flags).
 
 Example:
     >>> cfg = load_config("demo", "run.toml", {"model": "tiny-random"})
@@ -46,7 +49,12 @@ class RunConfig:
     Attributes:
         model: a name for :func:`roleprobe.load_model` (embedded, ``tiny-random``, a folder
             or a hub name).
+        model_revision: a hub model's branch, tag or commit (``""``: the default branch);
+            recorded in every manifest as ``org/model@<revision>``.
+        trust_remote_code: run a hub or folder model's own modelling code.
         device: ``auto``, ``cpu``, ``cuda``, ...; dtype: ``float32``, ``bfloat16``, ...
+        device_map: a ``transformers`` device map name (``auto``, ``balanced``, ...) to
+            spread a hub model over devices (``""``: none; leave ``device`` at ``auto``).
         n_devices: GPUs to split a big hub model over (TransformerLens multi-device).
         roles: the roles (``()``: all 29).
         prompts: ``builtin``, ``paper`` or a folder of prompt files.
@@ -90,7 +98,10 @@ class RunConfig:
     """
 
     model: str = "smollm2-135m-instruct"
+    model_revision: str = ""
+    trust_remote_code: bool = False
     device: str = "auto"
+    device_map: str = ""
     dtype: str = "float32"
     n_devices: int = 1
     roles: tuple[str, ...] = ("lawyer", "nurse", "mathematician")
@@ -267,6 +278,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "evaluate_all_domains": True,
         "patchscope_mode": "paper",
         "batch_size": 32,
+    },
+    "smoke": {
+        "model": "tiny-random",
+        "device": "cpu",
+        "roles": ["lawyer", "mathematician"],
+        "layers": [1],
+        "positions": [-1],
+        "rules": ["held-out"],
+        "questions_per_domain": 8,
+        "batch_size": 8,
     },
     "custom": {},
 }

@@ -428,7 +428,8 @@ def load_benchmark(
         source: ``"builtin"``, ``"mmlu"`` (hub), ``"mmlu-local"`` or ``"paper"``.
         domain: keep one domain's subjects (see ``roleprobe.DOMAINS``).
         subjects: keep these MMLU subjects.
-        split: ``"test"``, ``"validation"`` or ``"dev"`` (MMLU sources).
+        split: ``"test"``, ``"validation"`` or ``"dev"`` (MMLU sources; the built-in and
+            paper questions have only ``"test"``).
         path: the release folder (``mmlu-local``) or the paper's data folder (``paper``).
 
     Returns:
@@ -439,6 +440,8 @@ def load_benchmark(
     wanted = _wanted_subjects(subjects, domain)
     if source in ("mmlu-local", "paper") and path is None:
         raise ValueError(f"source={source!r} needs path= (the data folder)")
+    if source in ("builtin", "paper") and split != "test":
+        raise ValueError(f"split={split!r}: the {source} questions have one split, 'test'")
     if source == "builtin":
         return builtin_benchmark().subset(subjects, domain)
     if source == "paper":

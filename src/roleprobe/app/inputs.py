@@ -1,0 +1,221 @@
+"""A run's inputs, read from its config without a model, and every check made before one loads.
+
+:func:`preflight` is what ``roleprobe run`` (and :func:`roleprobe.app.pipeline.run_pipeline`)
+calls first, before a run folder is created or written and before any model loads: the
+config's types and names were checked when it was built (:class:`~roleprobe.app.run_config.
+RunConfig`); here come what needs the file system: the run folder, the shard, the model
+name, the prompt files and the questions (loaded and checked in full, as the run will use
+them) and whether every role has questions in its domain. What only the model can tell
+(layers beyond its depth, a paper rule with no layer to pick from) is checked by
+:func:`check_model_fit` right after the model loads, before any stage computes.
+
+Example:
+    >>> cfg = load_config("demo")
+    >>> preflight(cfg, "runs/demo")      # raises ValueError naming the bad setting or file
+"""
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from roleprobe.app.run_config import RunConfig
+from roleprobe.data.benchmarks import MultipleChoice, load_benchmark
+from roleprobe.data.prompts import RolePrompts, load_prompts
+from roleprobe.data.roles import ROLES, get_role
+
+if TYPE_CHECKING:  # pragma: no cover
+    from roleprobe.core.types import Model
+
+__all__ = [
+    "check_model_fit",
+    "check_model_name",
+    "preflight",
+    "run_benchmark",
+    "run_prompts",
+    "run_roles",
+]
+
+logger = logging.getLogger(__name__)
+
+NEEDS_DATA = {"prompts": ("paper",), "benchmark": ("paper", "mmlu-local")}
+"""Settings whose values read the ``data`` folder."""
+
+HUB_SPLITS = ("test", "validation", "dev")
+
+
+def run_roles(config: RunConfig) -> tuple[str, ...]:
+    """The run's roles (all 29 when the config lists none)."""
+    return config.roles or tuple(role.name for role in ROLES)
+
+
+def run_prompts(config: RunConfig) -> tuple[RolePrompts, RolePrompts | None]:
+    """(train, held-out) role prompts as the run uses them; held-out is ``None`` when the
+    config keeps no held-out fraction."""
+    revision = None if config.prompt_revision == "final" else config.prompt_revision
+    prompts = load_prompts(config.prompts, list(run_roles(config)), config.data or None, revision)
+    if config.heldout_fraction == 0:
+        return prompts, None
+    train, held = prompts.split(config.heldout_fraction, config.seed)
+    return train, held
+
+
+def run_benchmark(config: RunConfig) -> MultipleChoice:
+    """The run's questions (the first ``questions_per_domain`` of each domain, if set)."""
+    from roleprobe.experiments.evaluation import subject_domain
+
+    bench = load_benchmark(config.benchmark, split=config.split, path=config.data or None)
+    if config.questions_per_domain <= 0:
+        return bench
+    items = bench.items
+    domain = items["subject"].map(subject_domain)
+    kept = items[items.groupby(domain).cumcount() < config.questions_per_domain]
+    label = f"{bench.name}[{config.questions_per_domain}/domain]"
+    return MultipleChoice(kept, label, bench.split)
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a model name that cannot load, without loading anything.
+
+    A built-in name, a ``tiny-random-<family>`` of a known family, a folder holding a
+    ``config.json``, or anything else read as a hub name (checked only when it loads).
+
+    Raises:
+        ValueError: an unknown tiny family, or a path that is not a model folder.
+    """
+    from roleprobe.model.families import FAMILIES
+    from roleprobe.model.models import EMBEDDED_MODEL, TINY_MODEL
+
+    prefix = f"{TINY_MODEL}-"
+    local = Path(name).expanduser()
+    if name in (EMBEDDED_MODEL, TINY_MODEL) or local.is_dir():
+        if local.is_dir() and not (local / "config.json").is_file():
+            raise ValueError(f"model = {name!r}: the folder has no config.json")
+        return
+    if name.startswith(prefix):
+        if name[len(prefix) :] not in FAMILIES:
+            known = [TINY_MODEL, *(prefix + f for f in FAMILIES)]
+            raise ValueError(f"unknown model {name!r}; the tiny random models are {known}")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name:
+        raise ValueError(f"model = {name!r} is not a folder (and not a hub name 'org/model')")
+
+
+def preflight(config: RunConfig, out: str | os.PathLike[str], shard: str | None = None) -> None:
+    """Every check of a run that needs no model; nothing is written.
+
+    Args:
+        config: the run's config.
+        out: the run folder (need not exist).
+        shard: ``"i/n"`` (0-based) or ``None``.
+
+    Raises:
+        ValueError: the first problem found, naming the setting, file or value.
+    """
+    if not str(out).strip():
+        raise ValueError("out must name a run folder, got an empty path")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"out = {str(out)!r} is a file, not a run folder")
+    if shard is not None:
+        from roleprobe.experiments.sweeps import parse_shard
+
+        parse_shard(shard)
+    check_model_name(config.model)
+    from roleprobe.model.models import resolve_device, resolve_dtype
+
+    try:
+        resolve_dtype(config.dtype)
+        resolve_device(config.device)
+    except ValueError as err:
+        raise ValueError(f"{err} (dtype = {config.dtype!r}, device = {config.device!r})") from None
+    _check_grid(config)
+    _check_data_folder(config)
+    train, _ = run_prompts(config)
+    if config.benchmark == "mmlu":
+        if config.split not in HUB_SPLITS:
+            raise ValueError(f"split = {config.split!r}: MMLU has the splits {list(HUB_SPLITS)}")
+        logger.info("benchmark 'mmlu' is read from the hub when the sweep starts")
+        return
+    bench = run_benchmark(config)
+    _check_domains(config, bench, list(train.role_names))
+
+
+def _check_grid(config: RunConfig) -> None:
+    for key in ("layers", "positions", "roles", "alphas"):
+        values = getattr(config, key)
+        doubled = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if doubled:
+            raise ValueError(f"{key} lists {doubled} more than once")
+    negative = [layer for layer in config.layers if layer < 0]
+    if negative:
+        raise ValueError(f"layers must be block indices (0 or more), got {negative}")
+    if not config.alphas and not config.ablation:
+        raise ValueError("alphas is empty and ablation is off: the sweep would have nothing to run")
+
+
+def _check_data_folder(config: RunConfig) -> None:
+    users = [k for k, values in NEEDS_DATA.items() if getattr(config, k) in values]
+    if not users:
+        return
+    what = " and ".join(f"{k} = {getattr(config, k)!r}" for k in users)
+    if not config.data:
+        raise ValueError(f"{what} needs data = the data folder")
+    if not Path(config.data).expanduser().is_dir():
+        raise ValueError(f"data = {config.data!r} (needed by {what}) is not a folder")
+
+
+def _check_domains(config: RunConfig, bench: MultipleChoice, roles: list[str]) -> None:
+    from roleprobe.experiments.evaluation import subject_domain
+
+    if bench.items.empty:
+        raise ValueError(f"benchmark {bench.name!r} holds no questions")
+    if config.scope == "all":
+        return
+    present = {subject_domain(s) for s in bench.items["subject"]}
+    lacking = []
+    for role in roles:
+        try:
+            domain = get_role(role).domain
+        except ValueError:
+            raise ValueError(
+                f"role {role!r} is outside the catalogue: it has no domain; use scope = 'all'"
+            ) from None
+        if domain not in present:
+            lacking.append(f"{role} ({domain})")
+    if lacking:
+        raise ValueError(
+            f"benchmark {bench.name!r} has no questions in the domains of roles {lacking}; "
+            "use another benchmark or scope = 'all'"
+        )
+
+
+def check_model_fit(config: RunConfig, model: "Model") -> None:
+    """What only the loaded model can tell, checked before any stage computes.
+
+    Raises:
+        ValueError: a layer beyond the model's depth, or a paper selection rule that can
+            pick no layer (it never picks the last 20 % of the layers, and layer 0's
+            directions are zero).
+    """
+    from roleprobe.experiments.selection import layer_cutoff
+
+    n_layers = int(model.cfg.n_layers)
+    beyond = [layer for layer in config.layers if layer >= n_layers]
+    if beyond:
+        raise ValueError(
+            f"layers {beyond} are beyond {config.model!r}, which has {n_layers} layers "
+            f"(0-{n_layers - 1})"
+        )
+    paper = [r for r in config.rules if r.startswith("paper")]
+    if not paper:
+        return
+    cutoff = layer_cutoff(n_layers)
+    layers = config.layers or tuple(range(n_layers))
+    usable = [layer for layer in layers if 0 < layer < cutoff]
+    if not usable:
+        raise ValueError(
+            f"rules {paper} never pick the last 20 % of the layers (layer >= {cutoff} of "
+            f"{n_layers}) and layer 0's directions are zero, so with layers = "
+            f"{list(layers)} on {config.model!r} they have nothing to pick; add a layer in "
+            f"1-{cutoff - 1} or use rules = ['held-out']"
+        )
