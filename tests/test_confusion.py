@@ -42,7 +42,7 @@ def test_planted_markers_are_told_apart(tiny_model, marker_prompts):
     )
     rc = role_confusion(tiny_model, rd, held, progress=False)
     n_held = sum(len(p) for p in held.roles.values())
-    assert rc.scores.shape == (2, n_held, 3, 1, 2)
+    assert rc.scores.shape == (2, n_held, 3, 1, 4)
     expected = [r for r, name in enumerate(rd.roles) for _ in held.roles[name].instructions]
     assert rc.labels.tolist() == expected
     for rule in RULES:

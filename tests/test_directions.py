@@ -23,8 +23,8 @@ def directions(tiny_model):
 
 
 def test_shapes_and_definition(directions, tiny_model):
-    assert directions.vectors.shape == (3, 13, 2, 64)
-    assert directions.roles == tuple(ROLES) and directions.layers == (0, 1)
+    assert directions.vectors.shape == (3, 13, 4, 64)
+    assert directions.roles == tuple(ROLES) and directions.layers == (0, 1, 2, 3)
     assert directions.positions == tuple(range(-13, 0))
     assert "".join(directions.position_tokens) == "<|im_end|>\n<|im_start|>assistant\n"
     assert torch.equal(directions.vectors, (directions.role_means - directions.base_mean).float())
@@ -55,11 +55,11 @@ def test_geometry(directions):
     d = d - d.mean(0)
     expected = torch.nn.functional.cosine_similarity(d[:, None], d[None], dim=-1)
     assert torch.allclose(centred, expected, atol=1e-6)
-    assert directions.layer_cosine("nurse").shape == (2, 2)
+    assert directions.layer_cosine("nurse").shape == (4, 4)
     assert directions.vector("nurse", layer=1).shape == (64,)
     assert torch.equal(directions.vector("nurse", 1, -2), directions.vectors[1, -2, 1])
     df = directions.to_dataframe()
-    assert len(df) == 3 * 13 * 2
+    assert len(df) == 3 * 13 * 4
     assert set(df.columns) >= {
         "role",
         "domain",
@@ -287,7 +287,7 @@ def test_frame_labels_line_up_with_the_tensor_indices(directions):
     values[r, p, li] = 7.0
     df = directions.frame(values, "score")
     assert list(df.columns) == ["role", "position", "layer", "score"]
-    assert len(df) == 3 * 13 * 2
+    assert len(df) == 3 * 13 * 4
     hit = df[df["score"] == 7.0]
     assert hit[["role", "position", "layer"]].values.tolist() == [["nurse", -9, 1]]
     # rows follow the tensor's own order, and merge with to_dataframe on the labels
@@ -295,7 +295,7 @@ def test_frame_labels_line_up_with_the_tensor_indices(directions):
     norms = directions.frame(directions.norms(), "norm")
     merged = directions.to_dataframe().merge(norms, on=["role", "position", "layer"])
     assert (merged["norm_x"] == merged["norm_y"]).all() and len(merged) == len(df)
-    with pytest.raises(ValueError, match=r"values has shape \(3, 13, 1\).*\(3, 13, 2\)"):
+    with pytest.raises(ValueError, match=r"values has shape \(3, 13, 1\).*\(3, 13, 4\)"):
         directions.frame(values[:, :, :1])
     with pytest.raises(ValueError, match="'role' would overwrite"):
         directions.frame(values, "role")
@@ -304,7 +304,7 @@ def test_frame_labels_line_up_with_the_tensor_indices(directions):
 def test_repr_is_short_and_names_the_essentials(directions):
     text = repr(directions)
     assert len(text.splitlines()) <= 4 and len(text) < 400
-    assert "RoleDirections(3 roles × 13 positions × 2 layers, d_model=64" in text
+    assert "RoleDirections(3 roles × 13 positions × 4 layers, d_model=64" in text
     assert "'tiny-random'" in text and "lawyer, nurse, economist" in text
     assert "-13..-1" in text and "source: builtin" in text and "'default'" in text
     assert "tensor(" not in text

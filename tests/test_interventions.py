@@ -116,7 +116,7 @@ def test_clamp_sets_the_projection_in_the_model(tiny_model, batch):
 
 def test_unit_norm_scaling(tiny_model):
     norms = residual_norms(tiny_model)
-    assert norms.shape == (2,) and (norms > 0).all()
+    assert norms.shape == (4,) and (norms > 0).all()
     d = torch.randn(64)
     spec = Addition(d, 1, alpha=2.0, reference_norm=float(norms[1]))
     assert torch.isclose(spec.vector.norm(), 2 * norms[1].float(), rtol=1e-5)
@@ -139,7 +139,7 @@ def test_nested_steer_on_the_same_hook_is_refused(tiny_model):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: Addition(torch.randn(64), layer=2), r"layers \[2\] are out of range"),
+        (lambda: Addition(torch.randn(64), layer=4), r"layers \[4\] are out of range"),
         (lambda: Addition(torch.randn(32), layer=1), "32 dimensions; the model has d_model=64"),
         (lambda: Addition(torch.full((64,), float("nan")), 1), "NaN"),
         (lambda: Addition(torch.randn(64), 1, alpha=float("inf")), "alpha must be finite"),

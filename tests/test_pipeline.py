@@ -517,10 +517,10 @@ def test_the_smoke_preset_finishes_every_stage_on_the_tiny_model(tmp_path, capsy
     assert set(effects["role"]) == {"lawyer", "mathematician"}
 
 
-def test_the_paper_rule_on_two_layers_says_why_before_computing(tmp_path):
-    cfg = load_config("smoke", None, {"rules": ["paper", "held-out"]})
-    with pytest.raises(ValueError, match=r"rules \['paper'\] never pick the last 20 % .* of 2"):
+def test_a_grid_with_nothing_to_pick_says_why_before_computing(tmp_path):
+    cfg = load_config("smoke", None, {"layers": [0, 3]})
+    with pytest.raises(ValueError, match=r"never picks the last 20 % .*layer >= 3 of 4.*: 1-2"):
         run_pipeline(cfg, tmp_path)
     assert not (tmp_path / "02_directions" / "done.json").exists()
-    done = run_pipeline(load_config("smoke"), tmp_path)  # rules only change stage 5 on
+    done = run_pipeline(load_config("smoke"), tmp_path)  # the directions were not made yet
     assert done.is_done("08_report")

@@ -22,16 +22,16 @@ def directions(tiny_model):
 
 def test_logit_lens_matches_a_manual_readout(tiny_model, tiny_reference, directions):
     table = logit_lens(tiny_model, directions, "lawyer", k=4)
-    assert set(table["layer"]) == {1}  # layer 0 is a zero direction at template positions
-    assert len(table) == 2 * 4 and set(table["sign"]) == {"+", "-"}
+    assert set(table["layer"]) == {1, 2, 3}  # layer 0: a zero direction at template positions
+    assert len(table) == 3 * 2 * 4 and set(table["sign"]) == {"+", "-"}
     hf_model, _ = tiny_reference
     d = directions.vector("lawyer", 1)
     with torch.no_grad():
         manual = hf_model.lm_head(hf_model.model.norm(d[None]))[0]
     expected = manual.topk(4).indices.tolist()
-    assert table.query("sign == '+'")["token_id"].tolist() == expected
+    assert table.query("sign == '+' and layer == 1")["token_id"].tolist() == expected
     negative = hf_model.lm_head(hf_model.model.norm(-d[None]))[0].topk(4).indices.tolist()
-    assert table.query("sign == '-'")["token_id"].tolist() == negative
+    assert table.query("sign == '-' and layer == 1")["token_id"].tolist() == negative
     raw = logit_lens(tiny_model, torch.stack([d, 2 * d]), layers=[1, 5], k=4)
     assert (
         raw.query("layer == 1")["token_id"].tolist() == raw.query("layer == 5")["token_id"].tolist()

@@ -42,11 +42,11 @@ def test_separation_and_stability_shapes(tiny_model, split_prompts):
     train, held = split_prompts
     rd = rp.compute_directions(tiny_model, source=train, progress=False)
     sep = separation_auroc(tiny_model, rd, held, progress=False)
-    assert sep.shape == (2, 13, 2)
+    assert sep.shape == (2, 13, 4)
     assert torch.isnan(sep[:, :, 0]).all()  # zero directions at layer 0
     assert ((sep[:, :, 1] >= 0) & (sep[:, :, 1] <= 1)).all()
     stab = split_half_stability(tiny_model, train, seed=0, progress=False)
-    assert stab.shape == (2, 13, 2) and torch.isnan(stab[:, :, 0]).all()
+    assert stab.shape == (2, 13, 4) and torch.isnan(stab[:, :, 0]).all()
     assert (stab[:, :, 1].abs() <= 1 + 1e-9).all()
     with pytest.raises(ValueError, match="no held-out prompts for role 'nurse'"):
         separation_auroc(tiny_model, rd, held.subset(["lawyer"]), progress=False)

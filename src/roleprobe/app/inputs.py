@@ -193,9 +193,9 @@ def check_model_fit(config: RunConfig, model: "Model") -> None:
     """What only the loaded model can tell, checked before any stage computes.
 
     Raises:
-        ValueError: a layer beyond the model's depth, or a paper selection rule that can
-            pick no layer (it never picks the last 20 % of the layers, and layer 0's
-            directions are zero).
+        ValueError: a layer beyond the model's depth, or no layer the selection rules can
+            pick (every rule uses the authors' criterion, which never picks the last 20 %
+            of the layers, and layer 0's directions are zero).
     """
     from roleprobe.experiments.selection import layer_cutoff
 
@@ -206,16 +206,14 @@ def check_model_fit(config: RunConfig, model: "Model") -> None:
             f"layers {beyond} are beyond {config.model!r}, which has {n_layers} layers "
             f"(0-{n_layers - 1})"
         )
-    paper = [r for r in config.rules if r.startswith("paper")]
-    if not paper:
-        return
     cutoff = layer_cutoff(n_layers)
     layers = config.layers or tuple(range(n_layers))
     usable = [layer for layer in layers if 0 < layer < cutoff]
     if not usable:
+        where = f"1-{cutoff - 1}" if cutoff > 1 else "none: the model is too shallow"
         raise ValueError(
-            f"rules {paper} never pick the last 20 % of the layers (layer >= {cutoff} of "
-            f"{n_layers}) and layer 0's directions are zero, so with layers = "
-            f"{list(layers)} on {config.model!r} they have nothing to pick; add a layer in "
-            f"1-{cutoff - 1} or use rules = ['held-out']"
+            f"rules {list(config.rules)} pick by the authors' criterion, which never picks "
+            f"the last 20 % of the layers (layer >= {cutoff} of {n_layers}), and layer 0's "
+            f"directions are zero: with layers = {list(layers)} on {config.model!r} there is "
+            f"nothing to pick (usable layers: {where})"
         )

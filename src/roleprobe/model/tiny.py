@@ -36,7 +36,7 @@ class TinyConfig:
         seed: seed of the random initialisation.
     """
 
-    n_layers: int = 2
+    n_layers: int = 4
     d_model: int = 64
     n_heads: int = 4
     n_kv_heads: int = 2
