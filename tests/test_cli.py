@@ -72,9 +72,7 @@ def test_usage_errors_the_cli_finds_itself_exit_2(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--out", "r"]) == 2  # neither --preset nor --config
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "roleprobe: error: give --preset (custom, demo, paper, smoke) or --config FILE"
-    ]
+    assert err == ["roleprobe: error: give --preset (custom, demo, paper, smoke) or --config FILE"]
 
 
 def test_debug_shows_the_traceback_before_or_after_the_subcommand():
