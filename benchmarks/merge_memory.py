@@ -9,8 +9,8 @@ whole per-item table in pandas as ``merge`` loaded it before (``candidate_scores
 
 Usage::
 
-    .venv/bin/python bench/merge_memory.py --store /tmp/big-store            # 13 M rows
-    .venv/bin/python bench/merge_memory.py --store /tmp/small --layers 2 --eager
+    .venv/bin/python benchmarks/merge_memory.py --store /tmp/big-store            # 13 M rows
+    .venv/bin/python benchmarks/merge_memory.py --store /tmp/small --layers 2 --eager
 
 The default grid (6 positions x 29 layers x 29 roles x 3 sources x 3 conditions = 45,414
 candidates x 300 questions) is 13.6 M rows in about 5,000 parts.

@@ -9,7 +9,7 @@ from roleprobe.data.benchmarks import LETTERS
 from roleprobe.experiments.merging import SweepResult, candidate_scores, merge
 from roleprobe.experiments.sweep_config import CANDIDATE, role_group
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from merge_memory import build_store
 
 ROLES = ["lawyer", "bailiff", "nurse"]  # two domains: law, medicine
