@@ -393,3 +393,127 @@ def test_new_config_fields_round_trip_and_old_manifests_still_match():
     assert SweepConfig.from_dict(custom.to_dict()) == custom
     with pytest.raises(ValueError, match="alpha_unit"):
         SweepConfig(roles=("lawyer",), layers=(1,), positions=(-1,), alpha_unit="sigma")
+
+
+SPECIFIC_KW = {**KW, "layers": [2], "positions": [-1], "alphas": (3.0,)}
+
+
+@pytest.fixture(scope="module")
+def with_specific(model, directions, bench):
+    return sweep(model, directions, bench, roles=ROLES, specific=True, **SPECIFIC_KW)
+
+
+def test_specific_parts_are_swept_as_their_own_source_with_controls(
+    model, directions, bench, with_specific
+):
+    t = with_specific.table
+    assert set(t["source"]) == {
+        "role",
+        "random",
+        "shuffled",
+        "specific",
+        "specific-random",
+        "specific-shuffled",
+    }
+    assert with_specific.config.specific
+    # 2 roles x 5 questions x 6 sources x (1 alpha + ablation)
+    assert len(t) == 2 * 5 * 6 * 2
+    raw = directions.vectors[:, directions.position_index(-1), directions.layer_index(2)]
+    law = bench.subset(domain="law")
+    lawyer = t[(t["role"] == "lawyer") & (t["condition"] == "addition")].set_index("id")
+    expected = {
+        "specific": raw[0] - raw.mean(dim=0),  # d_lawyer minus the mean over the 3 roles
+        "role": raw[0],
+    }
+    shuffled = t[t["source"] == "specific-shuffled"]
+    donors = dict(zip(shuffled["role"], shuffled["donor"], strict=True))
+    plain = t[t["source"] == "shuffled"]
+    assert donors == dict(zip(plain["role"], plain["donor"], strict=True))  # same derangement
+    donor = directions.role_index(donors["lawyer"])
+    expected["specific-shuffled"] = raw[donor] - raw.mean(dim=0)
+    for source, vector in expected.items():
+        ref = rp.evaluate(model, law, rp.Addition(vector, 2, 3.0), progress=False)
+        rows = lawyer[lawyer["source"] == source].loc[ref["id"]]
+        np.testing.assert_allclose(rows["logprob_correct"], ref["logprob_correct"], atol=1e-5)
+    noise = random_control(expected["specific"], "specific:lawyer", -1, 2, seed=0)
+    assert torch.isclose(noise.norm(), expected["specific"].norm(), rtol=1e-5)
+    ref = rp.evaluate(model, law, rp.Addition(noise, 2, 3.0), progress=False)
+    rows = lawyer[lawyer["source"] == "specific-random"].loc[ref["id"]]
+    np.testing.assert_allclose(rows["logprob_correct"], ref["logprob_correct"], atol=1e-5)
+    # the specific part's random control is not the raw one's direction rescaled
+    raw_noise = random_control(raw[0], "lawyer", -1, 2, seed=0)
+    assert abs(float(torch.nn.functional.cosine_similarity(noise, raw_noise, dim=0))) < 0.9
+
+
+@pytest.fixture(scope="module")
+def without_specific(model, directions, bench, tmp_path_factory):
+    store = tmp_path_factory.mktemp("no-specific")
+    return sweep(model, directions, bench, roles=ROLES, store=store, **SPECIFIC_KW)
+
+
+def test_the_specific_option_leaves_the_role_rows_alone(with_specific, without_specific):
+    off = without_specific
+    key = ["role", "source", "donor", "condition", "alpha", "id"]
+    on = with_specific.table[with_specific.table["source"].isin(["role", "random", "shuffled"])]
+    a = on.sort_values(key).reset_index(drop=True)
+    b = off.table.sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b)
+    pd.testing.assert_frame_equal(a.drop(columns=_SCORES), b.drop(columns=_SCORES))
+    np.testing.assert_allclose(a["logprob_correct"], b["logprob_correct"], atol=1e-5)
+
+
+_SCORES = [
+    "pred",
+    "correct",
+    "tied",
+    "margin",
+    "logprob_correct",
+    *[f"logprob_{x}" for x in "ABCD"],
+]
+
+
+def test_specific_sources_go_through_selection_and_picks(model, directions, bench, with_specific):
+    picks = select(with_specific, rule="paper", n_perm=200, n_boot=100)
+    assert len(picks) == 2 * 6  # roles x sources (one alpha)
+    assert set(picks["source"]) >= {"specific", "specific-random", "specific-shuffled"}
+    runs = rp.apply_picks(
+        model, directions, bench, picks, source="specific", ablation=False, progress=False
+    )
+    assert set(runs["source"]) == {"specific"}
+    raw = directions.vectors[:, directions.position_index(-1), directions.layer_index(2)]
+    ref = rp.evaluate(
+        model, bench, rp.Addition(raw[1] - raw.mean(dim=0), 2, 3.0), progress=False
+    )  # nurse
+    got = runs[runs["role"] == "nurse"].set_index("id").loc[ref["id"]]
+    np.testing.assert_allclose(got["logprob_correct"], ref["logprob_correct"], atol=1e-6)
+    shuffled = rp.apply_picks(
+        model,
+        directions,
+        bench,
+        picks,
+        source="specific-shuffled",
+        ablation=False,
+        progress=False,
+    )
+    assert len(shuffled) == len(runs)
+
+
+def test_specific_off_keeps_old_stores_readable(model, directions, bench, without_specific):
+    full = without_specific
+    manifest = json.loads((full.store / "manifest.json").read_text())
+    assert "specific" not in manifest["config"]["sweep"]  # as stores written before it
+    assert SweepConfig.from_dict(manifest["config"]["sweep"]).specific is False
+    merged = merge(full.store)
+    pd.testing.assert_frame_equal(merged.table, full.table)
+    again = sweep(model, directions, bench, roles=ROLES, store=full.store, **SPECIFIC_KW)
+    pd.testing.assert_frame_equal(again.table, full.table)  # resumed: nothing recomputed
+    with pytest.raises(rp.StoreMismatchError, match="sweep"):
+        sweep(model, directions, bench, roles=ROLES, store=full.store, specific=True, **SPECIFIC_KW)
+    on = SweepConfig(roles=("lawyer",), layers=(1,), positions=(-1,), specific=True)
+    assert on.to_dict()["specific"] is True and SweepConfig.from_dict(on.to_dict()) == on
+
+
+def test_specific_needs_two_roles(model, bench):
+    one = rp.compute_directions(model, roles=["lawyer"], layers=[2], progress=False)
+    with pytest.raises(ValueError, match=r"at least 2 roles.*\['lawyer'\]"):
+        sweep(model, one, bench, roles=["lawyer"], specific=True, **SPECIFIC_KW)

@@ -36,9 +36,10 @@ from roleprobe.core.progress import bar
 from roleprobe.core.types import Model
 from roleprobe.data.benchmarks import MultipleChoice
 from roleprobe.experiments.evaluation import evaluate, subject_domain
-from roleprobe.experiments.sweeps import random_control, role_group
+from roleprobe.experiments.sweeps import SPECIFIC_SOURCES, candidate_vector, role_group
 from roleprobe.steering.interventions import Ablation, Addition, Intervention
 from roleprobe.vectors.activations import PositionLabel
+from roleprobe.vectors.decomposition import specific_directions
 from roleprobe.vectors.directions import RoleDirections
 
 PARTS = ("heldout", "selected", "other")
@@ -129,10 +130,12 @@ def apply_picks(
         ablation_at: the :class:`~roleprobe.Ablation` placement (``at=``); ``None``: its
             default.
         source: which rows of ``picks`` (``"role"``; a control's name applies the
-            control's pick under the role's label).
+            control's pick under the role's label; ``"specific"`` and its controls apply
+            the role-specific parts of ``directions``, as :func:`roleprobe.sweep` with
+            ``specific=True`` ran them).
         scope: the sweep's scope, which sets a role's own questions: ``"domain"`` or
             ``"all"``.
-        seed: the sweep's seed (for ``source="random"``).
+        seed: the sweep's seed (for the random controls).
         batch_size: questions per forward pass; progress: tqdm bars.
         tie_rule: how ties at the top of the letter logits are scored (see
             :func:`roleprobe.evaluate`); use the sweep's.
@@ -167,6 +170,7 @@ def apply_picks(
         missing = [r for r in roles if r not in heldout_ids]
         if missing:
             raise ValueError(f"heldout_ids lacks roles {missing} (it has {sorted(heldout_ids)})")
+    specific = specific_directions(directions) if source in SPECIFIC_SOURCES else None
     tables = []
     runs = len(chosen) + (len(roles) if ablation else 0)  # additions, one ablation a role
     with bar(total=runs, enabled=progress, desc="picks", unit="run") as outer:
@@ -179,11 +183,9 @@ def apply_picks(
                 donor = (
                     str(row["donor"]) if "donor" in row and isinstance(row["donor"], str) else ""
                 )
-                vector = directions.vector(donor or role, layer, position)
-                if source == "random":
-                    vector = random_control(
-                        directions.vector(role, layer, position), role, position, layer, seed
-                    )
+                vector = candidate_vector(
+                    directions, source, role, donor, layer, position, seed, specific
+                )
                 labels = {"role": role, "source": source, "position": position, "layer": layer}
                 specs: list[tuple[str, Intervention, float]] = [
                     ("addition", Addition(vector, layer, float(row["alpha"])), float(row["alpha"]))

@@ -19,6 +19,11 @@ SCOPES = ("domain", "all")
 ALPHA_UNITS = ("raw", "norm")
 """``"raw"``: ``alpha * d`` (the paper); ``"norm"``: ``alpha * |resid_pre[l]| * d_hat``."""
 BUILTIN_CONDITIONS = ("addition", "ablation")
+SOURCES = ("role", "random", "shuffled")
+"""Sources of a sweep's candidates: the role direction and its two controls."""
+SPECIFIC_SOURCES = ("specific", "specific-random", "specific-shuffled")
+"""With ``specific=True``: the role-specific part ``d_r - mean_r d_r`` and its controls (a
+random direction of its norm, another role's specific part)."""
 CANDIDATE = ["role", "source", "donor", "position", "layer", "condition", "alpha"]
 
 
@@ -69,6 +74,7 @@ class SweepConfig:
     system: str = "default"
     alpha_unit: str = "raw"
     conditions: tuple[str, ...] = ()
+    specific: bool = False
 
     def __post_init__(self) -> None:
         for name in ("roles", "layers", "positions"):
@@ -98,14 +104,16 @@ class SweepConfig:
                 f"condition names must be unique, non-empty and not {BUILTIN_CONDITIONS}, "
                 f"got {list(self.conditions)}"
             )
+        if not isinstance(self.specific, bool):
+            raise ValueError(f"specific must be True or False, got {self.specific!r}")
         if self.batch_size < 1 or self.stack < 1:
             raise ValueError(f"batch_size and stack must be >= 1 ({self.batch_size}, {self.stack})")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``alpha_unit`` and ``conditions`` only when not their
-        defaults, so that stores written before they existed still resume)."""
+        """JSON-ready fields (``alpha_unit``, ``conditions`` and ``specific`` only when not
+        their defaults, so that stores written before they existed still resume)."""
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        for key, default in (("alpha_unit", "raw"), ("conditions", [])):
+        for key, default in (("alpha_unit", "raw"), ("conditions", []), ("specific", False)):
             if out[key] == default:
                 del out[key]
         return out

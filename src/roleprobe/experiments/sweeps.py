@@ -12,6 +12,14 @@ and by ablating it everywhere, on the role's own domain, and then picks one
   role's vector at the same position and layer; a seeded derangement of the roles in the
   directions). Selection rules run on them exactly as on the roles — how often they "pass"
   is how often a pick is chance.
+* **Role-specific parts** (``specific=True``): every role direction shares a large "any
+  role" component (:mod:`roleprobe.vectors.decomposition`); the sweep then also runs each
+  role's specific part ``d_r - mean_r d_r`` (the mean over the roles *of the directions*,
+  not only the swept ones) as source ``"specific"``, with its own controls:
+  ``"specific-random"`` (a random direction of the specific part's norm, seeded apart from
+  the raw random control) and ``"specific-shuffled"`` (the donor role's specific part).
+  Selection, picks and effect tables treat them as any other source. Off (the default),
+  the sweep and its store are exactly those of a sweep without the option.
 * **Conditions are interventions.** Each candidate direction ``d`` at layer ``l`` is turned
   into interventions by the same specs :func:`roleprobe.evaluate` runs:
   ``Addition(d, l, α)`` per α (with ``alpha_unit="norm"``, ``reference_norm`` = the layer's
@@ -88,6 +96,8 @@ from roleprobe.experiments.sweep_config import ALPHA_UNITS as ALPHA_UNITS
 from roleprobe.experiments.sweep_config import BUILTIN_CONDITIONS as BUILTIN_CONDITIONS
 from roleprobe.experiments.sweep_config import CANDIDATE as CANDIDATE
 from roleprobe.experiments.sweep_config import SCOPES as SCOPES
+from roleprobe.experiments.sweep_config import SOURCES as SOURCES
+from roleprobe.experiments.sweep_config import SPECIFIC_SOURCES as SPECIFIC_SOURCES
 from roleprobe.experiments.sweep_config import SweepConfig as SweepConfig
 from roleprobe.experiments.sweep_config import WorkItem as WorkItem
 from roleprobe.experiments.sweep_config import parse_shard as parse_shard
@@ -105,6 +115,7 @@ from roleprobe.steering.interventions import (
 )
 from roleprobe.steering.prefix import letter_only_supported, letters_from
 from roleprobe.vectors.activations import PositionLabel, residual_norms
+from roleprobe.vectors.decomposition import specific_directions
 from roleprobe.vectors.directions import RoleDirections
 
 logger = logging.getLogger(__name__)
@@ -135,6 +146,52 @@ def random_control(
     return (noise / noise.norm() * direction.double().norm()).to(direction.dtype)
 
 
+def _random_key(source: str, role: str) -> str:
+    """The role part of a random control's seed key (``"specific:<role>"`` for the
+    specific part's control, so that it is not the raw control's direction rescaled)."""
+    return f"specific:{role}" if source.startswith("specific") else role
+
+
+def candidate_vector(
+    directions: RoleDirections,
+    source: str,
+    role: str,
+    donor: str,
+    layer: int,
+    position: PositionLabel,
+    seed: int,
+    specific: RoleDirections | None = None,
+) -> Float[Tensor, " d_model"]:
+    """The direction a sweep candidate of ``source`` applies (what :func:`sweep` ran).
+
+    Args:
+        directions: the raw role directions the sweep was given.
+        source: one of :data:`SOURCES` or :data:`SPECIFIC_SOURCES`.
+        role: the candidate's role; donor: the shuffled control's donor role.
+        layer, position: the candidate.
+        seed: the sweep's seed (random controls).
+        specific: ``specific_directions(directions)`` if already computed (else computed
+            here for the specific sources).
+
+    Raises:
+        ValueError: an unknown source, or a shuffled control without a donor.
+    """
+    if source not in SOURCES + SPECIFIC_SOURCES:
+        raise ValueError(f"unknown source {source!r}; use one of {SOURCES + SPECIFIC_SOURCES}")
+    rd = directions
+    if source in SPECIFIC_SOURCES:
+        rd = specific if specific is not None else specific_directions(directions)
+    kind = source.removeprefix("specific").lstrip("-") or "role"
+    if kind == "shuffled":
+        if not donor:
+            raise ValueError(f"a {source!r} candidate needs its donor role")
+        return rd.vector(donor, layer, position)
+    d = rd.vector(role, layer, position)
+    if kind == "random":
+        return random_control(d, _random_key(source, role), position, layer, seed)
+    return d
+
+
 @dataclass(frozen=True)
 class _Variant:
     role: str
@@ -145,22 +202,34 @@ class _Variant:
 
 
 def _variants(
-    rd: RoleDirections, roles: Sequence[str], layer: int, cfg: SweepConfig, donors: dict[str, str]
+    rd: RoleDirections,
+    roles: Sequence[str],
+    layer: int,
+    cfg: SweepConfig,
+    donors: dict[str, str],
+    specific: RoleDirections | None = None,
 ) -> list[_Variant]:
+    """Each live candidate's role direction and controls, then (``specific``) its specific
+    part and their controls."""
     out = []
     for role in roles:
         for pos in cfg.positions:
-            d = rd.vector(role, layer, pos)
             if is_null_direction(rd, role, layer, pos):
                 continue
-            out.append(_Variant(role, "role", role, pos, d))
-            if cfg.controls:
-                out.append(
-                    _Variant(role, "random", "", pos, random_control(d, role, pos, layer, cfg.seed))
-                )
-                if role in donors:
-                    donor = donors[role]
-                    out.append(_Variant(role, "shuffled", donor, pos, rd.vector(donor, layer, pos)))
+            kinds = [(rd, SOURCES)]
+            if specific is not None and not is_null_direction(specific, role, layer, pos):
+                kinds.append((specific, SPECIFIC_SOURCES))
+            for directions, (own, random_source, shuffled) in kinds:
+                d = directions.vector(role, layer, pos)
+                out.append(_Variant(role, own, role, pos, d))
+                if cfg.controls:
+                    key = _random_key(own, role)
+                    noise = random_control(d, key, pos, layer, cfg.seed)
+                    out.append(_Variant(role, random_source, "", pos, noise))
+                    if role in donors:
+                        donor = donors[role]
+                        v = directions.vector(donor, layer, pos)
+                        out.append(_Variant(role, shuffled, donor, pos, v))
     return out
 
 
@@ -264,6 +333,7 @@ def sweep(
     conditions: Mapping[str, MakeIntervention] | None = None,
     alpha_unit: str = "raw",
     claim_timeout: float | int = CLAIM_TIMEOUT,
+    specific: bool = False,
 ) -> SweepResult:
     """Score every candidate (role, position, layer) × condition on a benchmark.
 
@@ -297,6 +367,10 @@ def sweep(
         claim_timeout: seconds after which a claim on a work item held by a worker on
             another host is stale and taken over (default 6 h; claims of dead processes on
             this host are taken over at once). Must exceed the time one item takes.
+        specific: also sweep each role's specific part (direction minus the mean direction
+            over the roles of ``directions``) as source ``"specific"``, with the controls
+            ``"specific-random"`` and ``"specific-shuffled"`` (see the module docstring).
+            Needs at least 2 roles in ``directions``; recorded in the store only when on.
 
     Returns:
         A :class:`SweepResult` over everything in the store (``missing`` lists unfinished
@@ -327,7 +401,13 @@ def sweep(
         system=directions.system if system is None else system,
         alpha_unit=alpha_unit,
         conditions=tuple(extra),
+        specific=specific,
     )
+    if cfg.specific and len(directions.roles) < 2:
+        raise ValueError(
+            f"specific=True needs directions of at least 2 roles (their mean is the shared "
+            f"part); these have {list(directions.roles)}"
+        )
     for role in cfg.roles:
         directions.role_index(role)
     for layer in cfg.layers:
@@ -342,6 +422,7 @@ def sweep(
     norms = residual_norms(model) if cfg.alpha_unit == "norm" else None
     swept = _conditions(cfg, extra, norms)
     donors = _derangement(directions.roles, cfg.seed) if cfg.controls else {}
+    spec = specific_directions(directions) if cfg.specific else None
     if cfg.controls and not donors:
         logger.warning("one role in the directions: no shuffled-role control")
     manifest = {
@@ -367,7 +448,16 @@ def sweep(
         results = ResultStore(root, manifest, resume=resume)
         try:
             busy = _work(
-                model, directions, plan, results, (index, count), donors, swept, timeout, progress
+                model,
+                directions,
+                plan,
+                results,
+                (index, count),
+                donors,
+                swept,
+                timeout,
+                progress,
+                spec,
             )
         finally:
             results.release_all()  # claims of an interrupted item
@@ -395,6 +485,7 @@ def _work(
     swept: "list[_Condition]",
     claim_timeout: float,
     progress: bool = True,
+    specific: RoleDirections | None = None,
 ) -> list[str]:
     """Compute this worker's work items (its shard, less what is done or claimed by other
     workers) into the store, batch by batch; returns the keys left to other workers."""
@@ -437,7 +528,9 @@ def _work(
                 table = score_table(_rows(plan, item), base, {"group": item.group}, cfg.tie_rule)
             else:
                 resid = resids.pop(item.layer, None)
-                table = _run_item(model, directions, plan, item, donors, batch, resid, swept)
+                table = _run_item(
+                    model, directions, plan, item, donors, batch, resid, swept, specific
+                )
             results.write(item.key, table)  # releases the claim
             logger.debug("sweep: computed %s", item.key)
             bars.update(1)
@@ -565,6 +658,7 @@ def _run_item(
     batch: ChatBatch,
     resid: Tensor | None,
     conditions: Sequence[_Condition],
+    specific: RoleDirections | None = None,
 ) -> pd.DataFrame:
     """Every (variant, condition) of one layer on one batch.
 
@@ -580,7 +674,7 @@ def _run_item(
     point = f"blocks.{layer}.hook_resid_pre"
     stacked_jobs: list[_Job] = []
     full_jobs: list[_Job] = []
-    for v in _variants(rd, plan.groups[item.group], layer, cfg, donors):
+    for v in _variants(rd, plan.groups[item.group], layer, cfg, donors, specific):
         for condition in conditions:
             spec = condition.make(v.vector, layer)
             hooks = spec.hooks(model, SteerState(attention_mask=mask))
