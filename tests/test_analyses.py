@@ -239,3 +239,53 @@ def test_only_a_store_mismatch_becomes_one_clear_exit(tmp_path, monkeypatch):
         common.sweep_result(args, lambda: model)
     with pytest.raises(ValueError, match="a different configuration"):  # not by its text
         common.sweep_result(args, lambda: model)
+
+
+ROLE_ANALYSES = {
+    "06_components.py": ["06_components.csv", "06_top_writers.csv", "06_top_writers.html"],
+    "07_role_confusion.py": [
+        "07_accuracy.csv",
+        "07_confusion_centred.html",
+        "07_most_confused.csv",
+        "07_one_vs_rest_auroc.html",
+    ],
+    "08_shared_specific.py": [
+        "08_bands.csv",
+        "08_shared_fraction.csv",
+        "08_shared_share.html",
+        "08_cosine_decomposition.html",
+    ],
+    "09_persona_vector.py": [
+        "09_persona_shift.html",
+        "09_persona_shift_centred.html",
+        "09_specificity.csv",
+        "09_item_correlation.csv",
+    ],
+    "10_persona_29.py": [
+        "10_persona_vs_addition.csv",
+        "10_persona_vs_addition.html",
+        "10_persona_by_domain.csv",
+    ],
+}
+
+
+@pytest.mark.parametrize("script", sorted(ROLE_ANALYSES))
+def test_role_analyses_run_on_the_tiny_model(script, tmp_path):
+    extra = ["--benchmark", "builtin"] if script.startswith("10_") else []
+    run(script, tmp_path, *extra)
+    assert_written(tmp_path, *ROLE_ANALYSES[script])
+
+
+def test_10_resumes_from_its_parts(tmp_path):
+    run("10_persona_29.py", tmp_path, "--benchmark", "builtin")
+    parts = tmp_path / "10_persona_parts"
+    first = pd.read_csv(tmp_path / "10_persona_vs_addition.csv")
+    assert set(first["condition"]) == {"persona", "addition α=1", "addition α=3"}
+    assert len(first) == 3 * 8  # one role per domain under --quick
+    role_part = next(parts.glob("role_*.csv"))
+    stamp = role_part.stat().st_mtime_ns
+    out = run("10_persona_29.py", tmp_path, "--benchmark", "builtin")
+    assert role_part.stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert " rows in " not in out  # no part was computed again
+    again = pd.read_csv(tmp_path / "10_persona_vs_addition.csv")
+    pd.testing.assert_frame_equal(first, again)

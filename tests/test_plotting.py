@@ -448,3 +448,38 @@ def test_undefined_paper_cells_do_not_read_like_zero():
     assert np.asarray(values.customdata)[0, 1, 5] == "0"
     assert "undefined" in np.asarray(values.customdata)[1, 0, 5]
     assert UNDEFINED in fig.layout.title.text
+
+
+def test_persona_vs_addition_groups_conditions_by_domain_with_their_intervals():
+    from roleprobe.results.plotting import persona_vs_addition
+
+    rows = []
+    for k, role in enumerate(["nurse", "lawyer", "economist"]):
+        for j, condition in enumerate(["persona", "addition α=3"]):
+            value = 0.1 * k - 0.05 * j
+            rows.append(
+                {
+                    "role": role,
+                    "condition": condition,
+                    "delta_logprob": value,
+                    "delta_logprob_ci_low": value - 0.02,
+                    "delta_logprob_ci_high": value + 0.03,
+                    "delta_accuracy": -value,
+                    "delta_ci_low": -value - 0.1,
+                    "delta_ci_high": -value + 0.1,
+                }
+            )
+    table = pd.DataFrame(rows)
+    fig = persona_vs_addition(table)
+    assert [t.name for t in fig.data] == ["addition α=3", "persona"]
+    persona = fig.data[1]
+    assert list(persona.x) == ["economist", "lawyer", "nurse"]  # catalogue (domain) order
+    np.testing.assert_allclose(persona.y, [0.2, 0.1, 0.0])
+    np.testing.assert_allclose(persona.error_y.array, [0.03] * 3)
+    np.testing.assert_allclose(persona.error_y.arrayminus, [0.02] * 3)
+    assert fig.layout.xaxis.type == "category"
+    assert [a.text for a in fig.layout.annotations] == ["econ", "law", "medicine"]
+    acc = persona_vs_addition(table, "delta_accuracy")
+    np.testing.assert_allclose(acc.data[1].error_y.array, [0.1] * 3)
+    with pytest.raises(ValueError, match="delta_logprob_ci_low"):
+        persona_vs_addition(table.drop(columns="delta_logprob_ci_low"))

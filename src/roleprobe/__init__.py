@@ -136,6 +136,13 @@ _EXPORTS = {
     "describe": "steering.interventions",
     "layer_cutoff": "experiments.selection",
     "Model": "core.types",
+    "shared_direction": "vectors.decomposition",
+    "specific_directions": "vectors.decomposition",
+    "shared_share": "vectors.decomposition",
+    "shared_fraction": "vectors.decomposition",
+    "band_summary": "vectors.decomposition",
+    "persona_shift": "experiments.persona_shift",
+    "PersonaShift": "experiments.persona_shift",
 }
 
 __all__ = ["__version__", *_EXPORTS]  # every public name is declared once, above
@@ -218,6 +225,12 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
     )
     from roleprobe.experiments.evaluation import (
         format_question as format_question,
+    )
+    from roleprobe.experiments.persona_shift import (
+        PersonaShift as PersonaShift,
+    )
+    from roleprobe.experiments.persona_shift import (
+        persona_shift as persona_shift,
     )
     from roleprobe.experiments.picks import (
         apply_picks as apply_picks,
@@ -455,6 +468,21 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
     )
     from roleprobe.vectors.confusion import (
         role_confusion as role_confusion,
+    )
+    from roleprobe.vectors.decomposition import (
+        band_summary as band_summary,
+    )
+    from roleprobe.vectors.decomposition import (
+        shared_direction as shared_direction,
+    )
+    from roleprobe.vectors.decomposition import (
+        shared_fraction as shared_fraction,
+    )
+    from roleprobe.vectors.decomposition import (
+        shared_share as shared_share,
+    )
+    from roleprobe.vectors.decomposition import (
+        specific_directions as specific_directions,
     )
     from roleprobe.vectors.directions import (
         RoleDirections as RoleDirections,

@@ -1162,3 +1162,377 @@ def confusion_figure(
     fig.update_xaxes(title_text="assigned role", type="category", tickangle=-45)
     fig.update_yaxes(title_text="true role", type="category", autorange="reversed")
     return fig
+
+
+# ------------------------------------------------------------------ shared vs specific ------
+SHARE_RANGE = (0.0, 1.0)
+"""The range of a share of a squared norm: one fixed scale for every figure."""
+
+
+def shared_share_figure(
+    share: pd.DataFrame,
+    pooled: pd.DataFrame | None = None,
+    position: PositionLabel | None = None,
+) -> go.Figure:
+    """How much of each role direction is the shared "any role" direction, per layer.
+
+    Top: the mean over roles of ``cos²(d_r, s)`` per layer and, with ``pooled``, the pooled
+    fraction ``|s|² / mean_r |d_r|²``. Bottom: role × layer heatmap of ``cos²(d_r, s)`` on
+    the fixed 0–1 scale (1: the role direction is the shared one; undefined cells, e.g.
+    layer 0's zero directions, are ``—`` on grey).
+
+    Args:
+        share: :func:`roleprobe.vectors.decomposition.shared_share`'s table.
+        pooled: :func:`roleprobe.vectors.decomposition.shared_fraction`'s table (optional).
+        position: the position label (default ``-1`` when present, else the last one).
+
+    Raises:
+        ValueError: a missing column, or a position that is not in ``share``.
+    """
+    require_columns(share, ("role", "position", "layer", "share"), "shared_share table")
+    pos = _attribution_position(share, position)
+    data = share[share["position"] == pos]
+    layers = sorted({int(x) for x in data["layer"]})
+    roles = role_order(list(data["role"]))
+    grid = data.pivot_table(index="role", columns="layer", values="share", dropna=False)
+    grid = grid.reindex(index=roles, columns=layers)
+    z = grid.to_numpy(np.float64)
+    missing = np.isnan(z)
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, row_heights=[0.25, 0.75], vertical_spacing=0.04
+    )
+    mean = data.groupby("layer")["share"].mean().reindex(layers)
+    fig.add_trace(
+        go.Scatter(
+            x=layers,
+            y=mean.to_numpy(np.float64),
+            mode="lines+markers",
+            name="mean over roles of cos²",
+            hovertemplate="layer %{x}<br>mean cos²(d_r, s): %{y:.4f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    if pooled is not None:
+        require_columns(pooled, ("position", "layer", "fraction"), "shared_fraction table")
+        mine = pooled[pooled["position"] == pos].set_index("layer")["fraction"].reindex(layers)
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=mine.to_numpy(np.float64),
+                mode="lines+markers",
+                name="pooled |s|² / mean |d_r|²",
+                hovertemplate="layer %{x}<br>|s|² / mean |d_r|²: %{y:.4f}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=layers,
+            y=roles,
+            zmin=SHARE_RANGE[0],
+            zmax=SHARE_RANGE[1],
+            colorscale=SEQUENTIAL_SCALE,
+            colorbar={"title": {"text": "cos²(d_r, s)"}, "y": 0.375, "len": 0.75},
+            hovertemplate="role: %{y}<br>layer: %{x}<br>share of |d_r|² along s: %{z:.4f}"
+            "<extra></extra>",
+            showlegend=False,
+        ),
+        row=2,
+        col=1,
+    )
+    if missing.any():  # grey "—" cells (zero directions): never read like a share of 0
+        fig.add_trace(
+            go.Heatmap(
+                z=np.where(missing, 0.0, np.nan),
+                x=layers,
+                y=roles,
+                text=np.where(missing, UNDEFINED, ""),
+                texttemplate="%{text}",
+                colorscale=[[0.0, UNDEFINED_COLOR], [1.0, UNDEFINED_COLOR]],
+                showscale=False,
+                hoverongaps=False,
+                hovertemplate="role: %{y}<br>layer: %{x}<br>undefined (zero direction)"
+                "<extra></extra>",
+                name="undefined",
+                showlegend=False,
+            ),
+            row=2,
+            col=1,
+        )
+    axis = layer_axis(layers)
+    fig.update_xaxes(**axis, row=1, col=1)
+    fig.update_xaxes(**axis, title_text="layer", row=2, col=1)
+    fig.update_yaxes(title_text="share", range=[0.0, 1.05], row=1, col=1)
+    fig.update_yaxes(
+        title_text="role", type="category", autorange="reversed", dtick=1, row=2, col=1
+    )
+    return fig.update_layout(
+        title={
+            "text": f"Share of each role direction that is the shared direction s = mean_r d_r "
+            f"(position {pos})<br><sup>cos²(d_r, s): fraction of |d_r|² along s</sup>"
+        },
+        height=max(500, 260 + 22 * len(roles)),
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0.0},
+        margin={"t": 130},
+        template="plotly_white",
+    )
+
+
+def decomposition_cosine_maps(
+    rd: RoleDirections, layer: int, position: PositionLabel = -1
+) -> go.Figure:
+    """Role × role cosines of the raw directions beside those of their role-specific parts.
+
+    Left: ``cos(d_i, d_j)``; right: ``cos(d_i - s, d_j - s)`` with ``s`` the mean direction
+    over the roles (the specific parts of :func:`roleprobe.vectors.decomposition.
+    specific_directions`; equal to the mean-centred map). Roles grouped by domain; one
+    RdBu scale, −1 to 1.
+
+    Args:
+        rd: raw role directions (at least 3 roles).
+        layer: the layer.
+        position: the position label.
+    """
+    order = role_order(rd.roles)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.12,
+        subplot_titles=("raw directions d_r", "specific parts d_r − s"),
+    )
+    for col, centered in ((1, False), (2, True)):
+        heat = _cosine_heatmap(rd, layer, position, centered)
+        heat.update(coloraxis="coloraxis")
+        fig.add_trace(heat, row=1, col=col)
+        fig.update_xaxes(type="category", tickangle=-45, title_text="role", row=1, col=col)
+        fig.update_yaxes(type="category", autorange="reversed", dtick=1, row=1, col=col)
+    fig.layout.yaxis.title.text = "role"
+    side = max(450, 160 + 22 * len(order))
+    return fig.update_layout(
+        title={
+            "text": f"Role × role cosine at layer {layer}, position {position}: "
+            "raw vs shared component removed"
+        },
+        coloraxis={
+            "colorscale": SIGNED_SCALE,
+            "cmin": -1.0,
+            "cmax": 1.0,
+            "cmid": 0.0,
+            "colorbar": {"title": {"text": "cosine similarity"}},
+        },
+        height=side + 60,
+        width=2 * side + 160,
+        margin={"t": 110},
+        template="plotly_white",
+    )
+
+
+# ------------------------------------------------------------------ persona ↔ vector --------
+def _persona_matrix(
+    shift: pd.DataFrame, layer: int, centred: bool
+) -> tuple[list[str], list[str], npt.NDArray[np.float64]]:
+    """The persona × direction matrix at ``layer``, rows and columns grouped by domain."""
+    at = shift[shift["layer"] == layer]
+    grid = at.pivot_table(index="persona", columns="role", values="shift", aggfunc="first")
+    rows, cols = role_order(list(grid.index)), role_order(list(grid.columns))
+    m = grid.loc[rows, cols].to_numpy(np.float64)
+    if centred:
+        m = m - m.mean(axis=0, keepdims=True) - m.mean(axis=1, keepdims=True) + m.mean()
+    return rows, cols, m
+
+
+def _persona_heatmap(rows: list[str], cols: list[str], m: npt.NDArray[np.float64]) -> go.Heatmap:
+    row_dom = np.array([role_domain(r) or "other" for r in rows], dtype=object)
+    col_dom = np.array([role_domain(c) or "other" for c in cols], dtype=object)
+    return go.Heatmap(
+        z=m,
+        x=cols,
+        y=rows,
+        customdata=np.dstack(
+            [np.broadcast_to(row_dom[:, None], m.shape), np.broadcast_to(col_dom, m.shape)]
+        ),
+        hovertemplate="persona %{y} (%{customdata[0]})<br>direction %{x} (%{customdata[1]})"
+        "<br>shift: %{z:.3f}<extra></extra>",
+        coloraxis="coloraxis",
+    )
+
+
+def _persona_title(layer: int, centred: bool) -> str:
+    kind = "double-centred shift" if centred else "shift"
+    return f"Persona-induced {kind} along each role's direction, layer {layer}"
+
+
+def persona_shift_figure(
+    shift: pd.DataFrame, layer: int | None = None, centred: bool = False
+) -> go.Figure:
+    """Persona × role-direction heatmap of the persona-induced shift, grouped by domain.
+
+    Args:
+        shift: :meth:`roleprobe.experiments.persona_shift.PersonaShift.to_dataframe`
+            (``persona, role, layer, shift``).
+        layer: the layer shown; ``None``: every layer, with a layer slider (opening on the
+            middle one).
+        centred: remove each direction's mean over personas and each persona's mean over
+            directions (what is specific to the pair: the "every persona moves every
+            direction" part is gone).
+
+    Returns:
+        A heatmap (rows: persona, columns: direction; RdBu, midpoint 0, one colour scale for
+        every layer); the diagonal is each persona's shift along its own role's direction.
+    """
+    require_columns(shift, ("persona", "role", "layer", "shift"), "shift", allow_empty=False)
+    layers = sorted(int(x) for x in shift["layer"].unique())
+    if layer is not None and layer not in layers:
+        raise ValueError(f"layer {layer} is not in the shift table (layers {layers})")
+    shown = [layer] if layer is not None else layers
+    mats = {la: _persona_matrix(shift, la, centred) for la in shown}
+    limit = max(float(np.nanmax(np.abs(m))) for _, _, m in mats.values()) or 1.0
+    active = layer if layer is not None else layers[len(layers) // 2]
+    rows, cols, m = mats[active]
+    fig = go.Figure(_persona_heatmap(rows, cols, m))
+    if len(rows) == len(cols) and rows == cols:
+        _domain_guides(fig, rows)
+    side = max(450, 200 + 22 * len(rows))
+    fig.update_layout(
+        title={"text": _persona_title(active, centred)},
+        template="plotly_white",
+        margin={"t": 120},
+        height=side,
+        width=max(520, 280 + 22 * len(cols)),
+        coloraxis={
+            "colorscale": SIGNED_SCALE,
+            "cmin": -limit,
+            "cmax": limit,
+            "cmid": 0.0,
+            "colorbar": {"title": {"text": "Δ projection on d̂ (persona − baseline)"}},
+        },
+    )
+    fig.update_xaxes(title_text="role direction", type="category", tickangle=-45)
+    fig.update_yaxes(title_text="persona", type="category", autorange="reversed", dtick=1)
+    if layer is not None or len(layers) == 1:
+        return fig
+    fig.frames = [
+        go.Frame(
+            data=[_persona_heatmap(*mats[la])],
+            name=str(la),
+            layout={"title": {"text": _persona_title(la, centred)}},
+        )
+        for la in layers
+    ]
+    step_args = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}}
+    labels = _tick_label_depth(cols)
+    slider = {
+        "active": layers.index(active),
+        "currentvalue": {"prefix": "layer: "},
+        "steps": [
+            {"method": "animate", "label": str(la), "args": [[str(la)], step_args]} for la in layers
+        ],
+        "y": 0.0,
+        "yanchor": "top",
+        "pad": {"t": labels + SLIDER_GAP},
+    }
+    bottom = labels + SLIDER_GAP + SLIDER_HEIGHT
+    return fig.update_layout(sliders=[slider], margin={"b": bottom}, height=side + bottom)
+
+
+def persona_specificity_figure(specificity: pd.DataFrame) -> go.Figure:
+    """Per layer: mean shift of personas along their own direction vs along the others'.
+
+    Args:
+        specificity: :meth:`roleprobe.experiments.persona_shift.PersonaShift.specificity`
+            (``layer, diagonal, off_diagonal, centred_diagonal``).
+
+    Returns:
+        Lines over the layers (categorical layer axis).
+    """
+    require_columns(
+        specificity,
+        ("layer", "diagonal", "off_diagonal", "centred_diagonal"),
+        "specificity",
+        allow_empty=False,
+    )
+    names = {
+        "diagonal": "own direction (diagonal)",
+        "off_diagonal": "other roles' directions (off-diagonal)",
+        "centred_diagonal": "own, double-centred",
+    }
+    fig = go.Figure(
+        [
+            go.Scatter(x=specificity["layer"], y=specificity[col], mode="lines+markers", name=label)
+            for col, label in names.items()
+        ]
+    )
+    fig.update_layout(
+        title={"text": "Persona-induced shift along role directions: own vs others"},
+        template="plotly_white",
+        yaxis_title="mean Δ projection on d̂ (persona − baseline)",
+    )
+    return fig.update_xaxes(title_text="layer", **layer_axis(list(specificity["layer"])))
+
+
+def persona_vs_addition(table: pd.DataFrame, value: str = "delta_logprob") -> go.Figure:
+    """Per role, the effect of the persona and of adding the role's direction, by domain.
+
+    Args:
+        table: one row per role and condition with ``role``, ``condition`` and ``value``
+            plus its ``{value}_ci_low``/``_ci_high`` (``delta_logprob``) or
+            ``delta_ci_low``/``delta_ci_high`` (``delta_accuracy``), as
+            :func:`roleprobe.compare` returns them.
+        value: ``"delta_logprob"`` (default: read this first when accuracy sits at chance)
+            or ``"delta_accuracy"``.
+
+    Returns:
+        Grouped bars (one colour per condition) over the roles, grouped by domain, with 95 %
+        confidence intervals.
+    """
+    low, high = (
+        ("delta_ci_low", "delta_ci_high")
+        if value == "delta_accuracy"
+        else (f"{value}_ci_low", f"{value}_ci_high")
+    )
+    require_columns(table, ("role", "condition", value, low, high), "table", allow_empty=False)
+    roles = role_order(list(dict.fromkeys(table["role"])))
+    fig = go.Figure()
+    for k, (condition, part) in enumerate(table.groupby("condition", sort=True)):
+        part = part.set_index("role").reindex(roles)
+        fig.add_bar(
+            x=roles,
+            y=part[value],
+            name=str(condition),
+            marker_color=qualitative.Plotly[k % len(qualitative.Plotly)],
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (part[high] - part[value]).to_numpy(),
+                "arrayminus": (part[value] - part[low]).to_numpy(),
+            },
+            customdata=np.array([role_domain(r) or "other" for r in roles], dtype=object),
+            hovertemplate="%{x} (%{customdata})<br>%{y:.3f}<extra>" + str(condition) + "</extra>",
+        )
+    domains = [role_domain(r) or "other" for r in roles]
+    starts = [0] + [i for i in range(1, len(roles)) if domains[i] != domains[i - 1]]
+    for s in starts[1:]:
+        fig.add_vline(x=s - 0.5, line={"color": "grey", "width": 1, "dash": "dot"})
+    for start, end in zip(starts, [*starts[1:], len(roles)], strict=True):
+        fig.add_annotation(
+            x=(start + end - 1) / 2,
+            y=1.0,
+            yref="paper",
+            yanchor="bottom",
+            text=domains[start],
+            showarrow=False,
+            textangle=-30,
+            font={"size": 10},
+        )
+    fig.update_layout(
+        barmode="group",
+        template="plotly_white",
+        title={"text": "Persona vs activation addition, each role on its own domain"},
+        yaxis_title=value_label(value),
+        margin={"t": 120},
+        width=max(700, 200 + 34 * len(roles)),
+    )
+    return fig.update_xaxes(title_text="role", type="category", tickangle=-45)
