@@ -39,14 +39,13 @@
 
 # %%
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import _common
-import pandas as pd
 import torch
 
 import roleprobe as rp
+from roleprobe.experiments.persona_compare import by_domain, persona_vs_addition
 from roleprobe.results import plotting
 
 cli = _common.parser("Persona vs activation addition for every role on its own domain.")
@@ -69,28 +68,11 @@ model = _common.load_model(args)
 layer = args.layer if args.layer is not None else int(model.cfg.n_layers) // 2
 alphas = [float(a) for a in _common.split_list(args.alphas) or []]
 bench = _common.load_benchmark(args)
-
-
-def domain_questions(domain: str) -> rp.MultipleChoice:
-    """The domain's questions (a seeded sample of ``--per-domain`` of them)."""
-    sub = bench.subset(domain=domain)
-    if args.per_domain and len(sub) > args.per_domain:
-        items = sub.items.sample(args.per_domain, random_state=args.seed).sort_index()
-        sub = rp.MultipleChoice(
-            items.reset_index(drop=True), f"{sub.name}|n{args.per_domain}", sub.split
-        )
-    return sub
-
-
-# roles round-robin over domains: a run cut short still covers every domain
-by_domain = {d: [r.name for r in rp.list_roles(domain=d)] for d in rp.DOMAINS}
-wanted = set(_common.roles(args, None) or [r.name for r in rp.ROLES])
+by_role = {d: [r.name for r in rp.list_roles(domain=d)] for d in rp.DOMAINS}
+roles = _common.roles(args, None) or [r.name for r in rp.ROLES]
 if args.quick:
-    wanted = {names[0] for names in by_domain.values()}
-order: list[str] = []
-for i in range(max(len(v) for v in by_domain.values())):
-    order += [names[i] for names in by_domain.values() if i < len(names) and names[i] in wanted]
-print(f"{len(order)} roles, addition at layer {layer} with alphas {alphas}; parts in {parts}")
+    roles = [names[0] for names in by_role.values()]
+print(f"{len(roles)} roles, addition at layer {layer} with alphas {alphas}; parts in {parts}")
 
 # %% [markdown]
 # Directions (position -1, the addition layer only) are computed once and saved with the
@@ -101,12 +83,12 @@ direction_dir = parts / "directions"
 if (direction_dir / "directions.json").exists():
     rd = rp.RoleDirections.load(direction_dir, model)
 else:
-    source = args.data / "role-vectors-paper" if args.prompts == "paper" else args.prompts
+    paper = args.prompts == "paper"
     rd = rp.compute_directions(
         model,
         roles=[r.name for r in rp.ROLES],
-        source="paper" if args.prompts == "paper" else source,
-        data_dir=source if args.prompts == "paper" else None,
+        source="paper" if paper else args.prompts,
+        data_dir=args.data / "role-vectors-paper" if paper else None,
         positions=[-1],
         layers=[layer],
         batch_size=args.batch_size,
@@ -116,78 +98,33 @@ else:
 if layer not in rd.layers:
     raise SystemExit(f"{direction_dir} holds layers {rd.layers}, not {layer}: use another --parts")
 
-
-def write_part(df: pd.DataFrame, path: Path) -> None:
-    """Write a CSV part atomically (a crash never leaves half a part)."""
-    tmp = path.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def run_part(path: Path, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    """The part at ``path``, computed and written unless it exists."""
-    if path.exists():
-        return pd.read_csv(path)
-    t0 = time.perf_counter()
-    df = make()
-    write_part(df, path)
-    print(f"  {path.name}: {len(df)} rows in {time.perf_counter() - t0:.0f} s")
-    return df
-
-
-evaluate = dict(batch_size=args.batch_size, progress=args.progress)
-baselines: dict[str, pd.DataFrame] = {}
-results: dict[str, pd.DataFrame] = {}
-for role in order:
-    domain = rp.get_role(role).domain
-    questions = domain_questions(domain)
-    if domain not in baselines:
-        baselines[domain] = run_part(
-            parts / f"baseline_{domain}.csv",
-            lambda q=questions, d=domain: rp.evaluate(model, q, None, **evaluate).assign(
-                persona_domain=d
-            ),
-        )
-
-    def conditions(q: rp.MultipleChoice = questions, r: str = role) -> pd.DataFrame:
-        frames = [rp.evaluate(model, q, rp.Persona(r), **evaluate).assign(alpha=float("nan"))]
-        d = rd.vector(r, layer, -1)
-        for alpha in alphas:
-            added = rp.evaluate(model, q, rp.Addition(d, layer, alpha), **evaluate)
-            frames.append(added.assign(condition="addition", role=r, alpha=alpha))
-        return pd.concat(frames, ignore_index=True)
-
-    results[role] = run_part(parts / f"role_{_common.slug(role)}.csv", conditions)
-    print(f"{role} ({domain}) done at {time.perf_counter() - start:.0f} s")
-
 # %% [markdown]
 # ## The comparison table
 #
-# One row per role and condition: baseline and condition accuracy (fractional tie credit),
-# the change with its paired bootstrap CI and McNemar p, and the mean change of the
-# correct-letter log-prob with its CI and permutation p.
+# `persona_vs_addition` writes each domain's baseline and each role's conditions as a part
+# as soon as they finish, and reads finished parts instead of recomputing them. One row per
+# role and condition: baseline and condition accuracy (fractional tie credit), the change
+# with its paired bootstrap CI and McNemar p, and the mean change of the correct-letter
+# log-prob with its CI and permutation p.
 
 # %%
-rows = []
-for role, df in results.items():
-    domain = rp.get_role(role).domain
-    base = baselines[domain].sort_values("id").reset_index(drop=True)
-    for (condition, alpha), part in df.groupby(["condition", "alpha"], dropna=False):
-        other = part.sort_values("id").reset_index(drop=True)
-        stats = rp.compare(base, other, n_boot=2000, n_perm=5000, seed=args.seed)
-        label = "persona" if condition == "persona" else f"addition α={alpha:g}"
-        rows.append({"role": role, "domain": domain, "condition": label, **stats.to_dict()})
-table = pd.DataFrame(rows)
-table["layer"] = layer
-table = table.sort_values(["domain", "role", "condition"]).reset_index(drop=True)
-_common.write_table(table, args.out, "10_persona_vs_addition")
-by_domain_table = (
-    table.groupby(["domain", "condition"])[["base_accuracy", "accuracy", "delta_logprob"]]
-    .mean()
-    .reset_index()
+table = persona_vs_addition(
+    model,
+    rd,
+    bench,
+    layer,
+    roles=roles,
+    alphas=alphas,
+    per_domain=args.per_domain,
+    parts=parts,
+    batch_size=args.batch_size,
+    seed=args.seed,
+    progress=args.progress,
 )
-_common.write_table(by_domain_table, args.out, "10_persona_by_domain")
-print(by_domain_table.to_string(index=False, float_format="%.3f"))
+_common.write_table(table, args.out, "10_persona_vs_addition")
+domains = by_domain(table)
+_common.write_table(domains, args.out, "10_persona_by_domain")
+print(domains.to_string(index=False, float_format="%.3f"))
 
 # %%
 write(plotting.persona_vs_addition(table), "10_persona_vs_addition")

@@ -84,6 +84,53 @@ def test_every_stage_writes_its_folder(finished):
     assert {"auroc.html", "sweep_delta_logprob.html", "plotly.min.js"} <= figures
 
 
+def test_the_run_says_where_its_directions_come_from(finished):
+    paths = finished.paths
+    rd = rp.RoleDirections.load(paths.directions)
+    share = pd.read_csv(paths.shared_share)
+    expected = rp.shared_share(rd)
+    pd.testing.assert_series_equal(share["share"], expected["share"], check_names=False)
+    confusion = pd.read_csv(paths.confusion)
+    assert set(confusion["rule"]) == {"cosine", "centred"} and set(confusion["layer"]) == {1, 2}
+    matrix = pd.read_csv(paths.confusion_matrix)
+    roles = ["lawyer", "nurse", "mathematician"]
+    assert list(matrix["true"]) == roles
+    values = matrix[roles].to_numpy()
+    assert values.shape == (3, 3) and abs(values.sum(axis=1) - 1).max() < 1e-9  # row shares
+    best = confusion[confusion["rule"] == "cosine"]["accuracy"].max()
+    assert abs(values.diagonal().mean() - best) < 1e-9  # the matrix is the best layer's
+    components = pd.read_csv(paths.components)
+    picks = pd.read_csv(paths.picks("held-out"))
+    chosen = picks[(picks["source"] == "role") & (picks["alpha"] == picks["alpha"].max())]
+    assert set(components["role"]) == set(chosen["role"])
+    for pick in chosen.itertuples():
+        mine = components[components["role"] == pick.role]
+        assert set(mine["position"]) == {pick.position}
+        # the components sum to the pick direction's own projection d_hat . d = |d|
+        d = rd.vector(pick.role, int(pick.layer), int(pick.position)).double()
+        assert abs(mine["value"].sum() - float(d.norm())) < 1e-4 * float(d.norm())
+    summary = finished.summary("validation")
+    assert summary["confusion_layer"] in (1, 2) and summary["confusion_chance"] == 0.333
+    report = (paths.report_html).read_text()
+    for title in ("shared by all the roles", "Held-out role vs role", "Which heads and MLPs"):
+        assert title in report
+    md = paths.summary_md.read_text()
+    assert "## Where the directions come from" in md and "Top writers" in md
+    figures = {p.name for p in paths.figures.iterdir()}
+    assert {"shared_share.html", "confusion.html", "top_writers.html"} <= figures
+
+
+def test_the_specific_parts_run_as_their_own_sweep_source(tiny4, tmp_path):
+    config = _config(tiny4, roles=["lawyer", "nurse"], specific=True, alphas=[3.0])
+    run = run_pipeline(config, tmp_path, until="selection")
+    scores = pd.read_csv(run.paths.sweep_scores)
+    assert {"specific", "specific-random", "specific-shuffled"} <= set(scores["source"])
+    picks = pd.read_csv(run.paths.picks("held-out"))
+    assert "specific" in set(picks["source"])
+    with pytest.raises(ValueError, match="specific = true needs 2 roles"):
+        _config(tiny4, roles=["lawyer"], specific=True)
+
+
 def test_a_rerun_skips_finished_stages(finished):
     again = run_pipeline(finished.config, finished.out)
     assert again.timings == {}

@@ -223,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="patchscope: add at the placeholder only (default) or everywhere (the paper's)",
     )
     _add_model_args(readout)
+
+    from roleprobe.app import attribute as attribute_module
+
+    attribute = sub.add_parser(
+        "attribute",
+        help="where role directions come from: components, shared part, role confusion, "
+        "persona shift, persona vs addition",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=attribute_module.__doc__,
+    )
+    attribute_module.add_arguments(attribute)
+    _add_model_args(attribute)
     for subcommand in sub.choices.values():
         _add_global_flags(subcommand, argparse.SUPPRESS)
     return parser
@@ -265,6 +277,13 @@ def _add_run_args(parser: argparse.ArgumentParser, presets: Sequence[str]) -> No
         help="hub models: auto, balanced, ... (leave --device unset)",
     )
     parser.add_argument("--roles", nargs="+", default=None, help="overrides the preset's roles")
+    parser.add_argument(
+        "--specific",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also sweep each role's specific part (direction minus the roles' mean), "
+        "with its controls",
+    )
 
 
 def _load(args: argparse.Namespace) -> "Model":
@@ -361,6 +380,7 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
         "model_revision": getattr(args, "model_revision", None),
         "trust_remote_code": getattr(args, "trust_remote_code", None),
         "device_map": getattr(args, "device_map", None),
+        "specific": getattr(args, "specific", None),
     }
     return load_config(args.preset, args.config, overrides)
 
@@ -470,6 +490,19 @@ def _cmd_readout(args: argparse.Namespace) -> None:
         _out(f"logit lens {sign}: {' '.join(repr(t) for t in rows['token'])}")
 
 
+def _cmd_attribute(args: argparse.Namespace) -> None:
+    from roleprobe.app.attribute import check_arguments, run_attribute
+
+    _path_arg(args.out)
+    try:
+        check_arguments(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    result = run_attribute(args, _load(args))
+    for path in result["files"]:
+        _out(f"wrote {path}")
+
+
 _COMMANDS = {
     "chat": _cmd_chat,
     "info": _cmd_info,
@@ -481,6 +514,7 @@ _COMMANDS = {
     "directions": _cmd_directions,
     "evaluate": _cmd_evaluate,
     "readout": _cmd_readout,
+    "attribute": _cmd_attribute,
 }
 
 

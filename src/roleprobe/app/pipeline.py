@@ -189,21 +189,59 @@ def stage_directions(ctx: Context) -> dict[str, Any]:
 
 
 def stage_validation(ctx: Context) -> dict[str, Any]:
-    """Stage 3: per role, position and layer: norm, base cosine and held-out AUROC."""
+    """Stage 3: per role, position and layer: norm, base cosine and held-out AUROC; with 2
+    roles or more, the share of each direction that is shared by the roles and (with
+    held-out prompts) the held-out role-vs-role confusion."""
+    from roleprobe.vectors.decomposition import shared_share
     from roleprobe.vectors.validation import separation_auroc
 
     rd = ctx.directions()
+    paths = ctx.run.paths
     table = rd.to_dataframe()
     _, held = ctx.prompt_sets()
     if held is not None:
         auc = separation_auroc(ctx.model, rd, held, batch_size=ctx.config.batch_size)
         table["auroc"] = auc.flatten().tolist()
-    write_csv(ctx.run.paths.validation, table)
+    write_csv(paths.validation, table)
     out: dict[str, Any] = {"rows": len(table)}
     if held is not None:
         by_layer = table.groupby("layer")["auroc"].median()
         out["median_auroc_by_layer"] = {int(k): round(float(v), 3) for k, v in by_layer.items()}
+    if len(rd.roles) >= 2:
+        share = shared_share(rd)
+        write_csv(paths.shared_share, share)
+        out["mean_shared_share"] = round(float(share["share"].mean()), 3)
+    if held is not None and len(rd.roles) >= 2:
+        out.update(_confusion(ctx, rd, held))
     return out
+
+
+def _confusion(ctx: Context, rd: "RoleDirections", held: "RolePrompts") -> dict[str, Any]:
+    """Held-out role-vs-role confusion: the table, and the matrix at the best layer."""
+    from roleprobe.vectors.confusion import role_confusion
+
+    paths = ctx.run.paths
+    confusion = role_confusion(ctx.model, rd, held, batch_size=ctx.config.batch_size)
+    table = confusion.to_dataframe()
+    write_csv(paths.confusion, table)
+    cosine = table[(table["rule"] == "cosine") & table["accuracy"].notna()]
+    if cosine.empty:  # every direction is zero (layer 0 only)
+        return {"confusion_accuracy": None}
+    best = cosine.loc[cosine["accuracy"].idxmax()]
+    layer = int(best["layer"])
+    position = best["position"] if isinstance(best["position"], str) else int(best["position"])
+    matrix = confusion.matrix(layer, position)
+    frame = pd.DataFrame(matrix.numpy(), index=list(rd.roles), columns=list(rd.roles))
+    frame.index.name = "true"
+    frame = frame.reset_index()
+    frame.insert(0, "position", position)
+    frame.insert(0, "layer", layer)
+    write_csv(paths.confusion_matrix, frame)
+    return {
+        "confusion_accuracy": round(float(best["accuracy"]), 3),
+        "confusion_layer": layer,
+        "confusion_chance": round(1.0 / len(rd.roles), 3),
+    }
 
 
 def stage_sweep(ctx: Context) -> dict[str, Any]:
@@ -221,6 +259,7 @@ def stage_sweep(ctx: Context) -> dict[str, Any]:
         alphas=cfg.alphas,
         ablation=cfg.ablation,
         controls=cfg.controls,
+        specific=cfg.specific,
         store=paths.sweep_store,
         shard=ctx.shard,
         scope=cfg.scope,
@@ -382,7 +421,40 @@ def stage_readouts(ctx: Context) -> dict[str, Any]:
     write_csv(paths.patchscope, pd.DataFrame(patch, columns=list(PATCHSCOPE_COLUMNS)))
     lens_table = pd.concat(lens, ignore_index=True) if lens else pd.DataFrame()
     write_csv(paths.logit_lens, lens_table.reindex(columns=list(LOGIT_LENS_COLUMNS)))
-    return {"picks": len(chosen), "patchscope": len(patch), "logit_lens_rows": len(lens_table)}
+    components = _components(ctx, rd, chosen)
+    write_csv(paths.components, components)
+    return {
+        "picks": len(chosen),
+        "patchscope": len(patch),
+        "logit_lens_rows": len(lens_table),
+        "component_rows": len(components),
+    }
+
+
+def _components(ctx: Context, rd: "RoleDirections", chosen: pd.DataFrame) -> pd.DataFrame:
+    """Every component's write along each pick's direction, on the training prompts (one
+    pass per picked layer; empty for picks at layer 0, whose input is the embedding)."""
+    from roleprobe.vectors.components import COLUMNS, component_attribution
+
+    train, _ = ctx.prompt_sets()
+    frames = []
+    picks = chosen[chosen["layer"].astype(int) > 0]
+    for layer, group in picks.groupby(picks["layer"].astype(int)):
+        for position, part in group.groupby(group["position"].astype(int)):
+            table = component_attribution(
+                ctx.model,
+                train,
+                int(layer),
+                roles=sorted(set(part["role"].astype(str))),
+                positions=[int(position)],
+                batch_size=ctx.config.batch_size,
+                directions=rd,
+                system=rd.system,
+            )
+            frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=list(COLUMNS))
+    return pd.concat(frames, ignore_index=True)
 
 
 def stage_report(ctx: Context) -> dict[str, Any]:

@@ -26,10 +26,11 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -40,6 +41,7 @@ from roleprobe.core.io import atomic_write_text
 from roleprobe.data.benchmarks import LETTERS
 from roleprobe.experiments.store import read_manifest
 from roleprobe.results import plotting
+from roleprobe.results.labels import role_domain
 
 if TYPE_CHECKING:  # pragma: no cover
     from roleprobe.vectors.directions import RoleDirections
@@ -98,6 +100,10 @@ class ReportInputs:
         summaries: every finished stage's ``done.json``, by folder name.
         picks_csv: where the full picks table lies, relative to the report ("" if nowhere).
         effects_csv: the same for the effect table.
+        confusion: stage 3's role-vs-role table (empty without held-out prompts, or for
+            runs made before it existed).
+        confusion_matrix: stage 3's confusion matrix at the best layer (empty likewise).
+        components: stage 7's component attribution of the picks (empty likewise).
     """
 
     model: str
@@ -114,6 +120,9 @@ class ReportInputs:
     summaries: dict[str, dict[str, Any]]
     picks_csv: str = ""
     effects_csv: str = ""
+    confusion: pd.DataFrame = field(default_factory=pd.DataFrame)
+    confusion_matrix: pd.DataFrame = field(default_factory=pd.DataFrame)
+    components: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def selected(self) -> pd.DataFrame:
@@ -146,7 +155,15 @@ def load_inputs(run: Run) -> ReportInputs:
         summaries={s.name: run.summary(s) for s in run.finished()},
         picks_csv=_relative(paths.picks(rule), paths.report_html.parent),
         effects_csv=_relative(paths.effects, paths.report_html.parent),
+        confusion=_read_csv(paths.confusion),
+        confusion_matrix=_read_csv(paths.confusion_matrix),
+        components=_read_csv(paths.components),
     )
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV, or an empty table where the run has none (runs made before it existed)."""
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -210,6 +227,52 @@ def build_figures(inputs: ReportInputs, directions: "RoleDirections") -> list[Fi
                 "effects",
                 "Picked directions on every domain (% change; own-domain cells: see part)",
                 plotting.paper_table_figure(inputs.effects),
+            )
+        )
+    return figures + origin_figures(inputs, rd)
+
+
+def origin_figures(inputs: ReportInputs, rd: "RoleDirections") -> list[Figure]:
+    """Where the directions come from: the shared part (2 roles or more), the held-out
+    role-vs-role confusion (stage 3) and the components writing each pick (stage 7)."""
+    from roleprobe.vectors.decomposition import shared_fraction, shared_share
+
+    figures: list[Figure] = []
+    position = rd.positions[-1]
+    if len(rd.roles) >= 2:
+        figures.append(
+            Figure(
+                "shared_share",
+                "How much of each role direction is shared by all the roles (cos² to their "
+                "mean; 1 = the role direction is the shared one)",
+                plotting.shared_share_figure(shared_share(rd), shared_fraction(rd), position),
+            )
+        )
+    matrix = inputs.confusion_matrix
+    if not matrix.empty:
+        layer, pos = int(matrix["layer"].iloc[0]), matrix["position"].iloc[0]
+        roles = [str(r) for r in matrix["true"]]
+        values = matrix[roles].to_numpy(dtype=float)
+        accuracy = float(np.nanmean(np.diag(values)))
+        figures.append(
+            Figure(
+                "confusion",
+                f"Held-out role vs role: nearest direction, layer {layer} (the best; "
+                f"accuracy {accuracy:.2f}, chance {1 / len(roles):.2f})",
+                plotting.confusion_figure(
+                    values,
+                    roles,
+                    [role_domain(r) or "other" for r in roles],
+                    f"Held-out confusion at layer {layer}, position {pos}",
+                ),
+            )
+        )
+    if not inputs.components.empty:
+        figures.append(
+            Figure(
+                "top_writers",
+                "Which heads and MLPs write each picked direction (share of its projection)",
+                plotting.top_writers_figure(inputs.components, k=5),
             )
         )
     return figures
@@ -460,6 +523,7 @@ def render_markdown(inputs: ReportInputs, accuracy: dict[str, Any]) -> str:
         ]
         lines += [f"| {k} | {v} |" for k, v in auroc.items()]
         lines.append("")
+    lines += origin_markdown(inputs)
     lines += [
         "## Picks and held-out statistics",
         "",
@@ -487,6 +551,39 @@ def render_markdown(inputs: ReportInputs, accuracy: dict[str, Any]) -> str:
         for k, v in inputs.summaries.items()
     ]
     return "\n".join(lines) + "\n"
+
+
+def origin_markdown(inputs: ReportInputs) -> list[str]:
+    """Where the directions come from, in numbers: the shared share, the held-out
+    role-vs-role accuracy at the best layer and each pick's top writers."""
+    validation = inputs.summaries.get(VALIDATION.name, {})
+    lines: list[str] = []
+    if validation.get("mean_shared_share") is not None:
+        lines += [
+            "## Where the directions come from",
+            "",
+            f"Mean share of a role direction along the roles' shared direction (cos², over "
+            f"roles, layers and positions): {validation['mean_shared_share']}.",
+        ]
+    if validation.get("confusion_accuracy") is not None:
+        lines += [
+            "",
+            f"Held-out role vs role (nearest direction): accuracy "
+            f"{validation['confusion_accuracy']} at layer {validation['confusion_layer']} "
+            f"(chance {validation['confusion_chance']}).",
+        ]
+    if not inputs.components.empty:
+        data = inputs.components.assign(size=inputs.components["value"].abs())
+        data = data.sort_values(["role", "position", "size"], ascending=[True, True, False])
+        top = data.groupby(["role", "position"], sort=False).head(3)
+        top = top.assign(rank=top.groupby(["role", "position"]).cumcount() + 1)
+        lines += [
+            "",
+            "Top writers of each pick (share of its projection):",
+            "",
+            _md_table(top[["role", "position", "rank", "component", "share"]]),
+        ]
+    return [*lines, ""] if lines else []
 
 
 def _md_table(df: pd.DataFrame) -> str:

@@ -145,6 +145,7 @@ FIRST_STAGE: dict[str, Stage | None] = {
     "alphas": SWEEP,
     "ablation": SWEEP,
     "controls": SWEEP,
+    "specific": SWEEP,
     "scope": SWEEP,
     "tie_rule": SWEEP,
     "ablation_at": SWEEP,
@@ -223,6 +224,25 @@ class RunPaths:
         """Per role, position and layer: norm, base cosine, held-out AUROC (CSV)."""
         return self.folder(VALIDATION) / "validation.csv"
 
+    @property
+    def shared_share(self) -> Path:
+        """Per role, position and layer: the share of the direction that is the shared "any
+        role" direction (:func:`roleprobe.shared_share`, CSV; 2 roles or more)."""
+        return self.folder(VALIDATION) / "shared_share.csv"
+
+    @property
+    def confusion(self) -> Path:
+        """Per rule, position and layer: held-out role-vs-role accuracy and mean one-vs-rest
+        AUROC (:meth:`roleprobe.RoleConfusion.to_dataframe`, CSV; held-out prompts and 2
+        roles or more)."""
+        return self.folder(VALIDATION) / "confusion.csv"
+
+    @property
+    def confusion_matrix(self) -> Path:
+        """The held-out confusion matrix at the best layer (rows: true role, columns:
+        assigned role; CSV with the layer and position in its first columns)."""
+        return self.folder(VALIDATION) / "confusion_matrix.csv"
+
     # 04_sweep
     @property
     def sweep_store(self) -> Path:
@@ -270,6 +290,12 @@ class RunPaths:
     def logit_lens(self) -> Path:
         """Per pick, sign and rank: the direction's top tokens (CSV)."""
         return self.folder(READOUTS) / "logit_lens.csv"
+
+    @property
+    def components(self) -> Path:
+        """Per pick: every head's, MLP's and the embedding's write along the picked
+        direction (:func:`roleprobe.component_attribution`, CSV)."""
+        return self.folder(READOUTS) / "components.csv"
 
     # 08_report
     @property

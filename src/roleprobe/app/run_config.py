@@ -71,6 +71,9 @@ class RunConfig:
         layers: candidate layers (``()``: every layer).
         positions: candidate positions (offsets; ``()``: every post-instruction position).
         alphas, ablation, controls, scope: the sweep (see :func:`roleprobe.sweep`).
+        specific: the sweep also runs each role's specific part (its direction minus the
+            mean over the run's roles, :func:`roleprobe.specific_directions`) as source
+            ``specific``, with its own controls (``sweep(specific=True)``; 2 roles or more).
         rules: selection rules to run; the last one's picks are evaluated in stage 6.
         select_fraction: share of each role's questions used for held-out selection.
         correction: ``holm`` or ``bh``.
@@ -116,6 +119,7 @@ class RunConfig:
     alphas: tuple[float, ...] = (1.0, 3.0)
     ablation: bool = True
     controls: bool = True
+    specific: bool = False
     scope: str = "domain"
     rules: tuple[str, ...] = ("paper", "held-out")
     select_fraction: float = 0.5
@@ -165,6 +169,11 @@ class RunConfig:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.specific and len(self.roles) == 1:
+            raise ValueError(
+                f"specific = true needs 2 roles or more (the shared part is their mean), "
+                f"got roles {list(self.roles)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
