@@ -187,5 +187,11 @@ def test_figures_build_from_the_table():
     assert heat.z[1][2] == pytest.approx(0.3) and heat.z[0][3] == pytest.approx(-0.5)
     top = plotting.top_writers_figure(df, k=2)
     assert list(top.data[0].y) == ["lawyer", "nurse"] and len(top.data[0].x) >= 2
+    assert "at layer ?" in top.layout.title.text  # a table read back from CSV has no attrs
+    picks = df.assign(direction_layer=[16 if r == "lawyer" else 8 for r in df["role"]])
+    title = plotting.top_writers_figure(picks, k=2).layout.title.text
+    assert "each role's layer (lawyer 16, nurse 8)" in title
+    same = df.assign(direction_layer=12)
+    assert "at layer 12, position" in plotting.top_writers_figure(same, k=2).layout.title.text
     with pytest.raises(ValueError, match="role 'chef' is not in the table"):
         plotting.attribution_heatmap(df, "chef")

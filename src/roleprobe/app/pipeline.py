@@ -433,7 +433,8 @@ def stage_readouts(ctx: Context) -> dict[str, Any]:
 
 def _components(ctx: Context, rd: "RoleDirections", chosen: pd.DataFrame) -> pd.DataFrame:
     """Every component's write along each pick's direction, on the training prompts (one
-    pass per picked layer; empty for picks at layer 0, whose input is the embedding)."""
+    pass per picked layer; empty for picks at layer 0, whose input is the embedding);
+    ``direction_layer`` is the pick's layer (``layer`` is the component's)."""
     from roleprobe.vectors.components import COLUMNS, component_attribution
 
     train, _ = ctx.prompt_sets()
@@ -451,9 +452,9 @@ def _components(ctx: Context, rd: "RoleDirections", chosen: pd.DataFrame) -> pd.
                 directions=rd,
                 system=rd.system,
             )
-            frames.append(table)
+            frames.append(table.assign(direction_layer=int(layer)))
     if not frames:
-        return pd.DataFrame(columns=list(COLUMNS))
+        return pd.DataFrame(columns=[*COLUMNS, "direction_layer"])
     return pd.concat(frames, ignore_index=True)
 
 

@@ -1073,9 +1073,19 @@ def top_writers_figure(
             **_colors(True, float(np.nanmax(np.abs(table.to_numpy(np.float64)))) or 1.0),
         )
     )
-    layer = df.attrs.get("layer", "?")
+    if "direction_layer" in data:  # several attributions, e.g. one per pick of a run
+        layers = data.groupby("role")["direction_layer"].first()
+        where = (
+            f"layer {int(layers.iloc[0])}"
+            if layers.nunique() == 1
+            else "each role's layer ("
+            + ", ".join(f"{r} {int(layers[r])}" for r in roles if r in layers)
+            + ")"
+        )
+    else:
+        where = f"layer {df.attrs.get('layer', '?')}"
     fig = _role_axes(
-        fig, f"Top {k} writers of each role direction at layer {layer}, position {pos}", "component"
+        fig, f"Top {k} writers of each role direction at {where}, position {pos}", "component"
     )
     return fig.update_xaxes(type="category", tickangle=-45)
 
