@@ -1211,28 +1211,21 @@ def shared_share_figure(
     fig = make_subplots(
         rows=2, cols=1, shared_xaxes=True, row_heights=[0.25, 0.75], vertical_spacing=0.04
     )
-    mean = data.groupby("layer")["share"].mean().reindex(layers)
-    fig.add_trace(
-        go.Scatter(
-            x=layers,
-            y=mean.to_numpy(np.float64),
-            mode="lines+markers",
-            name="mean over roles of cos²",
-            hovertemplate="layer %{x}<br>mean cos²(d_r, s): %{y:.4f}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
+    lines = [
+        (data.groupby("layer")["share"].mean(), "mean over roles of cos²", "mean cos²(d_r, s)")
+    ]
     if pooled is not None:
         require_columns(pooled, ("position", "layer", "fraction"), "shared_fraction table")
-        mine = pooled[pooled["position"] == pos].set_index("layer")["fraction"].reindex(layers)
+        mine = pooled[pooled["position"] == pos].set_index("layer")["fraction"]
+        lines.append((mine, "pooled |s|² / mean |d_r|²", "|s|² / mean |d_r|²"))
+    for series, name, label in lines:
         fig.add_trace(
             go.Scatter(
                 x=layers,
-                y=mine.to_numpy(np.float64),
+                y=series.reindex(layers).to_numpy(np.float64),
                 mode="lines+markers",
-                name="pooled |s|² / mean |d_r|²",
-                hovertemplate="layer %{x}<br>|s|² / mean |d_r|²: %{y:.4f}<extra></extra>",
+                name=name,
+                hovertemplate=f"layer %{{x}}<br>{label}: %{{y:.4f}}<extra></extra>",
             ),
             row=1,
             col=1,
