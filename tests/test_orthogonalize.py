@@ -33,7 +33,10 @@ def test_weight_orthogonalisation_equals_hook_ablation(tiny_model):
 
 @pytest.mark.embedded
 def test_weight_orthogonalisation_equals_hook_ablation_on_smollm2(embedded_model):
-    _compare(embedded_model, atol=1e-4)
+    # float32 through 30 layers: the baked weights sum in another order than the hooks
+    # (max |difference| of the logits measured 0.7e-4 to 1.0e-4, by thread count and load);
+    # a wrong projection differs by more than 1e-2
+    _compare(embedded_model, atol=5e-4)
 
 
 def test_refusals(tiny_model, monkeypatch):
