@@ -42,6 +42,8 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoTokenizer
 
+from roleprobe.model.compat import keep_float64_softmax
+
 # EMBEDDED_MODEL is re-exported (`as`): it is load_model's default name
 from roleprobe.model.embedded import EMBEDDED_HF_NAME, load_embedded_hf
 from roleprobe.model.embedded import EMBEDDED_MODEL as EMBEDDED_MODEL
@@ -133,6 +135,8 @@ def wrap_hf_model(
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=torch_device, dtype=torch_dtype
     )
+    if torch_dtype == torch.float64:
+        keep_float64_softmax(bridge)
     return bridge.eval()
 
 
@@ -287,6 +291,8 @@ def load_model(
         bridge.tokenizer.padding_side = "left"
     settings = {"revision": revision, "trust_remote_code": trust_remote_code}
     setattr(bridge, _LOAD_SETTINGS_ATTR, settings)
+    if resolve_dtype(dtype) == torch.float64:
+        keep_float64_softmax(bridge)
     return bridge.eval()
 
 
