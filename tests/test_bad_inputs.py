@@ -417,3 +417,19 @@ def test_the_module_covers_at_least_sixty_inputs():
         + len(MODEL_IDS)
     )
     assert count >= 60, count
+
+
+def test_prompts_passed_as_roles_are_named_without_runtime_type_checks():
+    """Users run without the tests' beartype hook: the library's own check must answer."""
+    import subprocess
+    import sys
+
+    code = (
+        "import roleprobe as rp\n"
+        "m = rp.load_model('tiny-random', device='cpu')\n"
+        "rp.compute_directions(m, rp.builtin_prompts(['lawyer']), progress=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("TypeError: roles= got a RolePrompts: pass prompts as source="), last

@@ -528,7 +528,18 @@ def load_prompts(
     Raises:
         ValueError: an unknown source or revision, or a revision for a source that is not
             the paper's.
+        TypeError: ``roles`` that are not role names (a :class:`RolePrompts` passed where
+            ``source`` belongs, e.g. ``compute_directions(model, prompts)``).
     """
+    if isinstance(roles, RolePrompts):
+        raise TypeError(
+            "roles= got a RolePrompts: pass prompts as source= (e.g. "
+            "compute_directions(model, source=prompts)); roles= takes role names"
+        )
+    if roles is not None and not isinstance(roles, str):
+        bad = [r for r in roles if not isinstance(r, str)]
+        if bad:
+            raise TypeError(f"roles= takes role names (str), got {bad[:3]!r}")
     if revision is not None:
         check_revision(revision)
     paper_revision = revision or "final"
