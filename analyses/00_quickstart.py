@@ -124,3 +124,15 @@ picks = rp.select(result, rule="held-out")   # or "paper", "paper-rounded", or a
 picks.groupby("source")["passed"].mean()     # how often controls "pass" the rule
 runs = rp.apply_picks(model, rd, bench, picks)   # each pick on every domain of bench
 rp.effect_table(base, runs)                       # the paper's role x domain table
+
+# %% [readme: origins]
+rp.shared_share(rd)                      # per role, position, layer: cos² to the roles' mean
+spec = rp.specific_directions(rd)        # each d_r minus the mean over roles: a RoleDirections
+rp.Addition(spec.vector("lawyer", mid, -1), mid, 3.0)   # steers, ablates, sweeps (specific=True)
+confusion = rp.role_confusion(model, rd, heldout)       # held-out role vs role
+confusion.to_dataframe()                 # nearest-direction accuracy per layer (chance 1/3 here)
+writers = rp.component_attribution(model, train, layer=mid, positions=[-1], directions=rd)
+rp.top_writers(writers, k=3)             # which heads and MLPs write each direction
+plotting.top_writers_figure(writers)
+shift = rp.persona_shift(model, rd, bench, layers=[mid])  # "You are a lawyer." along d_lawyer?
+shift.specificity()                      # own persona vs the others' shift, per layer

@@ -126,6 +126,14 @@ def _check(namespace: dict[str, Any], folder: Path) -> None:
     assert not namespace["runs"].empty and not namespace["picks"].empty
     assert (folder / "runs" / "smollm2" / "directions").is_dir()
     assert (folder / "runs" / "sweep").is_dir()
+    roles = {"lawyer", "nurse", "mathematician"}
+    writers, mid = namespace["writers"], namespace["mid"]
+    assert set(writers["role"]) == roles
+    for role, part in writers.groupby("role"):  # the components sum to d_hat . d = |d|
+        norm = float(rd.vector(str(role), mid, -1).double().norm())
+        assert abs(part["value"].sum() - norm) < 1e-3 * norm
+    assert tuple(namespace["shift"].shift.shape) == (3, 3, 1)
+    assert set(namespace["confusion"].to_dataframe()["rule"]) == {"cosine", "centred"}
 
 
 def test_every_readme_block_runs_on_the_tiny_model(readme_folder, monkeypatch):
