@@ -65,3 +65,19 @@ def test_bad_arguments_are_usage_errors_before_a_model_loads(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_the_system_flag_reaches_the_directions(tmp_path, monkeypatch):
+    import roleprobe.vectors.directions as directions
+
+    seen = []
+    real = directions.compute_directions
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("system"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(directions, "compute_directions", spy)
+    argv = ["--quiet", "attribute", "shared", *TINY, "--out", str(tmp_path), "--system", "none"]
+    assert main(argv) == 0
+    assert seen == ["none"]

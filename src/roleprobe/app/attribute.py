@@ -118,7 +118,13 @@ def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
         rd = RoleDirections.load(args.directions, model)
     else:
         train, held = _prompts(args, roles)
-        rd = compute_directions(model, source=train, layers=args.layers, batch_size=args.batch_size)
+        rd = compute_directions(
+            model,
+            source=train,
+            layers=args.layers,
+            batch_size=args.batch_size,
+            system=args.system,
+        )
     layer = args.layer if args.layer is not None else rd.layers[len(rd.layers) // 2]
     files: list[Path] = []
 
@@ -179,7 +185,14 @@ def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
             from roleprobe.experiments.persona_shift import persona_shift
 
             bench = sample_per_domain(bench, args.per_domain, args.seed)
-            ps = persona_shift(model, rd, bench, position=args.position, batch_size=args.batch_size)
+            ps = persona_shift(
+                model,
+                rd,
+                bench,
+                position=args.position,
+                batch_size=args.batch_size,
+                system=rd.system,
+            )
             shift = ps.to_dataframe()
             table(shift, "persona_shift")
             table(ps.specificity(), "specificity")
@@ -201,6 +214,7 @@ def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
                 parts=out / "parts",
                 batch_size=args.batch_size,
                 seed=args.seed,
+                system=rd.system,
             )
             table(df, "persona_vs_addition")
             table(by_domain(df), "persona_by_domain")

@@ -111,6 +111,7 @@ def persona_vs_addition(
     n_boot: int = 2000,
     n_perm: int = 5000,
     progress: bool = True,
+    system: str | None = None,
 ) -> pd.DataFrame:
     """Per role: the persona and the role direction's addition vs the baseline, own domain.
 
@@ -130,6 +131,9 @@ def persona_vs_addition(
         seed: the sample's and the statistics' seed.
         n_boot, n_perm: bootstrap resamples and permutation draws of :func:`roleprobe.compare`.
         progress: one bar over the roles.
+        system: the questions' system-turn policy (default: the directions', so that the
+            baseline and the addition read the format the directions were made in; a
+            persona replaces the system turn where the template has one).
 
     Returns:
         One row per role and condition (``persona``, ``addition α=…``): ``role, domain,
@@ -159,7 +163,11 @@ def persona_vs_addition(
             questions[domain] = domain_questions(benchmark, domain, per_domain, seed)
             if len(questions[domain]) == 0:
                 raise ValueError(f"{benchmark.name} has no {domain} questions for role {role!r}")
-    quiet: dict[str, Any] = {"batch_size": batch_size, "progress": False}
+    quiet: dict[str, Any] = {
+        "batch_size": batch_size,
+        "progress": False,
+        "system": directions.system if system is None else system,
+    }
     rows = []
     with bar(total=len(order), enabled=progress, desc="persona vs addition", unit="role") as b:
         for role in order:
