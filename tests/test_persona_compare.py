@@ -8,6 +8,7 @@ import roleprobe as rp
 from roleprobe.experiments import persona_compare
 from roleprobe.experiments.persona_compare import (
     by_domain,
+    letter_entropy,
     persona_vs_addition,
     round_robin,
     sample_per_domain,
@@ -46,6 +47,8 @@ def test_each_condition_is_compared_with_its_domains_baseline(tiny_model, direct
     np.testing.assert_allclose(row["delta_logprob"], expected, atol=1e-6)
     expected = (persona["logprob_correct"] - base["logprob_correct"]).mean()
     np.testing.assert_allclose(table.iloc[1]["delta_logprob"], expected, atol=1e-6)
+    h_base, h_added = letter_entropy(base), letter_entropy(added)
+    np.testing.assert_allclose(row["delta_entropy"], (h_added - h_base).mean(), atol=1e-9)
     means = by_domain(table)
     assert set(means["domain"]) == {"law", "medicine"} and len(means) == 4
 
@@ -90,3 +93,10 @@ def test_round_robin_covers_every_domain_first():
     order = round_robin(["lawyer", "bailiff", "nurse", "doctor", "economist"])
     assert order[:3] == ["economist", "lawyer", "nurse"]
     assert sorted(order) == sorted(["lawyer", "bailiff", "nurse", "doctor", "economist"])
+
+
+def test_letter_entropy_is_at_most_ln4():
+    uniform = pd.DataFrame({f"logprob_{x}": [np.log(0.25)] for x in "ABCD"})
+    sure = pd.DataFrame({f"logprob_{x}": [0.0 if x == "A" else -50.0] for x in "ABCD"})
+    assert letter_entropy(uniform).iloc[0] == pytest.approx(np.log(4))
+    assert letter_entropy(sure).iloc[0] == pytest.approx(0.0, abs=1e-15)

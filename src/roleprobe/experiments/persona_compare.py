@@ -37,11 +37,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from roleprobe.core.progress import bar
 from roleprobe.core.types import Model
-from roleprobe.data.benchmarks import MultipleChoice
+from roleprobe.data.benchmarks import LETTERS, MultipleChoice
 from roleprobe.data.roles import DOMAINS, get_role
 from roleprobe.experiments.evaluation import evaluate
 from roleprobe.results.stats import compare
@@ -80,6 +81,13 @@ def domain_questions(
         items = sub.items.sample(per_domain, random_state=seed).sort_index()
         sub = MultipleChoice(items.reset_index(drop=True), f"{sub.name}|n{per_domain}", sub.split)
     return sub
+
+
+def letter_entropy(df: pd.DataFrame) -> "pd.Series[float]":
+    """Per question, the entropy (nats) of the model's distribution over the letters A-D
+    (from ``logprob_A`` ... ``logprob_D`` of :func:`roleprobe.evaluate`; at most ln 4)."""
+    lp = df[[f"logprob_{x}" for x in LETTERS]].to_numpy(dtype=float)
+    return pd.Series(-(np.exp(lp) * lp).sum(axis=1), index=df.index)
 
 
 def _part(path: Path | None, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
@@ -139,7 +147,10 @@ def persona_vs_addition(
         One row per role and condition (``persona``, ``addition α=…``): ``role, domain,
         condition, alpha, layer`` and :func:`roleprobe.compare`'s columns (``base_accuracy,
         accuracy, delta_accuracy`` with its CI and McNemar p, ``delta_logprob`` with its CI
-        and permutation p, ``n``), sorted by domain, role and condition.
+        and permutation p, ``n``) and ``delta_entropy``, the mean change of the entropy of
+        the letter distribution (:func:`letter_entropy`; negative: sharper), sorted by
+        domain, role and condition. On a model at chance, a sharper letter distribution
+        alone lowers the mean correct-letter log-prob: read ``delta_logprob`` beside it.
 
     Raises:
         ValueError: an unknown role, a role with no questions in its domain, a layer or
@@ -192,6 +203,7 @@ def persona_vs_addition(
             for (condition, alpha), df in part.groupby(["condition", "alpha"], dropna=False):
                 other = df.sort_values("id").reset_index(drop=True)
                 stats = compare(base, other, n_boot=n_boot, n_perm=n_perm, seed=seed)
+                entropy = float((letter_entropy(other) - letter_entropy(base)).mean())
                 label = "persona" if condition == "persona" else f"addition α={alpha:g}"
                 rows.append(
                     {
@@ -201,6 +213,7 @@ def persona_vs_addition(
                         "alpha": alpha,
                         "layer": layer,
                         **stats.to_dict(),
+                        "delta_entropy": entropy,
                     }
                 )
             b.update(1)
@@ -219,5 +232,5 @@ def sample_per_domain(bench: MultipleChoice, per_domain: int, seed: int = 0) -> 
 
 def by_domain(table: pd.DataFrame) -> pd.DataFrame:
     """Means per domain and condition of a :func:`persona_vs_addition` table."""
-    columns = ["base_accuracy", "accuracy", "delta_accuracy", "delta_logprob"]
+    columns = ["base_accuracy", "accuracy", "delta_accuracy", "delta_logprob", "delta_entropy"]
     return table.groupby(["domain", "condition"])[columns].mean().reset_index()
