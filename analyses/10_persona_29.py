@@ -31,7 +31,7 @@
 #
 # ```bash
 # .venv/bin/python analyses/10_persona_29.py --benchmark paper                 # full grid
-# .venv/bin/python analyses/10_persona_29.py --benchmark paper --per-domain 96 # figures/: 63 min, 1 thread
+# .venv/bin/python analyses/10_persona_29.py --benchmark paper --per-domain 96 # figures/ (63 min)
 # .venv/bin/python analyses/10_persona_29.py --model tiny-random --quick --out /tmp/f
 # ```
 #
