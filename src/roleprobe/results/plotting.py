@@ -484,16 +484,16 @@ def _cosine_heatmap(
     )
 
 
-def _domain_guides(fig: go.Figure, roles: Sequence[str]) -> None:
-    """Thin lines between domain blocks and the domains' names above the columns."""
+def _domain_blocks(roles: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Each role's domain ("other" if none) and the index where each domain block starts."""
     domains = [role_domain(r) or "other" for r in roles]
-    edge = len(roles) - 0.5
     starts = [0] + [k for k in range(1, len(roles)) if domains[k] != domains[k - 1]]
-    line = {"color": "black", "width": 1}
-    for k in starts[1:]:
-        fig.add_shape(type="line", x0=k - 0.5, x1=k - 0.5, y0=-0.5, y1=edge, line=line)
-        fig.add_shape(type="line", y0=k - 0.5, y1=k - 0.5, x0=-0.5, x1=edge, line=line)
-    for start, end in zip(starts, [*starts[1:], len(roles)], strict=True):
+    return domains, starts
+
+
+def _domain_names(fig: go.Figure, domains: Sequence[str], starts: Sequence[int]) -> None:
+    """Each domain's name above its block of columns."""
+    for start, end in zip(starts, [*starts[1:], len(domains)], strict=True):
         fig.add_annotation(
             x=(start + end - 1) / 2,
             y=1.0,
@@ -504,6 +504,17 @@ def _domain_guides(fig: go.Figure, roles: Sequence[str]) -> None:
             textangle=-30,
             font={"size": 10},
         )
+
+
+def _domain_guides(fig: go.Figure, roles: Sequence[str]) -> None:
+    """Thin lines between domain blocks and the domains' names above the columns."""
+    domains, starts = _domain_blocks(roles)
+    edge = len(roles) - 0.5
+    line = {"color": "black", "width": 1}
+    for k in starts[1:]:
+        fig.add_shape(type="line", x0=k - 0.5, x1=k - 0.5, y0=-0.5, y1=edge, line=line)
+        fig.add_shape(type="line", y0=k - 0.5, y1=k - 0.5, x0=-0.5, x1=edge, line=line)
+    _domain_names(fig, domains, starts)
 
 
 def _cosine_title(layer: int, position: PositionLabel, centered: bool) -> str:
@@ -1515,21 +1526,10 @@ def persona_vs_addition(table: pd.DataFrame, value: str = "delta_logprob") -> go
             customdata=np.array([role_domain(r) or "other" for r in roles], dtype=object),
             hovertemplate="%{x} (%{customdata})<br>%{y:.3f}<extra>" + str(condition) + "</extra>",
         )
-    domains = [role_domain(r) or "other" for r in roles]
-    starts = [0] + [i for i in range(1, len(roles)) if domains[i] != domains[i - 1]]
+    domains, starts = _domain_blocks(roles)
     for s in starts[1:]:
         fig.add_vline(x=s - 0.5, line={"color": "grey", "width": 1, "dash": "dot"})
-    for start, end in zip(starts, [*starts[1:], len(roles)], strict=True):
-        fig.add_annotation(
-            x=(start + end - 1) / 2,
-            y=1.0,
-            yref="paper",
-            yanchor="bottom",
-            text=domains[start],
-            showarrow=False,
-            textangle=-30,
-            font={"size": 10},
-        )
+    _domain_names(fig, domains, starts)
     fig.update_layout(
         barmode="group",
         template="plotly_white",
