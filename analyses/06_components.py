@@ -30,7 +30,8 @@ import _common
 
 import roleprobe as rp
 from roleprobe.results import plotting
-from roleprobe.vectors.components import component_attribution, top_writers
+from roleprobe.results.tables import top_writers
+from roleprobe.vectors.components import component_attribution
 
 DEFAULT_ROLES = ("lawyer", "nurse", "mathematician")
 

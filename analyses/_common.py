@@ -408,9 +408,9 @@ def write_figure(
 
 
 def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, index: bool = False) -> Path:
-    """Write ``NAME.csv`` into ``out_dir``."""
+    """Write ``NAME.csv`` into ``out_dir`` (floats to 6 significant digits)."""
     path = Path(out_dir) / f"{name}.csv"
-    df.to_csv(path, index=index)
+    df.to_csv(path, index=index, float_format="%.6g")
     logger.info("wrote %s (%d rows)", path, len(df))
     return path
 

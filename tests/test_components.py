@@ -4,7 +4,8 @@ import torch
 
 import roleprobe as rp
 from roleprobe.data.prompts import RolePrompts
-from roleprobe.vectors.components import component_attribution, has_post_norms, top_writers
+from roleprobe.results.tables import top_writers
+from roleprobe.vectors.components import component_attribution, has_post_norms
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ _EXPORTS = {
     "auroc": "vectors.validation",
     "load_settings": "model.models",
     "component_attribution": "vectors.components",
-    "top_writers": "vectors.components",
+    "top_writers": "results.tables",
     "role_confusion": "vectors.confusion",
     "RoleConfusion": "vectors.confusion",
     "set_progress": "core.progress",
@@ -391,6 +391,9 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
     from roleprobe.results.tables import (
         pivot_effects as pivot_effects,
     )
+    from roleprobe.results.tables import (
+        top_writers as top_writers,
+    )
     from roleprobe.steering.conditions import (
         Baseline as Baseline,
     )
@@ -459,9 +462,6 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
     )
     from roleprobe.vectors.components import (
         component_attribution as component_attribution,
-    )
-    from roleprobe.vectors.components import (
-        top_writers as top_writers,
     )
     from roleprobe.vectors.confusion import (
         RoleConfusion as RoleConfusion,

@@ -68,15 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
 
 
-def _figure(fig: "go.Figure", out: Path, name: str) -> Path:
-    from roleprobe.app.report import write_plotlyjs
-
-    script = write_plotlyjs(out)
-    path = out / f"{name}.html"
-    fig.write_html(path, include_plotlyjs=script.name)
-    return path
-
-
 def _prompts(args: argparse.Namespace, roles: list[str]) -> "tuple[RolePrompts, RolePrompts]":
     from roleprobe.data.prompts import load_prompts
 
@@ -105,6 +96,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
     """Run one kind into ``args.out``; returns what was written (``{"files": [...]}``)."""
+    from roleprobe.app.report import write_plotlyjs
     from roleprobe.data.benchmarks import load_benchmark
     from roleprobe.results import plotting
     from roleprobe.vectors.directions import RoleDirections, compute_directions
@@ -128,9 +120,16 @@ def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
     layer = args.layer if args.layer is not None else rd.layers[len(rd.layers) // 2]
     files: list[Path] = []
 
+    script = write_plotlyjs(out).name  # one shared copy for every page
+
     def table(df: pd.DataFrame, name: str) -> None:
         path = out / f"{name}.csv"
         write_csv(path, df)
+        files.append(path)
+
+    def figure(fig: "go.Figure", name: str) -> None:
+        path = out / f"{name}.html"
+        fig.write_html(path, include_plotlyjs=script)
         files.append(path)
 
     if args.kind == "shared":
@@ -140,9 +139,10 @@ def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
         table(share, "shared_share")
         table(pooled, "shared_fraction")
         fig = plotting.shared_share_figure(share, pooled, args.position)
-        files.append(_figure(fig, out, "shared_share"))
+        figure(fig, "shared_share")
     elif args.kind == "components":
-        from roleprobe.vectors.components import component_attribution, top_writers
+        from roleprobe.results.tables import top_writers
+        from roleprobe.vectors.components import component_attribution
 
         prompts = train if train is not None else _prompts(args, list(rd.roles))[0]
         df = component_attribution(
@@ -157,10 +157,10 @@ def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
         )
         table(df, "components")
         table(top_writers(df, k=5), "top_writers")
-        files.append(_figure(plotting.top_writers_figure(df, k=5), out, "top_writers"))
+        figure(plotting.top_writers_figure(df, k=5), "top_writers")
         for role in dict.fromkeys(df["role"]):
             fig = plotting.attribution_heatmap(df, str(role))
-            files.append(_figure(fig, out, f"attribution_{str(role).replace(' ', '_')}"))
+            figure(fig, f"attribution_{str(role).replace(' ', '_')}")
     elif args.kind == "confusion":
         from roleprobe.data.roles import get_role
         from roleprobe.vectors.confusion import role_confusion
@@ -176,7 +176,7 @@ def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
         fig = plotting.confusion_figure(
             matrix, list(rd.roles), [get_role(r).domain for r in rd.roles]
         )
-        files.append(_figure(fig, out, f"confusion_layer{best}"))
+        figure(fig, f"confusion_layer{best}")
         table(confusion.most_confused(best, args.position), "most_confused")
     else:
         bench = load_benchmark(args.benchmark, path=args.data)
@@ -197,9 +197,9 @@ def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
             table(shift, "persona_shift")
             table(ps.specificity(), "specificity")
             table(ps.item_correlation(), "item_correlation")
-            files.append(_figure(plotting.persona_shift_figure(shift), out, "persona_shift"))
+            figure(plotting.persona_shift_figure(shift), "persona_shift")
             fig = plotting.persona_specificity_figure(ps.specificity())
-            files.append(_figure(fig, out, "persona_specificity"))
+            figure(fig, "persona_specificity")
         else:
             from roleprobe.experiments.persona_compare import by_domain, persona_vs_addition
 
@@ -218,5 +218,5 @@ def run_attribute(args: argparse.Namespace, model: "Model") -> dict[str, Any]:
             )
             table(df, "persona_vs_addition")
             table(by_domain(df), "persona_by_domain")
-            files.append(_figure(plotting.persona_vs_addition(df), out, "persona_vs_addition"))
+            figure(plotting.persona_vs_addition(df), "persona_vs_addition")
     return {"kind": args.kind, "layer": layer, "files": [str(p) for p in files]}

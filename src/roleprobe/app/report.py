@@ -42,6 +42,7 @@ from roleprobe.data.benchmarks import LETTERS
 from roleprobe.experiments.store import read_manifest
 from roleprobe.results import plotting
 from roleprobe.results.labels import role_domain
+from roleprobe.results.tables import top_writers
 
 if TYPE_CHECKING:  # pragma: no cover
     from roleprobe.vectors.directions import RoleDirections
@@ -100,9 +101,8 @@ class ReportInputs:
         summaries: every finished stage's ``done.json``, by folder name.
         picks_csv: where the full picks table lies, relative to the report ("" if nowhere).
         effects_csv: the same for the effect table.
-        confusion: stage 3's role-vs-role table (empty without held-out prompts, or for
-            runs made before it existed).
-        confusion_matrix: stage 3's confusion matrix at the best layer (empty likewise).
+        confusion_matrix: stage 3's held-out role-vs-role confusion matrix at the best layer
+            (empty without held-out prompts, or for runs made before it existed).
         components: stage 7's component attribution of the picks (empty likewise).
     """
 
@@ -120,7 +120,6 @@ class ReportInputs:
     summaries: dict[str, dict[str, Any]]
     picks_csv: str = ""
     effects_csv: str = ""
-    confusion: pd.DataFrame = field(default_factory=pd.DataFrame)
     confusion_matrix: pd.DataFrame = field(default_factory=pd.DataFrame)
     components: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -155,7 +154,6 @@ def load_inputs(run: Run) -> ReportInputs:
         summaries={s.name: run.summary(s) for s in run.finished()},
         picks_csv=_relative(paths.picks(rule), paths.report_html.parent),
         effects_csv=_relative(paths.effects, paths.report_html.parent),
-        confusion=_read_csv(paths.confusion),
         confusion_matrix=_read_csv(paths.confusion_matrix),
         components=_read_csv(paths.components),
     )
@@ -573,10 +571,7 @@ def origin_markdown(inputs: ReportInputs) -> list[str]:
             f"(chance {validation['confusion_chance']}).",
         ]
     if not inputs.components.empty:
-        data = inputs.components.assign(size=inputs.components["value"].abs())
-        data = data.sort_values(["role", "position", "size"], ascending=[True, True, False])
-        top = data.groupby(["role", "position"], sort=False).head(3)
-        top = top.assign(rank=top.groupby(["role", "position"]).cumcount() + 1)
+        top = top_writers(inputs.components, k=3)
         lines += [
             "",
             "Top writers of each pick (share of its projection):",

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from roleprobe.core.io import write_csv
 from roleprobe.core.progress import bar
 from roleprobe.core.types import Model
 from roleprobe.data.benchmarks import LETTERS, MultipleChoice
@@ -97,9 +98,7 @@ def _part(path: Path | None, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
     start = time.perf_counter()
     df = make()
     if path is not None:
-        tmp = path.with_suffix(".tmp")
-        df.to_csv(tmp, index=False)
-        tmp.replace(path)
+        write_csv(path, df)
         logger.info("%s: %d rows in %.0f s", path.name, len(df), time.perf_counter() - start)
     return df
 

@@ -43,7 +43,7 @@ from roleprobe.results.labels import (
     significance_stars,
 )
 from roleprobe.results.stats import require_columns
-from roleprobe.results.tables import EFFECT_KEYS, pivot_effects
+from roleprobe.results.tables import COMPONENT_COLUMNS, EFFECT_KEYS, pivot_effects, top_writers
 from roleprobe.vectors.activations import PositionLabel
 from roleprobe.vectors.directions import RoleDirections
 
@@ -1061,15 +1061,10 @@ def top_writers_figure(
     Returns:
         A heatmap of each component's share of ``d̂ · d`` (signed, RdBu), roles grouped by domain.
     """
-    require_columns(
-        df, ("role", "position", "component", "value", "share"), "component attribution"
-    )
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    require_columns(df, COMPONENT_COLUMNS, "component attribution")
     pos = _attribution_position(df, position)
     data = df[df["position"] == pos]
-    ranked = data.assign(_abs=data["value"].abs()).sort_values("_abs", ascending=False)
-    chosen = set(ranked.groupby("role").head(k)["component"])
+    chosen = set(top_writers(data, k)["component"])  # checks k
     shares = data.pivot_table(index="role", columns="component", values="share", aggfunc="sum")
     columns = shares[sorted(chosen)].abs().mean().sort_values(ascending=False).index.tolist()
     roles = role_order(list(shares.index))

@@ -51,6 +51,7 @@ from roleprobe.results.labels import (
     significance_stars,
 )
 from roleprobe.results.stats import adjust_pvalues, compare, relative_change, require_columns
+from roleprobe.vectors.activations import PositionLabel
 
 BASE_COLUMNS = ("id", "domain", "correct", "logprob_correct")
 RUN_COLUMNS = ("role", "condition", "alpha", "id", "correct", "logprob_correct")
@@ -293,3 +294,54 @@ def model_correlation(
         r, p = pearson_test(both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy())
         rows.append({"model_a": a, "model_b": b, "r": r, "p": p, "n": len(both)})
     return pd.DataFrame(rows, columns=["model_a", "model_b", "r", "p", "n"])
+
+
+COMPONENT_COLUMNS = (
+    "role",
+    "domain",
+    "position",
+    "component",
+    "kind",
+    "layer",
+    "head",
+    "value",
+    "share",
+)
+"""The columns of a :func:`roleprobe.component_attribution` table."""
+
+
+def top_writers(
+    df: pd.DataFrame, k: int = 5, position: PositionLabel | None = None
+) -> pd.DataFrame:
+    """The ``k`` components with the largest ``|value|`` for each role (and position).
+
+    Args:
+        df: a :func:`roleprobe.component_attribution` table.
+        k: components per role and position.
+        position: one position label (default: every position in ``df``).
+
+    Returns:
+        Rows ``role, domain, position, rank, component, kind, layer, head, value, share``,
+        ``rank`` 1 the largest ``|value|``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    missing = [c for c in COMPONENT_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"not a component_attribution table: columns {missing} are missing")
+    data = df if position is None else df[df["position"] == position]
+    if data.empty:
+        raise ValueError(
+            f"no rows for position {position!r}; have {sorted(set(df['position']), key=str)}"
+        )
+    ranked = data.assign(_abs=data["value"].abs()).sort_values(
+        ["role", "position", "_abs"], ascending=[True, True, False], kind="stable"
+    )
+    top = ranked.groupby(["role", "position"], sort=False).head(k).drop(columns="_abs")
+    top = top.assign(rank=top.groupby(["role", "position"], sort=False).cumcount() + 1)
+    order = {r: i for i, r in enumerate(dict.fromkeys(df["role"]))}
+    top = top.sort_values(
+        ["role", "position", "rank"], key=lambda s: s.map(order) if s.name == "role" else s
+    )
+    cols = [*COMPONENT_COLUMNS[:3], "rank", *COMPONENT_COLUMNS[3:]]
+    return top[cols].reset_index(drop=True)

@@ -31,7 +31,7 @@ automatically; ``per_head=True`` raises ``NotImplementedError``).
 Example:
     >>> df = component_attribution(model, "builtin", layer=15, roles=["lawyer", "nurse"])
     >>> df.groupby(["role", "position"])["value"].sum()  # == |d| per role and position
-    >>> top_writers(df, k=5)
+    >>> rp.top_writers(df, k=5)  # roleprobe.results.tables
 """
 
 import logging
@@ -334,51 +334,3 @@ def component_attribution(
 def _unit(d: Tensor) -> Tensor:
     norm = d.norm()
     return d / norm if norm > 0 else torch.zeros_like(d)
-
-
-def top_writers(
-    df: pd.DataFrame, k: int = 5, position: PositionLabel | None = None
-) -> pd.DataFrame:
-    """The ``k`` components with the largest ``|value|`` for each role (and position).
-
-    Args:
-        df: a :func:`component_attribution` table.
-        k: components per role and position.
-        position: one position label (default: every position in ``df``).
-
-    Returns:
-        Rows ``role, domain, position, rank, component, kind, layer, head, value, share``,
-        ``rank`` 1 the largest ``|value|``.
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"not a component_attribution table: columns {missing} are missing")
-    data = df if position is None else df[df["position"] == position]
-    if data.empty:
-        raise ValueError(
-            f"no rows for position {position!r}; have {sorted(set(df['position']), key=str)}"
-        )
-    ranked = data.assign(_abs=data["value"].abs()).sort_values(
-        ["role", "position", "_abs"], ascending=[True, True, False], kind="stable"
-    )
-    top = ranked.groupby(["role", "position"], sort=False).head(k).drop(columns="_abs")
-    top = top.assign(rank=top.groupby(["role", "position"], sort=False).cumcount() + 1)
-    order = {r: i for i, r in enumerate(dict.fromkeys(df["role"]))}
-    top = top.sort_values(
-        ["role", "position", "rank"], key=lambda s: s.map(order) if s.name == "role" else s
-    )
-    cols = [
-        "role",
-        "domain",
-        "position",
-        "rank",
-        "component",
-        "kind",
-        "layer",
-        "head",
-        "value",
-        "share",
-    ]
-    return top[cols].reset_index(drop=True)
