@@ -134,6 +134,20 @@ def test_checks_fail_against_another_model(wrong_reference, check):
         CHECKS[check](wrong_reference)
 
 
+@pytest.mark.parametrize("family", ["gemma2", "phi3", "llama"])
+def test_generate_stops_fails_when_generation_stops_at_eos_only(monkeypatch, family):
+    """Guards the generate_stops check: decoding that stops only at the tokenizer's EOS (as
+    roleprobe did) runs past Gemma's <end_of_turn>, Phi-3's <|end|> and Llama's
+    <|end_of_text|>."""
+    from roleprobe.steering import generation
+
+    monkeypatch.setattr(
+        generation, "stop_token_ids", lambda model, template: (model.tokenizer.eos_token_id,)
+    )
+    with pytest.raises(ConformanceError, match="generate says 'OKxxx'"):
+        CHECKS["generate_stops"](Subject.load(family))
+
+
 def test_gemma2_soft_cap_matters():
     """Guards the letter-score check: without the final soft-cap the letter logits are off
     by more than 0.05 (the cap of the old letter-only path)."""

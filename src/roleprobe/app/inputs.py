@@ -78,13 +78,18 @@ def check_model_name(name: str) -> None:
     """Refuse a model name that cannot load, without loading anything.
 
     A built-in name, a ``tiny-random-<family>`` of a known family, a folder holding a
-    ``config.json``, or anything else read as a hub name (checked only when it loads).
+    ``config.json``, or anything else read as a hub name (checked only when it loads). A
+    model TransformerLens cannot wrap (a Qwen-v1 ``QWenLMHeadModel``, by hub name or by its
+    folder's ``config.json``) is refused here, before a run folder is written.
 
     Raises:
-        ValueError: an unknown tiny family, or a path that is not a model folder.
+        ValueError: an unknown tiny family, a path that is not a model folder, or an
+            unsupported model (see :func:`roleprobe.model.models.check_supported`).
     """
     from roleprobe.model.families import FAMILIES
-    from roleprobe.model.models import EMBEDDED_MODEL, TINY_MODEL
+    from roleprobe.model.models import EMBEDDED_MODEL, TINY_MODEL, check_supported
+
+    check_supported(name)
 
     prefix = f"{TINY_MODEL}-"
     local = Path(name).expanduser()

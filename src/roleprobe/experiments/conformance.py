@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -402,6 +402,65 @@ def check_generate_alpha0(subject: Subject) -> str:
     return "identical text"
 
 
+@contextmanager
+def _scripted_logits(
+    module: Any, script: Sequence[int], filler: int, hook_name: str | None = None
+) -> Iterator[None]:
+    """Make greedy decoding say ``script`` token by token, then ``filler`` forever: the last
+    position's logits are replaced at each forward pass (at a bridge hook point when
+    ``hook_name`` is given, else by a forward hook on ``module``, e.g. the ``lm_head``)."""
+    step = 0
+
+    def force(logits: Tensor) -> Tensor:
+        nonlocal step
+        out = logits.clone()
+        out[:, -1] = -30.0
+        out[:, -1, script[step] if step < len(script) else filler] = 30.0
+        step += 1
+        return out
+
+    if hook_name is None:
+        with hf_hooks(post=[(module, force)]):
+            yield
+    else:
+        with module.hooks(fwd_hooks=[(hook_name, lambda x, hook: force(x))]):
+            yield
+
+
+def check_generate_stops(subject: Subject) -> str:
+    """``generate`` stops where ``transformers``' ``generate`` does: at every id of the
+    model's ``generation_config.eos_token_id`` (which lists the template's end-of-turn token,
+    as the real checkpoints' do), not only at the tokenizer's EOS."""
+    from roleprobe.model.chat import ChatTemplate, encode_chat, pad_token_id
+    from roleprobe.steering.generation import generate
+
+    tokenizer, reference = subject.tokenizer, cast(Any, subject.reference)
+    end = ChatTemplate.from_tokenizer(tokenizer).end_of_turn_id(tokenizer)
+    listed = reference.generation_config.eos_token_id
+    listed = [listed] if isinstance(listed, int) else list(listed or ())
+    _check(end is not None, "the chat template's end-of-turn token is not found")
+    _check(end in listed, f"generation_config.eos_token_id {listed} lacks the end of turn {end}")
+    words = [int(i) for i in tokenizer.convert_tokens_to_ids(["O", "K"])]
+    filler = int(tokenizer.convert_tokens_to_ids("x"))
+    batch = encode_chat(tokenizer, [PROMPTS[0]])
+    for stop in listed:
+        script = [*words, stop]
+        with _scripted_logits(subject.model, script, filler, "unembed.hook_out"):
+            (got,) = generate(subject.model, [PROMPTS[0]], max_new_tokens=6)
+        with _scripted_logits(reference.lm_head, script, filler), torch.no_grad():
+            ids = reference.generate(
+                batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=6,
+                do_sample=False,
+                pad_token_id=pad_token_id(tokenizer),
+            )
+        want = tokenizer.decode(ids[0, batch.input_ids.shape[1] :], skip_special_tokens=True)
+        name = tokenizer.convert_ids_to_tokens(stop)
+        _check(got == want.strip() == "OK", f"at {name}: generate says {got!r}, HF {want!r}")
+    return f"stops at {tokenizer.convert_ids_to_tokens(listed)}"
+
+
 def check_orthogonalized(subject: Subject) -> str:
     """``orthogonalized`` equals hook ablation, or refuses with a ``NotImplementedError``.
 
@@ -453,6 +512,7 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
     "letter_scores": check_letter_scores,
     "prefix_reuse": check_prefix_reuse,
     "generate_alpha0": check_generate_alpha0,
+    "generate_stops": check_generate_stops,
     "orthogonalized": check_orthogonalized,
     "left_padding": check_left_padding,
 }

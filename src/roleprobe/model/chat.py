@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import jinja2
 import torch
 from jaxtyping import Int
 from torch import Tensor
@@ -159,6 +160,35 @@ class ChatTemplate:
     def post_instruction_tokens(self, tokenizer: Any) -> list[str]:
         """The post-instruction tokens decoded one by one (for display and checks)."""
         return [tokenizer.decode([t]) for t in self.suffix_ids]
+
+    def end_of_turn_id(self, tokenizer: Any) -> int | None:
+        """The token the template closes an assistant turn with, where it is a special one.
+
+        Found by rendering a conversation with an assistant reply and reading the first token
+        after the reply: ``<|im_end|>`` (ChatML), ``<end_of_turn>`` (Gemma), ``<|eot_id|>``
+        (Llama-3), ``<|end|>`` (Phi-3), ``</s>`` (Mistral). It need not be the tokenizer's
+        EOS (Gemma's is ``<eos>``), and it is where a generated answer ends.
+
+        Returns:
+            The id, or ``None`` where the template closes the turn with plain text (or
+            cannot render an assistant reply).
+        """
+        turn = self.resolved(tokenizer)
+        reply = _PROBES[1]
+        messages = [
+            {"role": "user", "content": _PROBES[0]},
+            {"role": "assistant", "content": reply},
+        ]
+        try:
+            text = turn.render(tokenizer, messages, False)
+        except (jinja2.TemplateError, ValueError):
+            return None
+        at = text.rfind(reply)
+        after = _tokenize(tokenizer, text[at + len(reply) :]) if at >= 0 else []
+        if not after:
+            return None
+        special = {*tokenizer.all_special_ids, *tokenizer.get_added_vocab().values()}
+        return after[0] if after[0] in special else None
 
 
 @dataclass(frozen=True)

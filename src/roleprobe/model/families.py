@@ -27,6 +27,10 @@ Footguns the families differ in, and that these models reproduce:
 * **A space before the answer.** Mistral's template writes ``" " + answer`` after
   ``[/INST]``; its tokenizer (like the real SentencePiece one) encodes a bare letter with a
   leading space marker, so ``"A"`` is one token either way.
+* **The end of a turn is not always EOS.** Gemma closes a turn with ``<end_of_turn>`` (its
+  EOS is ``<eos>``), Phi-3 with ``<|end|>`` (EOS ``<|endoftext|>``); the real checkpoints'
+  ``generation_config.eos_token_id`` lists both, and so do these models'
+  (:attr:`Family.stop_tokens`).
 
 Example:
     >>> model = rp.load_model("tiny-random-gemma2", device="cpu")
@@ -182,6 +186,9 @@ class Family:
         post_norms: whether sub-layer outputs are normalised before the residual add
             (Gemma-2/3), where the paper's and the stream's ablation points differ.
         notes: what this tiny model reproduces, and what it does not.
+        stop_tokens: what the real checkpoint's ``generation_config.eos_token_id`` lists
+            (gemma-2-it: ``<eos>`` and ``<end_of_turn>``), set on the tiny model's
+            generation config so that decoding stops where the real model's does.
     """
 
     name: str
@@ -192,6 +199,7 @@ class Family:
     paper_format: str
     post_norms: bool
     notes: str
+    stop_tokens: tuple[str, ...]
 
     @property
     def model_name(self) -> str:
@@ -296,6 +304,7 @@ FAMILIES: dict[str, Family] = {
             post_norms=False,
             notes="Llama-3.2 style: tied embeddings, llama3 RoPE scaling, grouped-query "
             "attention; the template's system block carries a 'Today Date' line.",
+            stop_tokens=("<|end_of_text|>", "<|eot_id|>"),  # 3.2-Instruct: also <|eom_id|>
         ),
         Family(
             "gemma2",
@@ -310,6 +319,7 @@ FAMILIES: dict[str, Family] = {
             "so that they act on tiny logits), post-attention/post-feed-forward norms, "
             "alternating sliding-window (8 tokens here) and global attention; the template "
             "writes <bos> and refuses a system turn.",
+            stop_tokens=("<eos>", "<end_of_turn>"),
         ),
         Family(
             "gemma3",
@@ -323,6 +333,7 @@ FAMILIES: dict[str, Family] = {
             notes="Gemma-3 text model: query/key norms, post-norms, sliding-window (8 tokens "
             "here) and global layers; the template prepends a system text to the first "
             "user turn.",
+            stop_tokens=("<eos>", "<end_of_turn>"),
         ),
         Family(
             "qwen2",
@@ -341,6 +352,7 @@ FAMILIES: dict[str, Family] = {
             post_norms=False,
             notes="Qwen-2.5 style: query/key/value biases, tied embeddings, no BOS; ChatML "
             "with the default 'You are Qwen' system turn.",
+            stop_tokens=("<|im_end|>", "<|endoftext|>"),
         ),
         Family(
             "mistral",
@@ -360,6 +372,7 @@ FAMILIES: dict[str, Family] = {
             post_norms=False,
             notes="Mistral-7B-Instruct-v0.3 style: [INST]/[/INST] control tokens, system text "
             "prepended to the last user message, no pad token, untied embeddings.",
+            stop_tokens=("</s>",),
         ),
         Family(
             "phi3",
@@ -387,6 +400,7 @@ FAMILIES: dict[str, Family] = {
             post_norms=False,
             notes="Phi-3 style: fused qkv and gate/up projections, untied embeddings; the "
             "template writes no BOS.",
+            stop_tokens=("<|endoftext|>", "<|assistant|>", "<|end|>"),
         ),
     )
 }
@@ -433,6 +447,9 @@ def family_hf_model(name: str, seed: int = 0, n_layers: int = 2) -> PreTrainedMo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = family.model_class(config)
+    vocab = tokenizer.get_vocab()
+    stops = [vocab[token] for token in family.stop_tokens]
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     if family.post_norms:  # Gemma's soft-capped attention: eager, as the authors load it
         model.set_attn_implementation("eager")
     return model.eval()

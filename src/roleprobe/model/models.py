@@ -18,6 +18,14 @@ Names :func:`load_model` understands:
 * any Hugging Face hub name TransformerLens supports (``"google/gemma-2-2b-it"``, ...),
   downloaded by TransformerLens's own ``boot_transformers``.
 
+Refused by name, before any download (:func:`check_supported`): the Qwen-v1 models
+(``Qwen/Qwen-1_8B-Chat``, ``Qwen/Qwen-7B-Chat``, ...: ``QWenLMHeadModel``, remote code).
+TransformerLens 4.3's registry lists that architecture as unsupported, and the adapter its
+loader falls back to for ``model_type="qwen"`` computes attention without Qwen-v1's rotary
+position embedding (passed as ``rotary_pos_emb_list``, which the bridge ignores), so a
+loaded model's activations would be silently wrong; the tokenizer has no chat template
+either. A folder or loaded model whose config names that architecture is refused too.
+
 Footguns: ``hook_resid_pre``/``hook_resid_post`` are aliases of a block's
 ``hook_in``/``hook_out`` (hooking both applies a function twice, and a callable
 ``names_filter`` sees only the canonical names); the bridge edits the wrapped HF model in
@@ -32,8 +40,10 @@ Example:
 """
 
 import hashlib
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +90,59 @@ class ModelInfo:
     note: str
 
 
+UNSUPPORTED_ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "QWenLMHeadModel": (
+        "Qwen-v1 remote code",
+        "its Qwen adapter leaves out Qwen-v1's rotary position embedding, so activations would "
+        "be wrong; use a Qwen2/2.5 chat model (e.g. 'Qwen/Qwen2.5-7B-Instruct')",
+    ),
+}
+"""Architectures :func:`load_model` refuses: what they are, and why (checked against
+TransformerLens 4.3)."""
+_UNSUPPORTED_MODEL_TYPES = {"qwen": "QWenLMHeadModel"}
+# Qwen-v1 hub names: Qwen/Qwen-1_8B, -7B, -14B, -72B (-Chat, -Int4, ...), -VL, -Audio.
+_UNSUPPORTED_NAMES = {"QWenLMHeadModel": re.compile(r"qwen/qwen-(\d|vl\b|audio\b)", re.I)}
+
+
+def _refuse_architecture(name: str, architectures: Any, model_type: Any) -> None:
+    """Raise where an architecture (or a model type standing for one) is refused."""
+    found = [str(a) for a in architectures or ()]
+    found.append(_UNSUPPORTED_MODEL_TYPES.get(str(model_type), ""))
+    for architecture in found:
+        if architecture in UNSUPPORTED_ARCHITECTURES:
+            kind, reason = UNSUPPORTED_ARCHITECTURES[architecture]
+            raise ValueError(
+                f"{name!r} ({architecture}, {kind}) is not supported by TransformerLens 4.3's "
+                f"TransformerBridge: {reason}"
+            )
+
+
+def check_supported(name: str) -> None:
+    """Refuse a model TransformerLens cannot wrap correctly, from its name alone.
+
+    Reads only the name, or a local folder's ``config.json`` (its ``architectures`` and
+    ``model_type``): nothing is downloaded and the hub is not asked.
+
+    Raises:
+        ValueError: one line naming the model and the reason (see
+            :data:`UNSUPPORTED_ARCHITECTURES`), e.g. for ``"Qwen/Qwen-7B-Chat"``.
+    """
+    config_file = Path(name).expanduser() / "config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError):  # a broken config is the loader's to report
+            return
+        if isinstance(config, dict):
+            _refuse_architecture(name, config.get("architectures"), config.get("model_type"))
+        return
+    if Path(name).expanduser().is_dir():
+        return
+    for architecture, pattern in _UNSUPPORTED_NAMES.items():
+        if pattern.match(name.strip()):
+            _refuse_architecture(name, [architecture], None)
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """A torch dtype from a name or dtype, with an error listing the allowed names."""
     if isinstance(dtype, torch.dtype):
@@ -119,6 +182,11 @@ def wrap_hf_model(
 ) -> TransformerBridge:
     """Wrap an already loaded ``transformers`` causal LM in a ``TransformerBridge``.
 
+    A config without ``architectures`` (a model built from a config, or loaded from a GGUF
+    file: a Gemma-3 reports only ``model_type="gemma3_text"``, which TransformerLens does not
+    map to an adapter) is read as naming the model's own class (``Gemma3ForCausalLM``).
+    TransformerLens reads a copy of the config, so ``hf_model.config`` is left as it was.
+
     Args:
         hf_model: the model; the bridge edits it in place (copy it first to keep it).
         tokenizer: its tokenizer; set to pad on the left.
@@ -128,12 +196,30 @@ def wrap_hf_model(
 
     Returns:
         The bridge, in eval mode.
+
+    Raises:
+        ValueError: a model of an architecture roleprobe refuses (see
+            :func:`check_supported`).
     """
+    config = getattr(hf_model, "config", None)
+    _refuse_architecture(
+        name,
+        [type(hf_model).__name__, *(getattr(config, "architectures", None) or ())],
+        getattr(config, "model_type", None),
+    )
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     hf_model = hf_model.to(device=torch_device, dtype=torch_dtype).eval()
     tokenizer.padding_side = "left"
+    overrides = {}
+    if not getattr(config, "architectures", None):
+        overrides["architectures"] = [type(hf_model).__name__]
     bridge = TransformerBridge.boot_transformers(
-        name, hf_model=hf_model, tokenizer=tokenizer, device=torch_device, dtype=torch_dtype
+        name,
+        hf_model=hf_model,
+        tokenizer=tokenizer,
+        device=torch_device,
+        dtype=torch_dtype,
+        **({"hf_config_overrides": overrides} if overrides else {}),
     )
     if torch_dtype == torch.float64:
         keep_float64_softmax(bridge)
@@ -196,7 +282,9 @@ def load_model(
         A ``TransformerBridge`` in eval mode whose tokenizer pads on the left.
 
     Raises:
-        ValueError: a bad name, dtype or device, or an option the model cannot take (named).
+        ValueError: a bad name, dtype or device, an option the model cannot take (named), or
+            a model TransformerLens cannot wrap (a Qwen-v1 model, refused by name before any
+            download: see :func:`check_supported`).
         FileNotFoundError: a folder without ``config.json``.
         OSError: a hub model that cannot be downloaded.
 
@@ -207,6 +295,7 @@ def load_model(
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    check_supported(name)
     resolve_dtype(dtype), resolve_device(device)  # fail on bad arguments before any loading
     if n_devices < 1:
         raise ValueError(f"n_devices must be at least 1, got {n_devices}")
@@ -287,6 +376,10 @@ def load_model(
             f"could not load model {name!r} from the Hugging Face hub ({err}). Check the name "
             f"and your connection, or use the offline default {EMBEDDED_MODEL!r}"
         ) from err
+    loaded = getattr(getattr(bridge, "original_model", None), "config", None)
+    _refuse_architecture(
+        name, getattr(loaded, "architectures", None), getattr(loaded, "model_type", None)
+    )
     if bridge.tokenizer is not None:
         bridge.tokenizer.padding_side = "left"
     settings = {"revision": revision, "trust_remote_code": trust_remote_code}

@@ -7,6 +7,13 @@ ends: ``positions="prompt"`` acts only while reading the prompt, ``"generated"``
 new tokens, and padding is never touched. Greedy decoding is the default, so the same
 prompt gives the same text alone or in a batch.
 
+Footgun: **where an answer ends.** A chat model closes its turn with the template's
+end-of-turn token, which need not be the tokenizer's EOS (Gemma ends a turn with
+``<end_of_turn>``, its EOS is ``<eos>``; Phi-3 with ``<|end|>``). Decoding stops at every id
+of :func:`stop_token_ids`, as ``transformers``' own ``generate`` stops at every id of the
+model's ``generation_config.eos_token_id``; stopping at EOS alone would let the model run
+on into an invented next turn.
+
 Example:
     >>> generate(model, ["What is the capital of France?"], max_new_tokens=20)
     ['The capital of France is Paris.']
@@ -14,8 +21,8 @@ Example:
     >>> generate(model, prompts, [rp.Persona("lawyer"), rp.Addition(d, 15, 3.0)])
 """
 
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 
@@ -44,6 +51,40 @@ def _next_tokens(
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
     sample = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0]
     return sample.to(logits.device)
+
+
+def _ids(value: Any) -> set[int]:
+    """Token ids from an ``eos_token_id`` setting: ``None``, an int or a list of ints."""
+    if value is None:
+        return set()
+    values: Iterable[Any] = [value] if isinstance(value, int) else value
+    return {int(v) for v in values if v is not None and int(v) >= 0}
+
+
+def stop_token_ids(model: Model, template: ChatTemplate) -> tuple[int, ...]:
+    """The ids that end a generated answer, sorted.
+
+    Every id of the wrapped ``transformers`` model's ``generation_config.eos_token_id``
+    (an int or a list: gemma-2-it lists ``[1, 107]``, ``<eos>`` and ``<end_of_turn>``), the
+    tokenizer's EOS and the chat template's end-of-turn token
+    (:meth:`~roleprobe.model.chat.ChatTemplate.end_of_turn_id`).
+
+    Args:
+        model: a ``TransformerBridge`` with a tokenizer.
+        template: the chat template the prompts are written in.
+
+    Returns:
+        The stop ids (at least one where the tokenizer has an EOS).
+
+    Example:
+        >>> stop_token_ids(model, ChatTemplate.from_tokenizer(model.tokenizer))
+        (257, 261)
+    """
+    tokenizer = model.tokenizer
+    config = getattr(getattr(model, "original_model", None), "generation_config", None)
+    ids = _ids(getattr(config, "eos_token_id", None)) | _ids(tokenizer.eos_token_id)
+    ids |= _ids(template.end_of_turn_id(tokenizer))
+    return tuple(sorted(ids))
 
 
 def generate(
@@ -79,7 +120,8 @@ def generate(
         progress: show a progress bar over batches.
 
     Returns:
-        The generated texts (special tokens removed, up to the first end-of-turn token).
+        The generated texts (special tokens removed), each up to its first stop token
+        (:func:`stop_token_ids`: the end of the assistant's turn) or ``max_new_tokens``.
 
     Raises:
         TypeError: a part of ``interventions`` is neither an intervention nor a prompt
@@ -100,6 +142,7 @@ def generate(
     system, prefix = apply_prompt_transforms(transforms, tokenizer, normalize_system(system))
     prompts = [prefix + p for p in prompts]
     template = ChatTemplate.from_tokenizer(tokenizer, system)
+    stops = stop_token_ids(model, template)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     texts: list[str] = []
     starts = range(0, len(prompts), batch_size)
@@ -117,6 +160,7 @@ def generate(
                 batch.input_ids,
                 batch.attention_mask,
                 steering,
+                stops,
                 max_new_tokens,
                 do_sample,
                 temperature,
@@ -132,17 +176,19 @@ def _decode(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     interventions: Sequence[Intervention],
+    stops: Sequence[int],
     max_new_tokens: int,
     do_sample: bool,
     temperature: float,
     top_p: float | None,
     generator: torch.Generator | None,
 ) -> list[list[int]]:
-    """Greedy or sampled decoding with the KV cache; returns each row's new tokens up to EOS."""
-    eos = model.tokenizer.eos_token_id
-    n_rows = input_ids.shape[0]
-    new_tokens: list[list[int]] = [[] for _ in range(n_rows)]
-    done = torch.zeros(n_rows, dtype=torch.bool, device=input_ids.device)
+    """Greedy or sampled decoding with the KV cache; each row's new tokens before its first
+    stop token. One host sync per step (whether every row has stopped)."""
+    stop = torch.tensor(list(stops), dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    tokens: list[torch.Tensor] = []
+    kept: list[torch.Tensor] = []
     mask = attention_mask
     with torch.inference_mode(), steer(model, *interventions, attention_mask=mask) as state:
         state.prompt_length = input_ids.shape[1]
@@ -151,11 +197,9 @@ def _decode(
         )
         for _ in range(max_new_tokens):
             token = _next_tokens(logits[:, -1].float(), do_sample, temperature, top_p, generator)
-            for row in (~done).nonzero()[:, 0].tolist():
-                if int(token[row]) == eos:
-                    done[row] = True
-                else:
-                    new_tokens[row].append(int(token[row]))
+            done = done | torch.isin(token, stop)
+            tokens.append(token)
+            kept.append(~done)
             if bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -167,4 +211,9 @@ def _decode(
                 use_cache=True,
                 return_type="logits_and_cache",
             )
-    return new_tokens
+    rows = torch.stack(tokens, dim=1).tolist()
+    keep = torch.stack(kept, dim=1).tolist()
+    return [
+        [t for t, k in zip(row, flags, strict=True) if k]
+        for row, flags in zip(rows, keep, strict=True)
+    ]
