@@ -19,6 +19,15 @@
 # component, so every persona can move every direction. The *double-centred* matrix
 # (direction and persona means removed) and `top1` (the share of directions whose largest
 # shift comes from their own persona; chance `1/personas`) isolate the specific part.
+# `top1_p` tests `top1` exactly over every persona ↔ role assignment (Holm over the layers:
+# `top1_p_adj`).
+#
+# The per-question correlation pools every (persona, question) pair, but all personas answer
+# the same questions against one shared baseline: the pairs come in one cluster per
+# question, and the t-test over all pairs (`p_naive`) treats them as independent. The
+# question is the unit: `p_cluster` permutes whole questions (one relabelling for every
+# persona at once), `p_cluster_adj` is Holm over the layers, and `r_ci_low`/`r_ci_high` is a
+# bootstrap interval that resamples whole questions.
 #
 # Note: with `mode="auto"` a persona replaces SmolLM2's default system prompt, while the
 # baseline keeps it, so a shift is "persona sentence vs default system sentence".
@@ -26,6 +35,7 @@
 # Run:
 #
 # ```bash
+# .venv/bin/python analyses/09_persona_vector.py --per-domain 2 --no-png  # figures/: 29 × 16
 # .venv/bin/python analyses/09_persona_vector.py                  # 29 roles, 24 questions
 # .venv/bin/python analyses/09_persona_vector.py --roles "lawyer,nurse,economist,chemist"
 # .venv/bin/python analyses/09_persona_vector.py --model tiny-random --quick --out /tmp/f
@@ -100,10 +110,20 @@ r_best = pooled[pooled["layer"] == best].iloc[0]
 print(
     f"most specific layer {best}: own {at_best['diagonal']:.3f} vs others "
     f"{at_best['off_diagonal']:.3f} (top-1 {at_best['top1']:.2f}, chance "
-    f"{at_best['chance']:.2f}); r(own shift, Δ log-prob) = {r_best['r']:.3f} "
-    f"(p = {r_best['p']:.2g}, n = {r_best['n']})"
+    f"{at_best['chance']:.2f}, p = {at_best['top1_p']:.2g}, Holm {at_best['top1_p_adj']:.2g}); "
+    f"r(own shift, Δ log-prob) = {r_best['r']:.3f} (naive p = {r_best['p_naive']:.2g} over "
+    f"{r_best['n']} pairs; over {r_best['n_clusters']} questions p = {r_best['p_cluster']:.2g}, "
+    f"Holm {r_best['p_cluster_adj']:.2g})"
 )
-print(f"pooled r per layer: {pooled.set_index('layer')['r'].round(3).to_dict()}")
+defined = pooled.dropna(subset=["p_naive"])
+naive_holm = rp.adjust_pvalues(defined["p_naive"].to_numpy(), "holm")
+print(
+    f"layers where r survives Holm over {len(defined)} layers at 0.05: naive (pairs) "
+    f"{defined.loc[naive_holm <= 0.05, 'layer'].tolist()}, over questions "
+    f"{pooled.loc[pooled['p_cluster_adj'] <= 0.05, 'layer'].tolist()}; top-1 "
+    f"{spec.loc[spec['top1_p_adj'] <= 0.05, 'layer'].tolist()}"
+)
+print(pooled.to_string(index=False, float_format="%.3g"))
 
 # %%
 write(plotting.persona_shift_figure(long), "09_persona_shift")

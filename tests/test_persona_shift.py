@@ -1,11 +1,14 @@
 """Persona ↔ vector shifts (roleprobe.experiments.persona_shift) on the tiny random model."""
 
 import dataclasses
+import itertools
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats as scipy_stats
 
 import roleprobe as rp
 from roleprobe.data.benchmarks import LETTERS
@@ -198,3 +201,146 @@ def test_the_figures_show_the_matrix_and_the_comparison():
     assert np.allclose(persona.error_y.array, [0.1, 0.2])
     with pytest.raises(ValueError, match="delta_ci_low"):
         plotting.persona_vs_addition(table, "delta_accuracy")
+
+
+def _clustered(own: np.ndarray, delta: np.ndarray, shift: np.ndarray | None = None) -> PersonaShift:
+    """A PersonaShift with per-question own shifts ``own`` (``[persona, item, layer]``) and
+    Δ log-probs ``delta`` (``[persona, item]``, against a zero baseline)."""
+    n_p, n_i, n_l = own.shape
+    names = tuple(f"role{i}" for i in range(n_p))
+    return PersonaShift(
+        shift=torch.tensor(np.zeros((n_p, n_p, n_l)) if shift is None else shift),
+        base_mean=torch.zeros(n_p, n_l, dtype=torch.float64),
+        own_shift=torch.tensor(own, dtype=torch.float64),
+        base_logprob=torch.zeros(n_i, dtype=torch.float64),
+        persona_logprob=torch.tensor(delta, dtype=torch.float64),
+        personas=names,
+        roles=names,
+        layers=tuple(range(n_l)),
+        position=-1,
+        items=pd.DataFrame({"id": range(n_i), "subject": "law", "domain": "law"}),
+    )
+
+
+def test_pooled_pairs_that_share_their_question_are_one_unit():
+    # 29 personas × 16 questions; each question has one effect on the shift (a new draw per
+    # layer) and another, independent one on Δ log-prob that every persona shares: no real
+    # link, but the pooled pairs look like 464 independent ones to the t-test
+    rng = np.random.default_rng(3)
+    n_p, n_q, n_l = 29, 16, 40
+    own = rng.normal(size=(1, n_q, n_l)) + 0.3 * rng.normal(size=(n_p, n_q, n_l))
+    delta = rng.normal(size=(1, n_q)) + 0.3 * rng.normal(size=(n_p, n_q))
+    corr = _clustered(own, delta).item_correlation(pooled=True, n_perm=999, n_boot=500)
+    assert (corr["n"] == n_p * n_q).all() and (corr["n_clusters"] == n_q).all()
+    assert (corr["p_naive"] < 0.05).mean() > 0.5  # the naive test "finds" most of them
+    assert (corr["p_cluster"] < 0.05).mean() <= 0.15  # the question permutation does not
+    assert (corr["p_cluster_adj"] >= corr["p_cluster"]).all()
+    assert corr["p_cluster_adj"].min() > 0.05  # nothing survives Holm over the 40 layers
+    worst = corr.loc[corr["p_naive"].idxmin()]
+    assert worst["p_naive"] < 1e-6 and worst["p_cluster"] > 1e3 * worst["p_naive"]
+    covers = (corr["r_ci_low"] < 0) & (corr["r_ci_high"] > 0)
+    assert covers.mean() >= 0.8  # the cluster bootstrap covers r = 0 about as often as it should
+    assert ((corr["r_ci_low"] <= corr["r"]) & (corr["r"] <= corr["r_ci_high"])).all()
+    # a link the questions really carry is still found, Holm and all
+    linked = _clustered(own[:, :, :5], own[:, :, 0] + 0.3 * rng.normal(size=(n_p, n_q)))
+    found = linked.item_correlation(pooled=True, n_perm=999, n_boot=200)
+    assert found["p_cluster"][0] == pytest.approx(2 / 1000)  # no relabelling comes close
+    assert found["p_cluster_adj"][0] == pytest.approx(5 * 2 / 1000)  # Holm over 5 layers
+
+
+def test_cluster_p_equals_a_brute_force_permutation_of_whole_questions():
+    rng = np.random.default_rng(0)
+    own = rng.normal(size=(3, 5, 2))
+    delta = own[:, :, 0] + rng.normal(size=(3, 5))
+    corr = _clustered(own, delta).item_correlation(pooled=True, n_perm=200, n_boot=50)
+    for layer in range(2):
+        x = own[:, :, layer]
+        observed = np.corrcoef(x.ravel(), delta.ravel())[0, 1]
+        null = np.array(
+            [
+                np.corrcoef(x.ravel(), delta[:, list(order)].ravel())[0, 1]
+                for order in itertools.permutations(range(5))  # one order for every persona
+            ]
+        )
+        eps = 1e-12
+        expected = min(
+            1.0, 2 * min((null <= observed + eps).mean(), (null >= observed - eps).mean())
+        )
+        row = corr.iloc[layer]
+        assert row["r"] == pytest.approx(observed)
+        assert row["p_cluster"] == pytest.approx(expected)
+    adjusted = rp.adjust_pvalues(corr["p_cluster"].to_numpy(), "holm")
+    np.testing.assert_allclose(corr["p_cluster_adj"], adjusted)
+
+
+def test_a_layer_where_nothing_moves_stays_out_of_the_holm_family():
+    rng = np.random.default_rng(1)
+    own = rng.normal(size=(4, 6, 3))
+    own[:, :, 0] = 0.0  # layer 0: no shift, r undefined
+    corr = _clustered(own, rng.normal(size=(4, 6))).item_correlation(pooled=True, n_perm=99)
+    assert corr[["r", "p_naive", "p_cluster", "p_cluster_adj", "r_ci_low"]].iloc[0].isna().all()
+    defined = corr["p_cluster"].to_numpy()[1:]
+    adjusted = np.minimum(1.0, np.maximum.accumulate(np.sort(defined) * [2, 1]))
+    np.testing.assert_allclose(np.sort(corr["p_cluster_adj"].to_numpy()[1:]), adjusted)
+    with pytest.raises(ValueError, match="n_perm"):
+        _clustered(own, own[:, :, 1]).item_correlation(pooled=True, n_perm=0)
+
+
+def _own_winners_p(shift: np.ndarray) -> float:
+    """Exact one-sided p of top-1 over every persona relabelling, recomputed from scratch."""
+    n = shift.shape[0]
+    observed = (shift.argmax(axis=0) == np.arange(n)).sum()
+    counts = [
+        (shift[list(order)].argmax(axis=0) == np.arange(n)).sum()
+        for order in itertools.permutations(range(n))
+    ]
+    return float(np.mean(np.array(counts) >= observed))
+
+
+def _sampled_own_winners_p(shift: np.ndarray, n_perm: int) -> float:
+    """The same p from random relabellings (scipy's permutation test; observed one counted)."""
+    n = shift.shape[0]
+
+    def top1(order, axis=-1):
+        return (shift[order].argmax(axis=-2) == np.arange(n)).sum(axis=-1)
+
+    return scipy_stats.permutation_test(
+        (np.arange(n),),
+        top1,
+        permutation_type="pairings",
+        vectorized=True,
+        n_resamples=n_perm,
+        alternative="greater",
+        rng=np.random.default_rng(1),
+    ).pvalue
+
+
+def test_top1_p_counts_every_relabelling_of_the_personas():
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(6, 6, 4))
+    small[:, :, 1] += 1.5 * np.eye(6)
+    small[:, :, 2] = 0.0
+    small[2, :, 2] = 1.0  # persona 2 moves every direction most
+    small[:, :, 3] += 3.0 * np.eye(6)
+    spec = _clustered(np.zeros((6, 2, 4)), np.zeros((6, 2)), small).specificity()
+    for layer in range(4):  # 6! = 720 relabellings
+        assert spec["top1_p"][layer] == pytest.approx(_own_winners_p(small[:, :, layer]))
+    assert spec["top1"][2] == pytest.approx(1 / 6) and spec["top1_p"][2] == 1.0
+    assert spec["top1_p"][3] == pytest.approx(1 / math.factorial(6))  # all six own: one σ
+    np.testing.assert_allclose(
+        spec["top1_p_adj"], rp.adjust_pvalues(spec["top1_p"].to_numpy(), "holm")
+    )
+
+
+def test_top1_p_is_small_for_a_planted_diagonal_and_not_for_noise():
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=(29, 29, 30))
+    noise[:, :, 0] += 3.0 * np.eye(29)  # layer 0: a planted diagonal
+    spec = _clustered(np.zeros((29, 2, 30)), np.zeros((29, 2)), noise).specificity()
+    assert spec["top1"][0] > 0.5 and spec["top1_p"][0] < 1e-12
+    assert spec["top1_p_adj"][0] < 1e-10
+    null = spec["top1_p"][1:]
+    assert (null < 0.05).mean() <= 0.15 and spec["top1_p_adj"][1:].min() > 0.05
+    for layer in (0, 1, 2):  # agrees with random relabellings where those can tell
+        sampled = _sampled_own_winners_p(noise[:, :, layer], 4999)
+        assert spec["top1_p"][layer] == pytest.approx(sampled, abs=0.02 + 1 / 5000)

@@ -26,6 +26,16 @@ between the shift along the own direction and the change of the correct letter's
 
 Footguns:
 
+* **Pooled pairs are not independent.** ``item_correlation(pooled=True)`` pools every
+  (persona, question) pair, but all personas answer the *same* questions against *one*
+  shared baseline: ``Δ log-prob[p, q]`` subtracts the same ``base_logprob[q]`` for every
+  persona, and a question that is easy to move moves under most personas. The pairs come
+  in clusters of one question each, so the independent units are the questions (16 in the
+  embedded run), not the 29 × 16 pairs, and the t-test ``p_naive`` of the pooled ``r`` is
+  far too small. :meth:`PersonaShift.item_correlation` therefore also tests the pooled
+  ``r`` by permuting whole questions and gives a cluster-bootstrap interval over questions,
+  Holm-corrected across the layers scanned; :meth:`PersonaShift.specificity` tests
+  ``top1`` by permuting the persona ↔ role assignment.
 * **The system turn.** With ``mode="auto"`` a persona *replaces* the template's default
   system prompt (SmolLM2's "You are a helpful AI assistant…"); the baseline keeps it (as
   :func:`roleprobe.evaluate` does). A shift thus measures "persona sentence vs default
@@ -52,6 +62,7 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
+from scipy import stats as scipy_stats
 from torch import Tensor
 
 from roleprobe.core.progress import bar
@@ -60,6 +71,7 @@ from roleprobe.data.benchmarks import LETTERS, MultipleChoice
 from roleprobe.data.roles import ROLES
 from roleprobe.model.chat import ChatTemplate, answer_letter_ids, collate, pad_token_id
 from roleprobe.model.system_turn import normalize_system
+from roleprobe.results.stats import adjust_pvalues
 from roleprobe.results.tables import pearson_test
 from roleprobe.steering.persona import Persona, PromptTransform, apply_prompt_transforms
 from roleprobe.steering.prefix import last_letter_logits, letter_only_supported
@@ -70,6 +82,8 @@ from .evaluation import encode_questions, length_batches, subject_domain
 
 _DOMAIN = {role.name: role.domain for role in ROLES}
 _SPEC_COLUMNS = ("diagonal", "off_diagonal", "difference", "centred_diagonal", "top1")
+_CORR_COLUMNS = ("persona", "layer", "r", "p_naive", "n")
+_CI_COLUMNS = ("r_ci_low", "r_ci_high")
 
 
 @dataclass(frozen=True)
@@ -146,8 +160,21 @@ class PersonaShift:
         ``centred_diagonal`` (the diagonal after removing each direction's mean over the
         personas and each persona's mean over the directions: what is specific to the
         pair), ``top1`` (fraction of directions whose largest shift comes from their own
-        persona) and ``chance`` (``1 / personas``). A layer where no persona moves any
-        direction (layer 0 at a template position) gets NaN.
+        persona), ``chance`` (``1 / personas``), ``top1_p`` and ``top1_p_adj``. A layer
+        where no persona moves any direction (layer 0 at a template position) gets NaN.
+
+        ``top1_p`` is the exact permutation test of ``top1``: under "a persona's identity
+        says nothing about which direction it moves most", which persona counts as a
+        direction's own is exchangeable, so the p-value is the share of all ``personas!``
+        persona ↔ role assignments under which at least as many directions are won by
+        their own persona as observed (one-sided), with the matrix, and so which persona
+        moves each direction most, held fixed. It is counted, not sampled
+        (:func:`_top1_p`). It conditions on the winners: a layer where one persona wins
+        every direction scores ``top1 = chance`` and ``p = 1`` whatever the labels.
+        ``top1_p_adj`` is Holm over the layers with a defined ``top1_p``.
+
+        Raises:
+            ValueError: no persona is a direction role.
         """
         own = [(i, self.roles.index(p)) for i, p in enumerate(self.personas) if p in self.roles]
         if not own:
@@ -159,12 +186,13 @@ class PersonaShift:
             m = self.shift[p_idx][:, r_idx, k]  # square: personas × their own directions
             n = m.shape[0]
             if not m.any():  # e.g. layer 0 at a template position: nothing moves
-                rows.append({"layer": layer, **dict.fromkeys(_SPEC_COLUMNS, math.nan)})
-                rows[-1]["chance"] = 1.0 / n
+                nothing = dict.fromkeys(_SPEC_COLUMNS, math.nan)
+                rows.append({"layer": layer, **nothing, "chance": 1.0 / n, "top1_p": math.nan})
                 continue
             diag = m.diagonal()
             off = (m.sum() - diag.sum()) / max(n * n - n, 1)
             centred = m - m.mean(dim=0, keepdim=True) - m.mean(dim=1, keepdim=True) + m.mean()
+            winners = m.argmax(dim=0).numpy()
             rows.append(
                 {
                     "layer": layer,
@@ -172,11 +200,14 @@ class PersonaShift:
                     "off_diagonal": float(off) if n > 1 else float("nan"),
                     "difference": float(diag.mean() - off) if n > 1 else float("nan"),
                     "centred_diagonal": float(centred.diagonal().mean()),
-                    "top1": float((m.argmax(dim=0) == torch.arange(n)).double().mean()),
+                    "top1": float((winners == np.arange(n)).mean()),
                     "chance": 1.0 / n,
+                    "top1_p": _top1_p(winners),
                 }
             )
-        return pd.DataFrame(rows)
+        out = pd.DataFrame(rows)
+        out["top1_p_adj"] = _holm(out["top1_p"].to_numpy())
+        return out
 
     def item_table(self) -> pd.DataFrame:
         """One row per (persona, question, layer): ``persona, id, subject, domain, layer,
@@ -197,28 +228,176 @@ class PersonaShift:
             }
         )
 
-    def item_correlation(self, pooled: bool = False) -> pd.DataFrame:
+    def item_correlation(
+        self,
+        pooled: bool = False,
+        n_perm: int = 9999,
+        n_boot: int = 2000,
+        seed: int = 0,
+        level: float = 0.95,
+    ) -> pd.DataFrame:
         """Pearson's r between the per-question own-direction shift and Δ log-prob.
+
+        Per persona, the pairs are the questions and ``p_naive`` (the t-test of ``r``) is
+        the usual test. **Pooled, it is not valid**: the personas × questions pairs come in
+        one cluster per question, because every persona answers the same questions against
+        one shared baseline (each ``Δ log-prob[p, q]`` subtracts the same
+        ``base_logprob[q]``, each shift the baseline's projection of the same question on
+        directions that share most of their length, and a question that moves under one
+        persona tends to move under the others). The t-test counts 29 × 16 = 464
+        independent pairs where there are 16 independent questions. The pooled rows add a
+        test with the question as the unit:
+
+        * ``p_cluster``: permutation over questions. One random relabelling of the
+          questions is applied to every persona's Δ log-prob at once (question ``q``'s
+          column of Δ log-prob is paired with question ``π(q)``'s column of shifts), which
+          keeps whatever the personas share within a question and breaks only the
+          question-level link; two-sided, ``n_perm`` relabellings (all of them when
+          ``n_perm`` reaches ``questions!``), the observed one counted
+          (:func:`scipy.stats.permutation_test`). What it holds fixed is the persona-level
+          part of ``r`` (personas that shift more also losing more): it tests the per-
+          question association, which is what the pooled ``r`` is read as.
+        * ``p_cluster_adj``: Holm over the layers with a defined ``p_cluster``.
+        * ``r_ci_low``, ``r_ci_high``: percentile cluster-bootstrap interval of ``r``,
+          resampling whole questions (every persona's pair of a drawn question comes
+          along; :func:`scipy.stats.bootstrap`; resamples with an undefined ``r`` are
+          dropped).
+        * ``n_clusters``: the number of questions.
 
         Args:
             pooled: one correlation per layer over every (persona, question) pair instead
                 of one per persona and layer.
+            n_perm: question relabellings per layer (pooled only).
+            n_boot: cluster-bootstrap resamples per layer (pooled only).
+            seed: seed of the relabellings and the resamples (the same at every layer).
+            level: coverage of the bootstrap interval.
 
         Returns:
-            ``persona`` (``"all"`` when pooled), ``layer``, ``r``, ``p``, ``n``; personas
-            that are not direction roles are left out.
+            ``persona`` (``"all"`` when pooled), ``layer``, ``r``, ``p_naive``, ``n`` (the
+            pairs), and when pooled the columns above; personas that are not direction
+            roles are left out.
+
+        Raises:
+            ValueError: ``n_perm`` or ``n_boot`` below 1, or ``level`` not in (0, 1).
+
+        Example:
+            >>> ps.item_correlation(pooled=True)[["layer", "r", "p_naive", "p_cluster_adj"]]
         """
+        if n_perm < 1 or n_boot < 1:
+            raise ValueError(f"n_perm and n_boot must be at least 1, got {n_perm}, {n_boot}")
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must lie in (0, 1), got {level}")
         keep = [i for i, p in enumerate(self.personas) if p in self.roles]
         delta = (self.persona_logprob - self.base_logprob[None]).numpy()
         rows = []
         groups = [("all", keep)] if pooled else [(self.personas[i], [i]) for i in keep]
         for label, index in groups:
             for k, layer in enumerate(self.layers):
-                x = self.own_shift[index, :, k].numpy().ravel()
-                y = delta[index].ravel()
-                r, p = pearson_test(x, y)
-                rows.append({"persona": label, "layer": layer, "r": r, "p": p, "n": len(x)})
-        return pd.DataFrame(rows)
+                x = self.own_shift[index, :, k].numpy()
+                y = delta[index]
+                r, p = pearson_test(x.ravel(), y.ravel())
+                row = dict(zip(_CORR_COLUMNS, (label, layer, r, p, x.size), strict=True))
+                if pooled:
+                    row |= _question_tests(x, y, math.isnan(r), n_perm, n_boot, seed, level)
+                rows.append(row)
+        out = pd.DataFrame(rows)
+        if not pooled:
+            return out
+        out["p_cluster_adj"] = _holm(out["p_cluster"].to_numpy())
+        return out[[*_CORR_COLUMNS, "p_cluster", "p_cluster_adj", *_CI_COLUMNS, "n_clusters"]]
+
+
+def _holm(p: np.ndarray) -> np.ndarray:
+    """Holm-adjusted ``p`` over its defined entries (NaN stays NaN)."""
+    out = np.full(p.shape, math.nan)
+    defined = ~np.isnan(p)
+    out[defined] = adjust_pvalues(p[defined], "holm")
+    return out
+
+
+def _top1_p(winners: np.ndarray) -> float:
+    """Exact P(at least the observed number of own winners) over the ``n!`` persona ↔ role
+    assignments σ; ``winners[j]`` is the persona that moves direction ``j`` most.
+
+    Direction ``j`` is an own winner under σ when ``σ(j) = winners[j]``: a rook on the board
+    ``{(j, winners[j])}``. With ``c_i`` the number of directions persona ``i`` wins, ``k``
+    non-attacking rooks can be placed in ``e_k(c)`` ways (the elementary symmetric
+    polynomial: ``k`` distinct winning personas, one of each one's directions), and by
+    inclusion-exclusion exactly ``m`` hits occur in ``Σ_{k≥m} (-1)^(k-m) C(k, m) e_k(c)
+    (n-k)!`` assignments. Python integers keep the sum exact.
+    """
+    n = winners.size
+    observed = int((winners == np.arange(n)).sum())
+    rook = [1] + [0] * n  # e_0 .. e_n of the win counts
+    for count in np.bincount(winners, minlength=n).tolist():
+        for k in range(n, 0, -1):
+            rook[k] += count * rook[k - 1]
+    at_least = sum(
+        (-1) ** (k - m) * math.comb(k, m) * rook[k] * math.factorial(n - k)
+        for m in range(observed, n + 1)
+        for k in range(m, n + 1)
+    )
+    return at_least / math.factorial(n)
+
+
+def _pooled_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson's r over the last two axes (``[..., persona, item]``: every pair pooled)."""
+    xc = x - x.mean(axis=(-2, -1), keepdims=True)
+    yc = y - y.mean(axis=(-2, -1), keepdims=True)
+    den = np.sqrt((xc * xc).sum(axis=(-2, -1)) * (yc * yc).sum(axis=(-2, -1)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (xc * yc).sum(axis=(-2, -1)) / den, math.nan)
+
+
+def _question_tests(
+    x: np.ndarray, y: np.ndarray, undefined: bool, n_perm: int, n_boot: int, seed: int, level: float
+) -> dict[str, float]:
+    """Permutation p and cluster-bootstrap interval of the pooled r of ``x`` and ``y``
+    (``[persona, item]``) with the question as the unit."""
+    n_items = x.shape[1]
+    if undefined or n_items < 2:
+        return {
+            "p_cluster": math.nan,
+            "r_ci_low": math.nan,
+            "r_ci_high": math.nan,
+            "n_clusters": n_items,
+        }
+    questions = (np.arange(n_items),)
+
+    def relabelled(order: np.ndarray, axis: int = -1) -> np.ndarray:  # order: [..., item]
+        return _pooled_r(x, np.moveaxis(y[:, order], 0, -2))
+
+    def resampled(draw: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _pooled_r(np.moveaxis(x[:, draw], 0, -2), np.moveaxis(y[:, draw], 0, -2))
+
+    batch = max(1, 2_000_000 // x.size)
+    perm = scipy_stats.permutation_test(
+        questions,
+        relabelled,
+        permutation_type="pairings",
+        vectorized=True,
+        n_resamples=n_perm,
+        batch=batch,
+        rng=np.random.default_rng(seed),
+    )
+    boot = scipy_stats.bootstrap(
+        questions,
+        resampled,
+        n_resamples=n_boot,
+        batch=batch,
+        vectorized=True,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).bootstrap_distribution
+    boot = boot[np.isfinite(boot)]
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(boot, [tail, 1.0 - tail]) if boot.size else (math.nan, math.nan)
+    return {
+        "p_cluster": float(perm.pvalue),
+        "r_ci_low": float(low),
+        "r_ci_high": float(high),
+        "n_clusters": n_items,
+    }
 
 
 def _label(transform: str | PromptTransform, index: int) -> str:
