@@ -80,9 +80,11 @@ class SweepResult:
         store: the store folder (``None`` for an in-memory sweep).
         in_flight: those of ``missing`` that other workers hold claims on (computing now).
         parts: the finished ``layer*`` part files, in key order (with ``table=None``).
+        skipped: the (role, position, layer) candidates of the grid the sweep did not run
+            because their direction is zero (e.g. layer 0 at post-instruction positions).
 
     Attributes:
-        baseline, config, n_layers, missing, store, in_flight: as above.
+        baseline, config, n_layers, missing, store, in_flight, skipped: as above.
         table: one row per (candidate, question): ``role, source, donor, position, layer,
             condition, alpha, group`` and the per-item scores of :func:`roleprobe.evaluate`
             (read from the store at first use when the result came from :func:`merge`).
@@ -98,6 +100,7 @@ class SweepResult:
         store: Path | None = None,
         in_flight: Sequence[str] | None = None,
         parts: Sequence[Path] | None = None,
+        skipped: Sequence[tuple[str, Any, int]] | None = None,
     ) -> None:
         if table is None and parts is None:
             raise ValueError("SweepResult needs a table or the store parts to read it from")
@@ -109,6 +112,7 @@ class SweepResult:
         self.missing = list(missing or [])
         self.store = store
         self.in_flight = list(in_flight or [])
+        self.skipped = [(str(r), p, int(layer)) for r, p, layer in skipped or []]
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"{len(self.missing)} parts missing"
@@ -422,6 +426,7 @@ def merge(store: str | os.PathLike[str], allow_partial: bool = False) -> SweepRe
         cfg = SweepConfig.from_dict(config["sweep"])
         plan = list(config["plan"])
         n_layers = int(config["n_layers"])
+        skipped = [(str(r), p, int(la)) for r, p, la in config.get("skipped", [])]
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{root / MANIFEST} is not a sweep manifest: {err}") from err
     results = ResultStore(root, manifest)
@@ -439,4 +444,4 @@ def merge(store: str | os.PathLike[str], allow_partial: bool = False) -> SweepRe
     finished = sorted(key for key in plan if key in done)
     baseline = results.read([k for k in finished if k.startswith("baseline-")])
     parts = [results.part_path(k) for k in finished if k.startswith("layer")]
-    return SweepResult(None, baseline, cfg, n_layers, missing, root, in_flight, parts)
+    return SweepResult(None, baseline, cfg, n_layers, missing, root, in_flight, parts, skipped)

@@ -14,6 +14,10 @@ to report it.
 * Other domains: every question, ``part="other"``.
 * Ablation: one per role, of the direction picked for the smallest α evaluated (the paper
   takes the ablation values of α = 3 from the α = 1 list); ``ablation=False`` gives none.
+* Zero directions: a pick of a zero direction (``zero_direction`` in the picks: the
+  authors' layer-0 candidate, which the paper rule falls back on when nothing beats the
+  baseline) changes nothing, so its rows are the unsteered model's: copied from
+  ``baseline`` when given, else evaluated unsteered once per role, never steered.
 
 Which questions are a role's "own" follows the sweep's scope: ``"domain"`` (its catalogue
 domain) or ``"all"`` (every question was swept, so every question of the role is own).
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from roleprobe.core.progress import bar
 from roleprobe.core.types import Model
@@ -111,6 +116,7 @@ def apply_picks(
     progress: bool = True,
     tie_rule: str = "fractional",
     system: str | None = None,
+    baseline: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Evaluate every role's pick on every domain of ``benchmark`` (see the module docstring).
 
@@ -140,6 +146,9 @@ def apply_picks(
         tie_rule: how ties at the top of the letter logits are scored (see
             :func:`roleprobe.evaluate`); use the sweep's.
         system: the system-turn policy of the questions (default: the directions' own).
+        baseline: the unsteered :func:`roleprobe.evaluate` table of ``benchmark`` (same
+            tie rule and system turn); picks of a zero direction copy its rows instead of
+            running the model. ``None``: they are evaluated unsteered.
 
     Returns:
         Per-item rows of :func:`roleprobe.evaluate` with ``role, source, position, layer,
@@ -148,8 +157,9 @@ def apply_picks(
         :data:`PARTS`) — the input of :func:`roleprobe.effect_table`.
 
     Raises:
-        ValueError: no picks of ``source``, an α without picks, an unknown scope, or held-out
-            ids missing for a role, empty, or outside its own questions.
+        ValueError: no picks of ``source``, an α without picks, an unknown scope, held-out
+            ids missing for a role, empty, or outside its own questions, or a ``baseline``
+            that lacks questions or was scored otherwise.
     """
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; use one of {list(SCOPES)}")
@@ -171,6 +181,9 @@ def apply_picks(
         if missing:
             raise ValueError(f"heldout_ids lacks roles {missing} (it has {sorted(heldout_ids)})")
     specific = specific_directions(directions) if source in SPECIFIC_SOURCES else None
+    asked = directions.system if system is None else system
+    if baseline is not None:
+        _check_baseline(baseline, benchmark, tie_rule, asked)
     tables = []
     runs = len(chosen) + (len(roles) if ablation else 0)  # additions, one ablation a role
     with bar(total=runs, enabled=progress, desc="picks", unit="run") as outer:
@@ -178,6 +191,7 @@ def apply_picks(
             held = None if heldout_ids is None else heldout_ids[role]
             questions, parts = _questions(benchmark, role, held, scope)
             mine = chosen[chosen["role"] == role].sort_values("alpha", kind="mergesort")
+            unsteered: pd.DataFrame | None = None
             for i, (_, row) in enumerate(mine.iterrows()):
                 layer, position = int(row["layer"]), position_label(row["position"])
                 donor = (
@@ -187,29 +201,88 @@ def apply_picks(
                     directions, source, role, donor, layer, position, seed, specific
                 )
                 labels = {"role": role, "source": source, "position": position, "layer": layer}
-                specs: list[tuple[str, Intervention, float]] = [
-                    ("addition", Addition(vector, layer, float(row["alpha"])), float(row["alpha"]))
+                zero = _is_zero_pick(row, vector)
+                specs: list[tuple[str, Intervention | None, float]] = [
+                    (
+                        "addition",
+                        None if zero else Addition(vector, layer, float(row["alpha"])),
+                        float(row["alpha"]),
+                    )
                 ]
                 if ablation and i == 0:
-                    ablate = (
-                        Ablation(vector)
-                        if ablation_at is None
-                        else Ablation(vector, at=ablation_at)
-                    )
+                    ablate = None
+                    if not zero:
+                        ablate = (
+                            Ablation(vector)
+                            if ablation_at is None
+                            else Ablation(vector, at=ablation_at)
+                        )
                     specs.append(("ablation", ablate, math.nan))
                 for condition, spec, alpha in specs:
-                    table = evaluate(
-                        model,
-                        questions,
-                        spec,
-                        batch_size,
-                        progress=progress,
-                        tie_rule=tie_rule,
-                        system=directions.system if system is None else system,
-                    )
+                    if spec is None:  # a zero direction: the unsteered model
+                        if unsteered is None:
+                            unsteered = _unsteered(
+                                model, questions, baseline, batch_size, progress, tie_rule, asked
+                            )
+                        table = unsteered.drop(columns=["condition"], errors="ignore")
+                    else:
+                        table = evaluate(
+                            model,
+                            questions,
+                            spec,
+                            batch_size,
+                            progress=progress,
+                            tie_rule=tie_rule,
+                            system=asked,
+                        )
                     table = table.assign(**labels, alpha=alpha, condition=condition)
+                    table["zero_direction"] = zero
                     table["part"] = table["id"].map(parts)
                     table["own_domain"] = table["part"] != "other"
                     tables.append(table)
                     outer.update()
     return pd.concat(tables, ignore_index=True)
+
+
+def _is_zero_pick(row: "pd.Series[Any]", vector: torch.Tensor) -> bool:
+    """Whether a pick applies a zero direction (marked by selection, or exactly zero)."""
+    marked = "zero_direction" in row.index and str(row["zero_direction"]).lower() == "true"
+    return marked or not bool(vector.any())
+
+
+def _check_baseline(
+    baseline: pd.DataFrame, benchmark: MultipleChoice, tie_rule: str, system: str
+) -> None:
+    """The baseline covers the benchmark and was scored as the picks will be."""
+    missing = set(benchmark.items["id"]) - set(baseline["id"])
+    if missing:
+        raise ValueError(
+            f"baseline lacks {len(missing)} questions of {benchmark.name!r}, "
+            f"e.g. {sorted(missing, key=str)[:3]}"
+        )
+    rules = set(baseline["tie_rule"]) if "tie_rule" in baseline.columns else {tie_rule}
+    if rules != {tie_rule}:
+        raise ValueError(f"baseline was scored with tie_rule {sorted(rules)}, not {tie_rule!r}")
+    if "system_policy" in baseline.columns and set(baseline["system_policy"]) != {system}:
+        raise ValueError(
+            f"baseline was asked with system {sorted(set(baseline['system_policy']))}, "
+            f"the picks with {system!r}"
+        )
+
+
+def _unsteered(
+    model: Model,
+    questions: MultipleChoice,
+    baseline: pd.DataFrame | None,
+    batch_size: int,
+    progress: bool,
+    tie_rule: str,
+    system: str,
+) -> pd.DataFrame:
+    """The unsteered rows of ``questions``: from ``baseline``, else evaluated once."""
+    if baseline is None:
+        return evaluate(
+            model, questions, None, batch_size, progress=progress, tie_rule=tie_rule, system=system
+        )
+    rows = baseline.drop_duplicates("id").set_index("id").loc[questions.items["id"]]
+    return rows.reset_index()

@@ -9,8 +9,10 @@ ablation values from), and the baseline accuracy on the same questions.
 * :func:`paper_rule` — the authors' code (``select_direction.py`` and the table notebook
   ``results_add_abl.ipynb`` at cfa1e6e), step by step:
 
-  1. scores are float32 means, as their per-item score tensors (we round each accuracy to
-     float32; their GPU ``mean`` may differ by one float32 ulp);
+  1. scores are float32 means as their GPU computed them: ``scores.mean()`` of a CUDA
+     float32 tensor is ``float32(float32(sum) * float32(1/n))``, which differs from the exact
+     mean rounded to float32 for 29-231 of the n + 1 possible counts at the paper's domain
+     sizes (:func:`float32_mean`; needs the candidates' ``n``);
   2. drop layers ``>= int(n_layers * (1 - 0.2))`` and candidates whose addition accuracy
      is below the *unrounded* baseline (``filter_fn``);
   3. visit candidates position-major (``for pos in range(-n_pos, 0): for layer in ...``)
@@ -21,9 +23,21 @@ ablation values from), and the baseline accuracy on the same questions.
      candidate with addition ``>=`` and ablation ``<`` that rounded baseline;
   5. at α != 1 the ablation values come from the α = 1 list: a candidate counts in step 4
      only if it survived the α = 1 filter of step 2 (``ref_add_accuracy``);
-  6. else the best candidate (``passed=False``). If step 2 leaves nothing, the authors'
-     code has no pick at all (an assertion fails); we return the best candidate below the
-     baseline with ``passed=False`` and say so.
+  6. else the best candidate (``passed=False``).
+
+  **Zero candidates.** The authors score every (position, layer), layer 0 included. At a
+  post-instruction position the layer-0 direction is exactly zero (every prompt has the
+  same template tokens there), so its addition and ablation accuracies *are* the baseline:
+  it always survives step 2 and comes first among equals in step 3. Whenever no non-zero
+  candidate beats the baseline, the authors' fallback in step 6 is that zero direction,
+  and the paper's table shows +0.0 % for it. The sweep does not run zero directions (it
+  lists them in its manifest, :attr:`SweepResult.skipped`); :func:`select` with
+  ``rule="paper"`` gives them back to the rule as candidates at the baseline's scores
+  (``zero_candidates``), without running the model, and marks a pick of one
+  ``zero_direction=True``. Because of them the authors' ``assert len(filtered_scores) > 0``
+  can never fire; here step 2 can leave nothing only on a grid without zero candidates
+  (layer 0 not swept, or another rule), and then the best candidate below the baseline is
+  returned with ``passed=False`` and a reason saying so.
 
   For the authors' numbers end to end, sweep with ``tie_rule="paper"`` (their argmax
   credits a tie that includes the correct letter) and select with ``rule="paper"``.
@@ -90,12 +104,15 @@ class Pick:
         passed: whether the pick meets the rule (above baseline with addition, below with
             ablation, for the paper's rule), rather than being a fallback.
         reason: why the pick was made, in words.
+        zero_direction: the pick is a zero direction (the authors' layer-0 candidate): its
+            addition and ablation are the unsteered model.
     """
 
     position: PositionLabel
     layer: int
     passed: bool
     reason: str
+    zero_direction: bool = False
 
 
 Rule = Callable[[pd.DataFrame, float, int], Pick]
@@ -106,10 +123,13 @@ def paper_rule(candidates: pd.DataFrame, baseline: float, n_layers: int) -> Pick
 
     Args:
         candidates: one row per (position, layer): ``position, layer, add_accuracy,
-            abl_accuracy`` (NaN if ablation was not run) and optionally
+            abl_accuracy`` (NaN if ablation was not run), optionally ``n`` (the number of
+            questions: with it every accuracy is the float32 value the authors' GPU
+            computed, :func:`float32_mean`; without it, the exact mean rounded to float32),
             ``ref_add_accuracy`` (the α = 1 addition accuracy; with it, only candidates
             that survive the α = 1 filter can pass on their ablation, as at α = 3 in the
-            paper).
+            paper) and ``zero_direction`` (the candidate is a zero direction scored at the
+            baseline: :func:`select` adds them for ``rule="paper"``).
         baseline: baseline accuracy on the same questions (unrounded).
         n_layers: the model's depth.
 
@@ -124,28 +144,71 @@ def paper_rule(candidates: pd.DataFrame, baseline: float, n_layers: int) -> Pick
         >>> paper_rule(candidates, baseline=0.4449, n_layers=30)
     """
     allowed = _allowed(candidates, n_layers)
-    base32 = _float32(baseline)
-    add32 = allowed["add_accuracy"].map(_float32)
+    n = _question_count(allowed)
+    base32 = float32_mean(baseline, n)
+    add32 = _float32_means(allowed["add_accuracy"], n)
     kept = allowed[add32 >= base32]  # filter_fn: below the unrounded baseline (or NaN) goes
     if kept.empty:
-        best = _rank_position_major(allowed).iloc[0]
+        best = _rank_position_major(allowed, n).iloc[0]
         return _make_pick(
-            best, False, "all below the unrounded baseline: no pick in the authors' code; best"
+            best,
+            False,
+            "all below the unrounded baseline (no zero candidate to fall back on): best",
         )
-    ranked = _rank_position_major(kept)
+    ranked = _rank_position_major(kept, n)
     rounded = float(np.round(np.float64(baseline), 2))
-    add = ranked["add_accuracy"].map(_float32)
-    abl = ranked["abl_accuracy"].map(_float32)
+    add = _float32_means(ranked["add_accuracy"], n)
+    abl = _float32_means(ranked["abl_accuracy"], n)
     if abl.isna().all():
         best = ranked.iloc[0]
         return _make_pick(best, bool(add.iloc[0] >= rounded), "best addition (no ablation)")
     listed = pd.Series(True, index=ranked.index)
     if "ref_add_accuracy" in ranked.columns:
-        listed = ranked["ref_add_accuracy"].map(_float32) >= base32
+        listed = _float32_means(ranked["ref_add_accuracy"], n) >= base32
     hits = ranked[listed & (add >= rounded) & (abl < rounded)]
     if not hits.empty:
         return _make_pick(hits.iloc[0], True, "addition >= base, ablation < base")
     return _make_pick(ranked.iloc[0], False, "no ablation below base: best")
+
+
+def float32_mean(accuracy: float, n: int | None) -> float:
+    """An accuracy as the authors' GPU held it: ``scores.mean()`` of ``n`` float32 scores.
+
+    PyTorch's CUDA mean sums in float32 (exact for counts below 2**24) and multiplies the
+    sum by the float32 reciprocal of ``n``: ``float32(float32(sum) * float32(1 / n))``. For
+    the paper's domain sizes (200 to 590 questions) that differs by one float32 step from
+    the exact mean rounded to float32 for 29 to 231 of the ``n + 1`` possible counts, and
+    the comparison with a baseline rounded to 2 decimals flips for 30 counts at n = 200.
+
+    Args:
+        accuracy: the mean credit (the sum is ``accuracy * n``, rounded to float32).
+        n: the number of scores; ``None``: the exact mean rounded to float32 (what a CPU
+            ``mean``, which divides, gives).
+
+    Returns:
+        The float32 value as a Python float (NaN stays NaN).
+
+    Example:
+        >>> float32_mean(90 / 200, 200)  # the GPU's 0.45, one float32 step from float32(0.45)
+    """
+    if n is None or not math.isfinite(accuracy):
+        return float(np.float32(accuracy))
+    total = np.float32(accuracy * n)
+    return float(np.float32(total * (np.float32(1.0) / np.float32(n))))
+
+
+def _float32_means(values: "pd.Series[float]", n: int | None) -> "pd.Series[float]":
+    return values.map(lambda v: float32_mean(float(v), n))
+
+
+def _question_count(candidates: pd.DataFrame) -> int | None:
+    """The candidates' common number of questions (``n``), or ``None`` without the column."""
+    if "n" not in candidates.columns:
+        return None
+    counts = set(candidates["n"].dropna().astype(int))
+    if len(counts) > 1:
+        raise ValueError(f"candidates are scored on different numbers of questions: {counts}")
+    return counts.pop() if counts else None
 
 
 def paper_rounded_rule(candidates: pd.DataFrame, baseline: float, n_layers: int) -> Pick:
@@ -192,17 +255,12 @@ def _allowed(candidates: pd.DataFrame, n_layers: int) -> pd.DataFrame:
     return allowed
 
 
-def _float32(value: float) -> float:
-    """``value`` as the authors held it: a float32 mean (NaN stays NaN)."""
-    return float(np.float32(value))
-
-
-def _rank_position_major(candidates: pd.DataFrame) -> pd.DataFrame:
+def _rank_position_major(candidates: pd.DataFrame, n: int | None) -> pd.DataFrame:
     """The authors' order: visited position-major (earliest position, then layer), then
     stable-sorted by float32 addition accuracy, best first."""
     visit = candidates.assign(
         _pos=[_position_order(p) for p in candidates["position"]],
-        _add=candidates["add_accuracy"].map(_float32),
+        _add=_float32_means(candidates["add_accuracy"], n),
     ).sort_values(["_pos", "layer"], kind="mergesort")
     ranked = visit.sort_values("_add", ascending=False, kind="mergesort")
     return ranked.drop(columns=["_pos", "_add"])
@@ -222,7 +280,10 @@ def _make_pick(row: "pd.Series[Any]", passed: bool, reason: str) -> Pick:
     # a row of a mixed-type frame comes back as floats: -1.0 is the label -1
     numeric = isinstance(position, int | float | np.number) and float(position).is_integer()
     label = int(position) if numeric else str(position)
-    return Pick(label, int(row["layer"]), passed, reason)
+    zero = "zero_direction" in row.index and bool(row["zero_direction"])
+    if zero:
+        reason += " (a zero direction: the baseline, +0.0 %)"
+    return Pick(label, int(row["layer"]), passed, reason, zero)
 
 
 def _position_order(position: Any) -> float:
@@ -231,11 +292,13 @@ def _position_order(position: Any) -> float:
 
 def _candidate_table(scores: pd.DataFrame, alpha: float) -> pd.DataFrame:
     """Candidates for one α; with α = 1 in the sweep, ``ref_add_accuracy`` is the α = 1
-    addition accuracy (the list the paper reads ablation values from)."""
+    addition accuracy (the list the paper reads ablation values from); ``n`` the number of
+    questions each was scored on (when the scores have it)."""
     keys = ["position", "layer"]
     additions = scores[scores["condition"] == "addition"]
     add = additions[np.isclose(additions["alpha"], alpha)]
-    add = add.set_index(keys)[["accuracy", "logprob_correct"]].rename(
+    counted = ["n"] if "n" in add.columns else []
+    add = add.set_index(keys)[["accuracy", "logprob_correct", *counted]].rename(
         columns={"accuracy": "add_accuracy", "logprob_correct": "add_logprob"}
     )
     abl = scores[scores["condition"] == "ablation"].set_index(keys)[["accuracy"]]
@@ -245,6 +308,36 @@ def _candidate_table(scores: pd.DataFrame, alpha: float) -> pd.DataFrame:
         ref = ref.set_index(keys)[["accuracy"]].rename(columns={"accuracy": "ref_add_accuracy"})
         out = out.join(ref, how="left")
     return out.reset_index()
+
+
+def _with_zero_candidates(
+    cands: pd.DataFrame,
+    zeros: Sequence[tuple[PositionLabel, int]],
+    base: float,
+    base_logprob: float,
+    n: int,
+    ablation: bool,
+) -> pd.DataFrame:
+    """``cands`` and the zero directions at ``zeros`` (position, layer), scored as the
+    baseline: adding or ablating a zero vector leaves the model as it is."""
+    if not zeros:
+        return cands.assign(zero_direction=False)
+    extra = pd.DataFrame(
+        {
+            "position": [p for p, _ in zeros],
+            "layer": [layer for _, layer in zeros],
+            "add_accuracy": base,
+            "add_logprob": base_logprob,
+            "abl_accuracy": base if ablation else math.nan,
+            "zero_direction": True,
+        }
+    )
+    if "n" in cands.columns:
+        extra["n"] = n
+    if "ref_add_accuracy" in cands.columns:
+        extra["ref_add_accuracy"] = base
+    both = pd.concat([cands.assign(zero_direction=False), extra], ignore_index=True)
+    return both[[*cands.columns, "zero_direction"]]
 
 
 def split_ids(items: pd.DataFrame, fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -274,6 +367,7 @@ def select(
     criterion: Rule = paper_rule,
     n_boot: int = 2000,
     n_perm: int = 10000,
+    zero_candidates: bool | None = None,
 ) -> pd.DataFrame:
     """Pick a (position, layer) per role, control and α, and report it with statistics.
 
@@ -289,6 +383,10 @@ def select(
         correction: ``"holm"`` or ``"bh"``, for p-values across picks and across the grid.
         criterion: the rule used inside the held-out split (default: the paper's).
         n_boot, n_perm: resamples of the bootstrap CI and the permutation test.
+        zero_candidates: give the rule the zero directions the sweep skipped
+            (:attr:`SweepResult.skipped`, e.g. layer 0 at post-instruction positions) as
+            candidates scored at the baseline, as the authors' code scores them (see the
+            module docstring). ``None`` (default): for ``rule="paper"`` only.
 
     Returns:
         One row per (role, source, alpha): ``role, source, donor, alpha, rule, tie_rule``
@@ -315,6 +413,7 @@ def select(
     fixed: dict[str, Rule] = {"paper": paper_rule, "paper-rounded": paper_rounded_rule}
     chooser: Rule = rule if callable(rule) else fixed.get(rule, criterion)
     label = rule if isinstance(rule, str) else getattr(rule, "__name__", "custom")
+    with_zeros = rule == "paper" if zero_candidates is None else zero_candidates
     tie_rule = str(result.config.tie_rule)
     rows = []
     for role in result.config.roles:
@@ -324,24 +423,38 @@ def select(
         sel_scores = result.scores(sel_ids)
         sel_scores = sel_scores[sel_scores["role"] == role]
         table = result.read_table(roles=[role])  # one role's parts, not the whole store
+        base_sel = _items(result.baseline, result.role_group(role), sel_ids)
         base_rep = _items(result.baseline, result.role_group(role), rep_ids)
+        zeros = [(p, layer) for r, p, layer in result.skipped if r == role] if with_zeros else []
         for (source, donor), scores in sel_scores.groupby(["source", "donor"], sort=False):
             grid = _grid_significance(table, result, role, source, sel_ids, correction)
             for alpha in result.config.alphas:
                 cands = _candidate_table(scores, alpha)
                 base = float(scores["base_accuracy"].iloc[0])
+                if with_zeros:
+                    cands = _with_zero_candidates(
+                        cands,
+                        zeros,
+                        base,
+                        float(base_sel["logprob_correct"].mean()),
+                        len(sel_ids),
+                        result.config.ablation,
+                    )
                 pick = chooser(cands, base, result.n_layers)
                 chosen = cands[
                     (cands["layer"] == pick.layer) & (cands["position"] == pick.position)
                 ]
-                picked = table[
-                    (table["source"] == source)
-                    & (table["condition"] == "addition")
-                    & np.isclose(table["alpha"], alpha)
-                    & (table["layer"] == pick.layer)
-                    & (table["position"] == pick.position)
-                ]
-                other = picked.set_index("id").loc[base_rep["id"]].reset_index()
+                if pick.zero_direction:
+                    other = base_rep  # a zero vector added: the unsteered model
+                else:
+                    picked = table[
+                        (table["source"] == source)
+                        & (table["condition"] == "addition")
+                        & np.isclose(table["alpha"], alpha)
+                        & (table["layer"] == pick.layer)
+                        & (table["position"] == pick.position)
+                    ]
+                    other = picked.set_index("id").loc[base_rep["id"]].reset_index()
                 rows.append(
                     {
                         "role": role,
@@ -360,6 +473,7 @@ def select(
                         "select_ablation_accuracy": float(chosen["abl_accuracy"].iloc[0]),
                         "grid_significant": grid,
                         **_report(base_rep, other, n_boot, n_perm, seed),
+                        "zero_direction": pick.zero_direction,
                     }
                 )
     out = pd.DataFrame(rows)
