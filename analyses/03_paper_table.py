@@ -13,10 +13,17 @@
 # ```bash
 # .venv/bin/python analyses/03_paper_table.py                       # built-in bank, 3 roles
 # .venv/bin/python analyses/03_paper_table.py --store figures/sweep # reuse 02's sweep
+# .venv/bin/python analyses/03_paper_table.py --store runs/x/04_sweep/store  # a run's sweep
+# .venv/bin/python analyses/03_paper_table.py --round-accuracies 2  # the paper's rounding
 # .venv/bin/python analyses/03_paper_table.py --benchmark paper --data ../shared/data
 # .venv/bin/python analyses/03_paper_table.py --compare qwen=runs/qwen/03_effects.csv
 # .venv/bin/python analyses/03_paper_table.py --model tiny-random --quick --out /tmp/f
 # ```
+#
+# With `--store`, the directions are the run's own (`<run>/02_directions`, when the store
+# sits in a run folder), `--directions`, or recomputed on the built-in prompts; the script
+# stops unless they hash to what the sweep ran. The baseline is scored with the sweep's tie
+# rule and system turn, so that steered and unsteered questions are asked the same way.
 #
 # `--compare NAME=CSV ...` (or just `CSV`, named after its folder) adds the effect tables
 # of other models (this script's `03_effects.csv` from another run) and draws their
@@ -45,6 +52,13 @@ cli.add_argument(
     "--compare", nargs="*", default=[], help="effect tables of other models: NAME=CSV or CSV"
 )
 cli.add_argument("--label", default=None, help="this model's name in --compare (default --model)")
+cli.add_argument(
+    "--round-accuracies",
+    type=int,
+    default=None,
+    metavar="N",
+    help="relative change from accuracies rounded to N decimals (2: as the paper's notebook)",
+)
 args = _common.parse(cli)
 write = _common.figure_writer(args)
 start = time.perf_counter()
@@ -66,13 +80,33 @@ print(chosen[["role", "alpha", "position", "layer", "passed", "reason"]].to_stri
 # ## Each pick on every domain, against the unsteered model
 
 # %%
+# the baseline is asked as the sweep asked its questions: the directions' system turn, the
+# sweep's tie rule (effect_table refuses a baseline in another format)
+swept = result.config
 bench = _common.load_benchmark(args)
-base = rp.evaluate(model, bench, progress=args.progress)
-runs = rp.apply_picks(model, rd, bench, picks, seed=args.seed, progress=args.progress)
+base = rp.evaluate(
+    model, bench, progress=args.progress, tie_rule=swept.tie_rule, system=swept.system
+)
+runs = rp.apply_picks(
+    model,
+    rd,
+    bench,
+    picks,
+    scope=swept.scope,
+    seed=swept.seed,
+    ablation=swept.ablation,
+    ablation_at=swept.ablation_at,
+    tie_rule=swept.tie_rule,
+    system=swept.system,
+    baseline=base,
+    progress=args.progress,
+)
 _common.write_table(base, args.out, "03_base_items")
 _common.write_table(runs, args.out, "03_runs_items")
 resamples = {"n_boot": 200, "n_perm": 500} if args.quick else {}
-effects = rp.effect_table(base, runs, seed=args.seed, **resamples)
+effects = rp.effect_table(
+    base, runs, seed=args.seed, round_accuracies=args.round_accuracies, **resamples
+)
 _common.write_table(effects, args.out, "03_effects")
 for value, name in (
     ("relative_change_pct", "relative_change"),

@@ -294,6 +294,7 @@ def finished_part(result: Any) -> Any:
         result.n_layers,
         [],
         result.store,
+        skipped=[x for x in result.skipped if x[0] in kept_roles],
     )
 
 
@@ -315,9 +316,15 @@ def write_sweep_status(result: Any, missing: int, out: Path) -> Path:
 def store_directions(
     args: argparse.Namespace, model: Model, result: rp.SweepResult
 ) -> rp.RoleDirections:
-    """Directions for a sweep read from a store: ``--directions``, or recomputed on the
-    built-in prompts for the sweep's roles and their shuffled-role donors (what a sweep on
-    built-in directions used). Warns when the store was made on another model."""
+    """The directions a sweep read from a store ran: ``--directions``, else those of the run
+    folder the store sits in (``<run>/02_directions``), else recomputed on the built-in
+    prompts for the sweep's roles and their shuffled-role donors (what a sweep of these
+    analyses used). Whichever it is must hash to the directions the store's manifest
+    records; otherwise the analysis stops, saying to pass ``--directions``. Warns when the
+    store was made on another model."""
+    from roleprobe.app.run import RunPaths
+    from roleprobe.experiments.sweeps import directions_hash
+
     manifest = read_manifest(result.store) if result.store is not None else {}
     made_on = manifest.get("config", {}).get("fingerprint")
     if made_on and made_on != rp.model_fingerprint(model):
@@ -328,9 +335,24 @@ def store_directions(
             manifest["config"].get("model"),
             args.model,
         )
-    donors = {str(d) for d in result.table.get("donor", []) if isinstance(d, str) and d}
-    needed = list(dict.fromkeys([*result.config.roles, *sorted(donors)]))
-    return directions(args, model, needed)
+    run_dirs = RunPaths(Path(result.store).parent.parent).directions if result.store else None
+    if getattr(args, "directions", None) is None and run_dirs is not None and run_dirs.exists():
+        logger.info("using the run's directions %s", run_dirs)
+        rd = rp.RoleDirections.load(run_dirs, model)
+        where = str(run_dirs)
+    else:
+        donors = {str(d) for d in result.table.get("donor", []) if isinstance(d, str) and d}
+        needed = list(dict.fromkeys([*result.config.roles, *sorted(donors)]))
+        rd = directions(args, model, needed)
+        where = str(args.directions) if args.directions else "the built-in prompts"
+    expected = manifest.get("config", {}).get("directions")
+    if expected and directions_hash(rd) != expected:
+        source = manifest.get("directions_prompts", {}).get("source", "unknown prompts")
+        raise SystemExit(
+            f"the sweep in {result.store} ran other directions (from {source}) than those of "
+            f"{where}: pass the sweep's own with --directions"
+        )
+    return rd
 
 
 def select_kwargs(args: argparse.Namespace) -> dict[str, int]:

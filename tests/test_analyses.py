@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+import torch
 
 import roleprobe as rp
 
@@ -288,3 +289,38 @@ def test_10_resumes_from_its_parts(tmp_path):
     assert role_part.stat().st_mtime_ns == stamp  # reused, not recomputed
     again = pd.read_csv(tmp_path / "10_persona_vs_addition.csv")
     pd.testing.assert_frame_equal(first, again)
+
+
+def test_a_store_is_analysed_with_the_directions_it_ran(tiny_model, tmp_path):
+    """03 (and 02, 05) with --store: the run's own directions, or recomputed ones only when
+    they hash to what the sweep ran; otherwise a one-line stop asking for --directions."""
+    import argparse
+
+    from roleprobe.app.run import RunPaths
+
+    common = _common()
+    items = rp.load_benchmark("builtin").items
+    law = items[items["subject"].isin(rp.DOMAIN_SUBJECTS["law"])].head(3)
+    bench = rp.MultipleChoice(law, "builtin-law-3")
+    kw = {"layers": [1], "positions": [-1], "alphas": (1.0,), "progress": False}
+    args = argparse.Namespace(directions=None, progress=False, model="tiny-random")
+    builtin = rp.compute_directions(tiny_model, roles=["lawyer", "nurse"], progress=False)
+    plain = rp.sweep(tiny_model, builtin, bench, roles=["lawyer"], store=tmp_path / "a", **kw)
+    got = common.store_directions(args, tiny_model, rp.merge(plain.store))
+    assert got.roles == builtin.roles  # recomputed on the built-in prompts: the same hash
+    mine = rp.custom_prompts(
+        {
+            "lawyer": ["Draft a will.", "Appeal a verdict."],
+            "nurse": ["Dress a wound.", "Take a pulse."],
+        },
+        base=["Explain inflation.", "Write a haiku about rain."],
+    )
+    custom = rp.compute_directions(tiny_model, source=mine, progress=False)
+    other = rp.sweep(tiny_model, custom, bench, roles=["lawyer"], store=tmp_path / "b", **kw)
+    with pytest.raises(SystemExit, match=r"ran other directions.*--directions"):
+        common.store_directions(args, tiny_model, rp.merge(other.store))
+    paths = RunPaths(tmp_path / "run")  # a store inside a run folder: the run's directions
+    custom.save(paths.directions)
+    rp.sweep(tiny_model, custom, bench, roles=["lawyer"], store=paths.sweep_store, **kw)
+    got = common.store_directions(args, tiny_model, rp.merge(paths.sweep_store))
+    assert torch.equal(got.vectors, custom.vectors)

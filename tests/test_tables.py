@@ -212,3 +212,45 @@ def test_effect_table_carries_the_tie_rule(law_math):
     assert (table["tie_rule"] == "paper").all() and (table["accuracy_test"] == "mcnemar").all()
     with pytest.raises(ValueError, match="tie_rule"):
         effect_table(base, run.assign(tie_rule="fractional"), n_boot=10, n_perm=10)
+
+
+def test_effect_table_refuses_a_baseline_asked_otherwise(law_math):
+    run = _run(law_math, law_math["correct"], "lawyer", "addition", 1.0, -1.0)
+    for column, ours, theirs in (
+        ("system_policy", "default", "none"),
+        ("prompt_format", "paper", "clean"),
+        ("model", "smollm2-135m-instruct", "tiny-random"),
+        ("dtype", "float32", "bfloat16"),
+    ):
+        with pytest.raises(ValueError, match=f"different {column}.*{ours}.*{theirs}"):
+            effect_table(law_math.assign(**{column: ours}), run.assign(**{column: theirs}))
+        effect_table(law_math.assign(**{column: ours}), run.assign(**{column: ours}))
+    # tables from before those columns: the rendered system turn, persona rows left out
+    old_base = law_math.assign(system="You are a helpful AI assistant named SmolLM.")
+    with pytest.raises(ValueError, match="different system"):
+        effect_table(old_base, run.assign(system="none"))
+    persona = run.assign(
+        system="You are a lawyer.", condition="persona", persona_mode="system", alpha=math.nan
+    )
+    steered = run.assign(system=old_base["system"].iloc[0], persona_mode=math.nan)
+    effect_table(old_base, pd.concat([persona, steered]))
+
+
+def test_evaluate_records_how_the_questions_were_asked(tiny_model):
+    import roleprobe as rp
+
+    bench = rp.load_benchmark("builtin", domain="law")
+    default = rp.evaluate(tiny_model, bench, progress=False)
+    none = rp.evaluate(tiny_model, bench, progress=False, system="none")
+    persona = rp.evaluate(tiny_model, bench, rp.Persona("lawyer"), progress=False)
+    assert set(default["system_policy"]) == {"default"} and set(none["system_policy"]) == {"none"}
+    assert set(persona["system_policy"]) == {"default"}  # a persona keeps the policy
+    assert set(default["model"]) == {"tiny-random"} and set(default["dtype"]) == {"float32"}
+    assert set(default["prompt_format"]) == {"paper"}
+    runs = none.assign(role="lawyer", condition="addition", alpha=1.0)
+    with pytest.raises(ValueError, match="different system_policy"):
+        effect_table(default, runs)
+    with pytest.raises(ValueError, match="different system_policy"):
+        rp.compare(default, none)
+    rp.compare(default, persona)  # a persona against its own baseline is what it is for
+    effect_table(default, persona.assign(alpha=math.nan))

@@ -58,6 +58,7 @@ from roleprobe.model.chat import (
     encode_prompt,
     pad_token_id,
 )
+from roleprobe.model.models import model_name
 from roleprobe.model.system_turn import normalize_system
 from roleprobe.steering.conditions import Baseline as Baseline
 from roleprobe.steering.conditions import Condition, split_condition
@@ -146,8 +147,12 @@ def evaluate(
 
     Returns:
         One row per question, in the benchmark's order: ``id, subject, domain, answer, pred,
-        correct, logprob_A..logprob_D, logprob_correct, margin, tied, tie_rule, system``
-        and the condition's columns (:func:`condition_columns`; see :func:`score_table`).
+        correct, logprob_A..logprob_D, logprob_correct, margin, tied, tie_rule``, how the
+        question was asked (``system``: the system turn as rendered, a persona's included;
+        ``system_policy``: the policy asked for, before any persona; ``prompt_format``,
+        ``model``, ``dtype``: :data:`roleprobe.results.stats.SETUP_COLUMNS`, which
+        :func:`roleprobe.compare` and :func:`roleprobe.effect_table` check) and the
+        condition's columns (:func:`condition_columns`; see :func:`score_table`).
 
     Raises:
         TypeError: a part of ``condition`` is neither an intervention nor a prompt
@@ -161,7 +166,8 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     tokenizer = model.tokenizer
-    system, prefix = apply_prompt_transforms(transforms, tokenizer, normalize_system(system))
+    policy = normalize_system(system)
+    system, prefix = apply_prompt_transforms(transforms, tokenizer, policy)
     template = ChatTemplate.from_tokenizer(tokenizer, system)
     letter_ids = answer_letter_ids(tokenizer, LETTERS, system)
     if not full_logits:
@@ -189,8 +195,14 @@ def evaluate(
             else:
                 letters = letter_logits(model, batch.input_ids, batch.attention_mask, letter_ids)
             scores[torch.tensor(rows)] = letters.double().cpu()
-    table_columns = {"system": template.system, **columns, **(labels or {})}
-    return score_table(items, scores, table_columns, tie_rule=tie_rule)
+    setup = {
+        "system": template.system,
+        "system_policy": policy,
+        "prompt_format": prompt_format,
+        "model": model_name(model),
+        "dtype": str(model.cfg.dtype).removeprefix("torch."),
+    }
+    return score_table(items, scores, {**setup, **columns, **(labels or {})}, tie_rule=tie_rule)
 
 
 def encode_questions(

@@ -241,7 +241,9 @@ def is_null_direction(rd: RoleDirections, role: str, layer: int, pos: PositionLa
     return float(rd.vectors[r, p, li].double().norm()) <= 1e-6 * (1.0 + base)
 
 
-def _directions_hash(rd: RoleDirections) -> str:
+def directions_hash(rd: RoleDirections) -> str:
+    """The hash of a sweep's directions (every role's vectors) its store's manifest records
+    as ``config.directions``: directions loaded or recomputed later must give the same."""
     digest = hashlib.sha256()
     for role in sorted(set(rd.roles)):
         digest.update(role.encode())
@@ -432,7 +434,7 @@ def sweep(
             "fingerprint": model_fingerprint(model),
             "n_layers": int(model.cfg.n_layers),
             "benchmark": benchmark.hash,
-            "directions": _directions_hash(directions),
+            "directions": directions_hash(directions),
             "donors": donors,
             "plan": [w.key for w in plan.work],
             "skipped": [list(x) for x in plan.skipped],

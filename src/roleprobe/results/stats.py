@@ -131,6 +131,53 @@ def tie_rule_of(df: pd.DataFrame, name: str = "df") -> str:
     return rules[0] if rules else UNRECORDED
 
 
+SETUP_COLUMNS = ("system_policy", "prompt_format", "model", "dtype")
+"""Per-item columns that say how a question was asked (:func:`roleprobe.evaluate` writes
+them): the system-turn policy before any persona (``"default"``, ``"none"`` or a text), the
+question format, the model and its dtype. Two tables compared item by item must agree on
+each (:func:`check_same_setup`)."""
+
+
+def check_same_setup(
+    base_df: pd.DataFrame, other_df: pd.DataFrame, names: tuple[str, str] = ("base", "runs")
+) -> None:
+    """Refuse to pair tables whose questions were asked differently.
+
+    Every column of :data:`SETUP_COLUMNS` that both tables have must hold one and the same
+    value in both. Tables from before those columns existed are compared on ``system`` (the
+    chat template's system turn) instead, leaving out persona rows (a persona in system mode
+    changes it on purpose).
+
+    Args:
+        base_df, other_df: per-item tables (e.g. a baseline and steered runs).
+        names: how the message calls them.
+
+    Raises:
+        ValueError: naming the column and the values, e.g. a baseline with the template's
+            default system turn against runs scored with ``system="none"``.
+    """
+    columns = [c for c in SETUP_COLUMNS if c in base_df.columns and c in other_df.columns]
+    if "system_policy" not in columns and "system" in base_df and "system" in other_df:
+        columns.append("system")
+    for column in columns:
+        other = other_df
+        if column == "system" and "persona_mode" in other.columns:
+            other = other[other["persona_mode"].isna()]
+        if column == "system" and "persona_mode" in base_df.columns:
+            base_df = base_df[base_df["persona_mode"].isna()]
+        values = {
+            name: sorted(map(str, df[column].dropna().unique()))
+            for name, df in zip(names, (base_df, other), strict=True)
+        }
+        seen = set(values[names[0]]) | set(values[names[1]])
+        if len(seen) > 1:
+            raise ValueError(
+                f"{names[0]} and {names[1]} were scored with different {column}: "
+                f"{names[0]} {values[names[0]]}, {names[1]} {values[names[1]]}; "
+                "evaluate both the same way (e.g. the same system= and dtype)"
+            )
+
+
 def tied_count(df: pd.DataFrame) -> int | float:
     """Items whose top letter logit is shared (``tied > 1``); NaN without a ``tied`` column."""
     if "tied" not in df.columns:
@@ -582,7 +629,7 @@ def compare(
     Raises:
         ValueError: if columns are missing, a table is empty, the tables differ in length,
             their ids differ anywhere (the message counts the differing positions) or they
-            were scored with different tie rules.
+            were scored with different tie rules or set-ups (:func:`check_same_setup`).
     """
     require_columns(base_df, _COMPARE_COLUMNS, "base_df", allow_empty=False)
     require_columns(other_df, _COMPARE_COLUMNS, "other_df", allow_empty=False)
@@ -597,6 +644,7 @@ def compare(
             f"base_df was scored with tie_rule {base_rule!r} but other_df with {other_rule!r}: "
             "compare needs the same rule"
         )
+    check_same_setup(base_df, other_df, ("base_df", "other_df"))
     rule = base_rule if base_rule != UNRECORDED else other_rule
     differ = int((base_df["id"].to_numpy() != other_df["id"].to_numpy()).sum())
     if differ:

@@ -50,7 +50,13 @@ from roleprobe.results.labels import (
     role_order,
     significance_stars,
 )
-from roleprobe.results.stats import adjust_pvalues, compare, relative_change, require_columns
+from roleprobe.results.stats import (
+    adjust_pvalues,
+    check_same_setup,
+    compare,
+    relative_change,
+    require_columns,
+)
 from roleprobe.vectors.activations import PositionLabel
 
 BASE_COLUMNS = ("id", "domain", "correct", "logprob_correct")
@@ -112,7 +118,10 @@ def effect_table(
 
     Raises:
         ValueError: a missing column (named), duplicated ids, run ids absent from ``base``
-            (the message names the role and condition), or a negative ``round_accuracies``.
+            (the message names the role and condition), a negative ``round_accuracies``, or
+            a baseline asked otherwise than the runs: another system-turn policy, question
+            format, model or dtype (:func:`roleprobe.results.stats.check_same_setup`; the
+            columns :func:`roleprobe.evaluate` writes).
     """
     if round_accuracies is not None and round_accuracies < 0:
         raise ValueError(f"round_accuracies must be >= 0 or None, got {round_accuracies}")
@@ -122,6 +131,7 @@ def effect_table(
         raise ValueError("runs is empty: need at least one steered run")
     if base["id"].duplicated().any():
         raise ValueError("base has duplicated ids; it must hold one row per question")
+    check_same_setup(base, runs)
     scored = [c for c in ("correct", "logprob_correct", "tie_rule") if c in base.columns]
     base_items = base[["id", "domain", *scored]].rename(columns={c: f"{c}_base" for c in scored})
     rows: list[dict[str, Any]] = []
