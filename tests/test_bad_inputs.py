@@ -54,6 +54,13 @@ TOML_CASES = [
     ("alpha-inf", "alphas = [1.0, inf]", r"alphas\[1\] must be a finite number"),
     ("rule", 'rules = ["best"]', r"unknown rules \['best'\]"),
     ("rules-empty", "rules = []", r"unknown rules \(none\)"),
+    ("rules-repeated", 'rules = ["paper", "paper"]', r"rules \['paper', 'paper'\] repeat"),
+    (
+        "evaluate-rule-not-run",
+        'rules = ["held-out"]\nevaluate_rules = ["paper"]',
+        r"evaluate_rules \['paper'\] must be distinct rules among rules \['held-out'\]",
+    ),
+    ("round-accuracies", "round_accuracies = 2", r"round_accuracies must be true or false"),
     ("heldout-fraction", "heldout_fraction = 1.0", r"heldout_fraction .* got 1.0"),
     ("benchmark", 'benchmark = "mmlu-pro"', r"unknown benchmark 'mmlu-pro'"),
     ("tie-rule", 'tie_rule = "random"', r"unknown tie_rule 'random'"),

@@ -152,7 +152,7 @@ def test_run_help_describes_the_stages_and_lists_the_choices(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "Run the numbered pipeline" in text
     assert "--preset {" + ",".join(sorted(PRESETS)) + "}" in text
-    assert "--dtype {float32,bfloat16,float16,float64}" in text
+    assert "--dtype {float32,bfloat16,float16,float64,paper}" in text
     assert "one of " + ", ".join(s.key for s in STAGES) in text
     for stage in STAGES:
         assert f"{stage.name} {stage.summary}" in text

@@ -1,6 +1,8 @@
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -54,14 +56,15 @@ def test_every_stage_writes_its_folder(finished):
     scores = pd.read_csv(out / "04_sweep" / "scores.csv")
     assert {"role", "source", "layer", "delta_logprob"} <= set(scores.columns)
     assert len(pd.read_csv(paths.sweep_baseline)) == len(rp.merge(paths.sweep_store).baseline)
-    effects = pd.read_csv(out / "06_evaluation" / "effects.csv")
+    assert not paths.legacy_effects.exists()  # one table per evaluated rule
+    effects = pd.read_csv(out / "06_evaluation" / "effects_held-out.csv")
     assert set(effects["condition"]) == {"addition", "ablation"}
     cells = effects.groupby(["role", "condition", "alpha"], dropna=False)["domain"].agg(set)
     assert len(cells) == 3 * 3  # 3 roles x (2 alphas + ablation)
     assert all(d == {"law", "medicine", "math"} for d in cells)  # every role x every domain
     assert set(effects.loc[effects["in_domain"], "part"]) == {"heldout"}
     assert set(effects.loc[~effects["in_domain"], "part"]) == {"other"}
-    runs = pd.read_parquet(paths.evaluation_runs)
+    runs = pd.read_parquet(paths.evaluation_runs("held-out"))
     result = rp.merge(paths.sweep_store)
     for role in ("lawyer", "nurse", "mathematician"):
         items = result.baseline[result.baseline["id"].isin(result.role_items(role))]
@@ -395,12 +398,12 @@ def test_paper_rule_without_ablation_reads_every_domain(tiny4, tmp_path, monkeyp
         patchscope_mode="paper",
     )
     run = run_pipeline(cfg, tmp_path)
-    effects = pd.read_csv(run.paths.effects)
+    effects = pd.read_csv(run.paths.effects("paper"))
     assert set(effects["condition"]) == {"addition"}  # ablation = false is honoured
     assert effects.groupby(["role", "alpha"])["domain"].nunique().eq(8).all()  # all 8 domains
     assert len(effects) == 8 and effects["n"].eq(1).all()
     assert set(effects.loc[effects["in_domain"], "part"]) == {"selected"}  # the paper's way
-    assert run.summary("06_evaluation")["domains"] == 8
+    assert run.summary("06_evaluation")["paper"]["domains"] == 8
     assert seen and all(k["mode"] == "paper" and k["max_new_tokens"] is None for k in seen)
 
 
@@ -495,9 +498,10 @@ def test_every_path_lies_in_its_stage_folder(tmp_path):
         paths.sweep_scores: "04_sweep",
         paths.sweep_baseline: "04_sweep",
         paths.picks("held-out"): "05_selection",
-        paths.evaluation_runs: "06_evaluation",
+        paths.evaluation_runs("paper"): "06_evaluation",
         paths.evaluation_baseline: "06_evaluation",
-        paths.effects: "06_evaluation",
+        paths.effects("held-out"): "06_evaluation",
+        paths.legacy_effects: "06_evaluation",
         paths.patchscope: "07_readouts",
         paths.logit_lens: "07_readouts",
         paths.figure("auroc"): "08_report",
@@ -560,7 +564,7 @@ def test_the_smoke_preset_finishes_every_stage_on_the_tiny_model(tmp_path, capsy
     for stage in STAGES:
         assert (out / stage.name / "done.json").exists(), stage
     assert "report:" in capsys.readouterr().out
-    effects = pd.read_csv(out / "06_evaluation" / "effects.csv")
+    effects = pd.read_csv(out / "06_evaluation" / "effects_held-out.csv")
     assert set(effects["role"]) == {"lawyer", "mathematician"}
 
 
@@ -571,3 +575,89 @@ def test_a_grid_with_nothing_to_pick_says_why_before_computing(tmp_path):
     assert not (tmp_path / "02_directions" / "done.json").exists()
     done = run_pipeline(load_config("smoke"), tmp_path)  # the directions were not made yet
     assert done.is_done("08_report")
+
+
+@pytest.fixture(scope="module")
+def llama3_tiny(tmp_path_factory):
+    """The 4-layer tiny model in a folder whose name the authors' model factory reads as a
+    Llama-3 model (``'llama-3' in path``: loaded in bfloat16)."""
+    folder = tmp_path_factory.mktemp("Llama-3-tiny")
+    rp.tiny_hf_model(TinyConfig(n_layers=4)).save_pretrained(folder)
+    rp.tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def test_the_paper_preset_makes_the_paper_table_and_the_held_out_one_beside_it(
+    llama3_tiny, tmp_path
+):
+    # the paper preset as it is, on built-in data (the paper's files may be absent here)
+    small = {
+        "model": llama3_tiny,
+        "device": "cpu",
+        "roles": ["lawyer", "mathematician"],
+        "prompts": "builtin",
+        "prompt_revision": "final",
+        "benchmark": "builtin",
+        "layers": [0, 1],
+        "positions": [-1],
+        "controls": False,
+        "questions_per_domain": 4,
+        "batch_size": 16,
+        "patchscope": False,
+    }
+    cfg = load_config("paper", None, small)
+    assert (cfg.dtype, cfg.evaluate_rules, cfg.round_accuracies) == (
+        "bfloat16",
+        ("paper", "held-out"),
+        True,
+    )
+    run = run_pipeline(cfg, tmp_path)
+    stored = json.loads(run.paths.config.read_text())
+    assert stored["dtype"] == "bfloat16" and stored["evaluate_rules"] == ["paper", "held-out"]
+    summary = run.summary("06_evaluation")
+    assert summary["headline"] == "paper" and summary["rules"] == ["paper", "held-out"]
+    assert (summary["dtype"], summary["tie_rule"], summary["round_accuracies"]) == (
+        "bfloat16",
+        "paper",
+        2,
+    )
+    base = pd.read_parquet(run.paths.evaluation_baseline)
+    assert set(base["dtype"]) == {"bfloat16"} and set(base["system_policy"]) == {"none"}
+    paper = pd.read_csv(run.paths.effects("paper"))
+    held = pd.read_csv(run.paths.effects("held-out"))
+    # the paper's table: own domain on the questions the pick was chosen on, rounded
+    assert set(paper.loc[paper["in_domain"], "part"]) == {"selected"}
+    assert set(held.loc[held["in_domain"], "part"]) == {"heldout"}
+    assert (paper["round_accuracies"] == 2).all() and (held["round_accuracies"] == 2).all()
+    for row in paper.itertuples():
+        b, a = np.round(row.base_accuracy, 2), np.round(row.accuracy, 2)
+        expected = 100 * (a - b) / b if b else math.nan
+        assert row.relative_change_pct == pytest.approx(expected, nan_ok=True)
+    # the paper rule's picks were evaluated, with layer 0's zero directions among them
+    picks = pd.read_csv(run.paths.picks("paper"))
+    runs = pd.read_parquet(run.paths.evaluation_runs("paper"))
+    mine = picks[picks["source"] == "role"]
+    applied = runs.drop_duplicates(["role", "alpha", "condition"])
+    applied = applied[applied["condition"] == "addition"]
+    assert sorted(zip(mine["role"], mine["alpha"], mine["layer"], strict=True)) == sorted(
+        zip(applied["role"], applied["alpha"], applied["layer"], strict=True)
+    )
+    zero = paper.merge(
+        mine[mine["zero_direction"]][["role", "alpha"]], on=["role", "alpha"], how="inner"
+    )
+    assert (zero["delta_accuracy"] == 0).all()
+    assert summary["paper"]["zero_direction_picks"] == int(applied["zero_direction"].sum())
+    report = run.paths.report_html.read_text()
+    assert "(paper rule;" in report and "effects_held-out.csv" in report
+
+
+def test_evaluate_rules_must_be_among_the_rules_and_default_to_the_last():
+    assert RunConfig().evaluate_rules == ("held-out",)
+    assert RunConfig(rules=("held-out", "paper")).evaluate_rules == ("paper",)
+    with pytest.raises(ValueError, match=r"evaluate_rules \['paper'\] must be .*\['held-out'\]"):
+        RunConfig(rules=("held-out",), evaluate_rules=("paper",))
+    with pytest.raises(ValueError, match="evaluate_rules"):
+        RunConfig(evaluate_rules=("paper", "paper"))
+    assert RunConfig(model="google/gemma-2-9b-it", dtype="paper").dtype == "bfloat16"
+    assert RunConfig(model="Qwen/Qwen2.5-7B-Instruct", dtype="paper").dtype == "float16"
+    assert RunConfig(model="smollm2-135m-instruct", dtype="paper").dtype == "float32"

@@ -174,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"e.g. {STAGES[2].name})",
     )
     run.add_argument(
-        "--dtype", default=None, choices=DTYPE_NAMES, help="overrides the preset's dtype"
+        "--dtype",
+        default=None,
+        choices=(*DTYPE_NAMES, "paper"),
+        help="overrides the preset's dtype (paper: the authors' dtype for the model's family)",
     )
 
     sweep = sub.add_parser("sweep", help="stages 1-4 of a run (one shard of the sweep)")

@@ -13,9 +13,11 @@
                                scores.csv (per candidate) and baseline.csv once complete
     <out>/05_selection/        picks_<rule>.csv: picks by each rule (paper, held-out), with
                                statistics
-    <out>/06_evaluation/       every role's pick on every domain (own domain: only the
-                               questions selection never saw): runs.parquet,
-                               baseline.parquet and effects.csv (paired tests, ``part``)
+    <out>/06_evaluation/       each of ``evaluate_rules``' picks on every domain (own
+                               domain: the questions held-out selection never saw, or
+                               for the paper's rule the ones it picked on):
+                               runs_<rule>.parquet, effects_<rule>.csv (paired tests,
+                               ``part``) and baseline.parquet
     <out>/07_readouts/         what the model says each picked direction is:
                                patchscope.csv and logit_lens.csv
     <out>/08_report/           figures/ (HTML), report.html (self-contained) and summary.md
@@ -303,28 +305,55 @@ def stage_selection(ctx: Context) -> dict[str, Any]:
 
 
 def stage_evaluation(ctx: Context) -> dict[str, Any]:
-    """Stage 6: the last rule's picks on every domain (:func:`roleprobe.apply_picks`).
+    """Stage 6: each of ``evaluate_rules``' picks on every domain
+    (:func:`roleprobe.apply_picks`), one effect table per rule.
 
     A role's own-domain cells read only the questions its selection did not see (held-out
-    rules) or, for ``rule="paper"``, the very questions it was picked on (marked
-    ``selected``); other domains are read in full. ``effects.csv`` has a ``part`` column
-    (``heldout``, ``selected``, ``other``) saying which.
+    rules) or, for the paper's rules, the very questions it was picked on (``selected``, as
+    the paper); other domains are read in full. ``effects_<rule>.csv`` has a ``part``
+    column (``heldout``, ``selected``, ``other``) saying which, and the relative change is
+    computed from accuracies rounded to 2 decimals with ``round_accuracies`` (the paper
+    preset). Picks of a zero direction (the paper rule's layer-0 fallback) reuse the
+    baseline's rows. The summary states, per rule, the parts read, the rounding, the tie
+    rule and the model's dtype.
     """
     from roleprobe.data.benchmarks import MultipleChoice
     from roleprobe.experiments.evaluation import evaluate
-    from roleprobe.experiments.picks import apply_picks
-    from roleprobe.experiments.selection import split_ids
     from roleprobe.experiments.sweeps import merge
-    from roleprobe.results.tables import RUN_COLUMNS, effect_table
 
     cfg = ctx.config
     paths = ctx.run.paths
     result = merge(paths.sweep_store)
-    rule = cfg.rules[-1]
     bench = ctx.benchmark()
     if not cfg.evaluate_all_domains:
         swept = bench.items["id"].isin(set(result.baseline["id"]))
         bench = MultipleChoice(bench.items[swept], f"{bench.name}[swept]", bench.split)
+    base = evaluate(
+        ctx.model, bench, None, cfg.batch_size, tie_rule=cfg.tie_rule, system=cfg.system
+    )
+    write_parquet(paths.evaluation_baseline, base)
+    tables = {rule: _evaluate_rule(ctx, rule, result, bench, base) for rule in cfg.evaluate_rules}
+    return {
+        "rules": list(cfg.evaluate_rules),
+        "headline": cfg.evaluate_rules[0],
+        "dtype": str(ctx.model.cfg.dtype).removeprefix("torch."),
+        "tie_rule": cfg.tie_rule,
+        "round_accuracies": 2 if cfg.round_accuracies else None,
+        **{rule: summary for rule, summary in tables.items()},
+    }
+
+
+def _evaluate_rule(
+    ctx: Context, rule: str, result: Any, bench: "MultipleChoice", base: pd.DataFrame
+) -> dict[str, Any]:
+    """One rule's picks on every domain of ``bench``: its runs and its effect table."""
+    from roleprobe.experiments.picks import apply_picks
+    from roleprobe.experiments.selection import split_ids
+    from roleprobe.results.stats import SETUP_COLUMNS
+    from roleprobe.results.tables import RUN_COLUMNS, effect_table
+
+    cfg = ctx.config
+    paths = ctx.run.paths
     heldout: dict[str, list[Any]] | None = None
     if rule == "held-out":  # the same split as stage 5's selection
         heldout = {}
@@ -346,29 +375,25 @@ def stage_evaluation(ctx: Context) -> dict[str, Any]:
         ablation_at=cfg.ablation_at,
         tie_rule=cfg.tie_rule,
         system=cfg.system,
+        baseline=base,
     )
-    used = bench.items[bench.items["id"].isin(set(runs["id"]))]
-    base = evaluate(
-        ctx.model,
-        MultipleChoice(used, bench.name, bench.split),
-        None,
-        cfg.batch_size,
-        tie_rule=cfg.tie_rule,
-        system=cfg.system,
+    write_parquet(paths.evaluation_runs(rule), runs)
+    used = base[base["id"].isin(set(runs["id"]))]
+    columns = [*RUN_COLUMNS, *(c for c in SETUP_COLUMNS if c in runs.columns)]
+    effects = effect_table(
+        used, runs[columns], round_accuracies=2 if cfg.round_accuracies else None
     )
-    write_parquet(paths.evaluation_runs, runs)
-    write_parquet(paths.evaluation_baseline, base)
-    effects = effect_table(base, runs[list(RUN_COLUMNS)])
     parts = runs.drop_duplicates(["role", "domain"]).set_index(["role", "domain"])["part"]
     effects["part"] = [
         parts[(r, d)] for r, d in zip(effects["role"], effects["domain"], strict=True)
     ]
-    write_csv(paths.effects, effects)
+    picked = runs[runs["condition"] == "addition"].drop_duplicates(["role", "alpha"])
+    write_csv(paths.effects(rule), effects)
     return {
-        "rule": rule,
         "cells": len(effects),
         "domains": int(effects["domain"].nunique()),
         "parts": {k: int(v) for k, v in effects["part"].value_counts().items()},
+        "zero_direction_picks": int(picked["zero_direction"].sum()),
         "significant_accuracy": int((effects["mcnemar_p_adj"] < 0.05).sum()),
         "significant_logprob": int((effects["logprob_p"] < 0.05).sum()),
     }
@@ -381,13 +406,17 @@ LOGIT_LENS_K = 8
 
 
 def readout_picks(picks: pd.DataFrame) -> pd.DataFrame:
-    """The picks stage 7 reads out: each role's own direction at the largest α."""
+    """The picks stage 7 reads out: each role's own direction at the largest α (a zero
+    direction, the paper rule's layer-0 fallback, has nothing to read)."""
     role = picks[picks["source"] == "role"]
+    if "zero_direction" in role.columns:
+        role = role[role["zero_direction"].astype(str).str.lower() != "true"]
     return role[role["alpha"] == role["alpha"].max()].reset_index(drop=True)
 
 
 def stage_readouts(ctx: Context) -> dict[str, Any]:
-    """Stage 7: what the model says each picked direction (last rule, largest α) is.
+    """Stage 7: what the model says each picked direction (the headline rule, the first of
+    ``evaluate_rules``; largest α) is.
 
     ``patchscope.csv`` (when ``patchscope`` is on: the steered and unsteered answers of
     :func:`roleprobe.patchscope` in ``patchscope_mode``) and ``logit_lens.csv`` (the
@@ -396,7 +425,7 @@ def stage_readouts(ctx: Context) -> dict[str, Any]:
     from roleprobe.vectors.readouts import logit_lens, patchscope
 
     cfg = ctx.config
-    chosen = readout_picks(ctx.picks(cfg.rules[-1]))
+    chosen = readout_picks(ctx.picks(cfg.evaluate_rules[0]))
     rd = ctx.directions()
     tokens = 32 if cfg.patchscope_mode == "placeholder" else None  # None: the mode's (512)
     patch, lens = [], []

@@ -89,7 +89,8 @@ class ReportInputs:
     Attributes:
         model: the run's model name.
         roles: the run's roles.
-        rule: the selection rule whose picks were evaluated (the config's last).
+        rule: the headline rule: the first of the config's ``evaluate_rules`` (stage 6
+            made a table for each; the report shows this one and links the others).
         validation: stage 3's per-direction table (``auroc`` when prompts were held out).
         scores: stage 4's per-candidate scores.
         baseline: stage 4's unsteered answers.
@@ -101,6 +102,8 @@ class ReportInputs:
         summaries: every finished stage's ``done.json``, by folder name.
         picks_csv: where the full picks table lies, relative to the report ("" if nowhere).
         effects_csv: the same for the effect table.
+        other_effects_csv: stage 6's tables of the other ``evaluate_rules``, by rule
+            (relative paths).
         confusion_matrix: stage 3's held-out role-vs-role confusion matrix at the best layer
             (empty without held-out prompts, or for runs made before it existed).
         components: stage 7's component attribution of the picks (empty likewise).
@@ -122,11 +125,15 @@ class ReportInputs:
     effects_csv: str = ""
     confusion_matrix: pd.DataFrame = field(default_factory=pd.DataFrame)
     components: pd.DataFrame = field(default_factory=pd.DataFrame)
+    other_effects_csv: dict[str, str] = field(default_factory=dict)
 
     @property
     def selected(self) -> pd.DataFrame:
-        """The picks of the roles' own directions (the sweep figures mark them)."""
+        """The picks of the roles' own directions (the sweep figures mark them); a zero
+        direction (the paper rule's layer-0 fallback) was never swept, so it has no cell."""
         picks = self.picks[self.picks["source"] == "role"]
+        if "zero_direction" in picks.columns:
+            picks = picks[picks["zero_direction"].astype(str).str.lower() != "true"]
         return picks.astype({"alpha": float})
 
 
@@ -138,7 +145,16 @@ def _read_text_csv(path: Path) -> pd.DataFrame:
 def load_inputs(run: Run) -> ReportInputs:
     """Read what stages 3 to 7 wrote into ``run``'s folder."""
     paths: RunPaths = run.paths
-    rule = run.config.rules[-1]
+    rule = run.config.evaluate_rules[0]
+    effects = paths.effects(rule)
+    if not effects.exists() and paths.legacy_effects.exists():  # a run from before 0.x
+        effects = paths.legacy_effects
+    here = paths.report_html.parent
+    others = {
+        r: _relative(paths.effects(r), here)
+        for r in run.config.evaluate_rules[1:]
+        if paths.effects(r).exists()
+    }
     return ReportInputs(
         model=run.config.model,
         roles=run.roles(),
@@ -147,15 +163,16 @@ def load_inputs(run: Run) -> ReportInputs:
         scores=pd.read_csv(paths.sweep_scores),
         baseline=pd.read_csv(paths.sweep_baseline),
         picks=pd.read_csv(paths.picks(rule), keep_default_na=False),
-        effects=pd.read_csv(paths.effects),
+        effects=pd.read_csv(effects),
         patchscope=_read_text_csv(paths.patchscope),
         logit_lens=_read_text_csv(paths.logit_lens),
         manifest=read_manifest(paths.sweep_store),
         summaries={s.name: run.summary(s) for s in run.finished()},
         picks_csv=_relative(paths.picks(rule), paths.report_html.parent),
-        effects_csv=_relative(paths.effects, paths.report_html.parent),
+        effects_csv=_relative(effects, here),
         confusion_matrix=_read_csv(paths.confusion_matrix),
         components=_read_csv(paths.components),
+        other_effects_csv=others,
     )
 
 
@@ -470,10 +487,17 @@ def render_html(inputs: ReportInputs, figures: list[Figure], accuracy: dict[str,
     parts.append(html_table(_columns(inputs.picks, PICK_COLUMNS)))
     if not inputs.effects.empty:
         parts.append(
-            "<h2>Effects on every domain (column part: own-domain cells read on the "
-            "held-out questions, or on the selection questions for the paper rule)</h2>"
+            f"<h2>Effects on every domain ({html.escape(inputs.rule)} rule; column part: "
+            "own-domain cells read on the held-out questions, or on the selection questions "
+            "for the paper rule)</h2>"
         )
         parts.append(_full_table_link(inputs.effects_csv, "the effects"))
+        for other, link in inputs.other_effects_csv.items():
+            href = html.escape(link, quote=True)
+            parts.append(
+                f'<p class="small">The {html.escape(other)} rule\'s table: '
+                f'<a href="{href}">{href}</a></p>'
+            )
         parts.append(html_table(_columns(inputs.effects, EFFECT_COLUMNS)))
     if not inputs.patchscope.empty:
         parts.append("<h2>Patchscope: what the model says each picked direction is</h2>")
@@ -530,7 +554,7 @@ def render_markdown(inputs: ReportInputs, accuracy: dict[str, Any]) -> str:
     ]
     if not inputs.effects.empty:
         lines += [
-            "## Effects on every domain",
+            f"## Effects on every domain ({inputs.rule} rule)",
             "",
             "Own-domain cells (`part`) read the questions selection did not see (`heldout`), "
             "or, for the paper's rule, the questions the pick was chosen on (`selected`); "

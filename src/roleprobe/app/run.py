@@ -153,6 +153,8 @@ FIRST_STAGE: dict[str, Stage | None] = {
     "select_fraction": SELECTION,
     "correction": SELECTION,
     "evaluate_all_domains": EVALUATION,
+    "evaluate_rules": EVALUATION,
+    "round_accuracies": EVALUATION,
     "patchscope": READOUTS,
     "patchscope_mode": READOUTS,
     "device": None,
@@ -265,19 +267,24 @@ class RunPaths:
         return self.folder(SELECTION) / f"picks_{rule}.csv"
 
     # 06_evaluation
-    @property
-    def evaluation_runs(self) -> Path:
-        """Per (pick, question): the steered answers (parquet)."""
-        return self.folder(EVALUATION) / "runs.parquet"
+    def evaluation_runs(self, rule: str) -> Path:
+        """Per (pick, question): the steered answers of one rule's picks (parquet)."""
+        return self.folder(EVALUATION) / f"runs_{rule}.parquet"
 
     @property
     def evaluation_baseline(self) -> Path:
         """Per question: the unsteered answers on the evaluated questions (parquet)."""
         return self.folder(EVALUATION) / "baseline.parquet"
 
+    def effects(self, rule: str) -> Path:
+        """One rule's table: per (role, condition, domain) the effect with paired tests and
+        ``part`` (CSV). Runs made before stage 6 evaluated several rules wrote one table,
+        ``effects.csv`` (:attr:`legacy_effects`)."""
+        return self.folder(EVALUATION) / f"effects_{rule}.csv"
+
     @property
-    def effects(self) -> Path:
-        """Per (role, condition, domain): effects with paired tests and ``part`` (CSV)."""
+    def legacy_effects(self) -> Path:
+        """The one effect table of a run made before ``evaluate_rules`` existed (CSV)."""
         return self.folder(EVALUATION) / "effects.csv"
 
     # 07_readouts

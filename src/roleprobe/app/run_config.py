@@ -5,7 +5,10 @@ another one; :func:`load_config` layers a preset, a TOML file and explicit overr
 
 Presets (:data:`PRESETS`): ``demo`` (embedded model, built-in data, a small grid; minutes
 on two CPU cores), ``paper`` (29 roles, the paper's prompts and questions, every layer and
-post-instruction position, α ∈ {1, 3}, ablation, controls; GPU hours), ``smoke`` (every
+post-instruction position, α ∈ {1, 3}, ablation, controls, the authors' dtype, tie rule and
+ablation placement; stage 6 makes the paper's table — the paper rule's picks, own domain
+on the questions they were picked on, accuracies rounded to 2 decimals — and the held-out
+table beside it; GPU hours), ``smoke`` (every
 stage on the four-layer ``tiny-random`` model in seconds, both rules: a check that an
 install works) and ``custom`` (the
 defaults of :class:`RunConfig`, to be overridden by a TOML file or flags).
@@ -17,6 +20,7 @@ Example:
 """
 
 import dataclasses
+import logging
 import math
 import os
 import tomllib
@@ -25,7 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
+from roleprobe.model.paper_dtype import PAPER_DTYPE, paper_dtype
+
 __all__ = ["CHOICES", "PRESETS", "RunConfig", "load_config"]
+
+logger = logging.getLogger(__name__)
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "benchmark": ("builtin", "paper", "mmlu-local", "mmlu"),
@@ -51,7 +59,12 @@ class RunConfig:
         model_revision: a hub model's branch, tag or commit (``""``: the default branch);
             recorded in every manifest as ``org/model@<revision>``.
         trust_remote_code: run a hub or folder model's own modelling code.
-        device: ``auto``, ``cpu``, ``cuda``, ...; dtype: ``float32``, ``bfloat16``, ...
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        dtype: ``float32``, ``bfloat16``, ``float16``, ``float64``, or ``paper`` (the paper
+            preset): the dtype the authors loaded the model's family in (Gemma and Llama-3
+            bfloat16, Qwen float16; :mod:`roleprobe.model.paper_dtype`), float32 for a family
+            they had no loader for. ``paper`` is resolved when the config is built, so the
+            run's ``config.json`` states the dtype used.
         device_map: a ``transformers`` device map name (``auto``, ``balanced``, ...) to
             spread a hub model over devices (``""``: none; leave ``device`` at ``auto``).
         n_devices: GPUs to split a big hub model over (TransformerLens multi-device).
@@ -74,13 +87,23 @@ class RunConfig:
         specific: the sweep also runs each role's specific part (its direction minus the
             mean over the run's roles, :func:`roleprobe.specific_directions`) as source
             ``specific``, with its own controls (``sweep(specific=True)``; 2 roles or more).
-        rules: selection rules to run; the last one's picks are evaluated in stage 6.
+        rules: selection rules to run in stage 5 (``picks_<rule>.csv`` each).
+        evaluate_rules: the rules whose picks stage 6 applies to every domain, each into
+            its own table (``effects_<rule>.csv``); the first is the run's headline table,
+            which the report and the readouts (stage 7) use. Each must be one of
+            ``rules``. ``()`` (default): the last of ``rules``, resolved when the config is
+            built. The paper preset: ``["paper", "held-out"]`` (the paper's table, and the
+            held-out one beside it).
+        round_accuracies: stage 6 computes the relative change from accuracies rounded to
+            2 decimals, as the authors' table notebook (``round(np.mean(scores), 2)``);
+            the paper preset. Off: unrounded. Only ``relative_change_pct`` changes.
         select_fraction: share of each role's questions used for held-out selection.
         correction: ``holm`` or ``bh``.
         evaluate_all_domains: stage 6 applies every role's pick to every domain of the
             benchmark (the paper's table); otherwise to every domain the sweep covered.
-            Either way a role's own domain is read only on the questions selection did not
-            see (the whole own domain for ``rule="paper"``, marked ``selected``).
+            A role's own domain is read on the questions held-out selection did not see
+            (``part = heldout``), or in full, the very questions it was picked on, for
+            ``paper`` and ``paper-rounded`` (``part = selected``, as the paper).
         patchscope: write what the model says a picked direction is (stage 7,
             ``07_readouts``).
         patchscope_mode: ``placeholder`` (add at the placeholder's tokens; default) or
@@ -122,6 +145,8 @@ class RunConfig:
     specific: bool = False
     scope: str = "domain"
     rules: tuple[str, ...] = ("paper", "held-out")
+    evaluate_rules: tuple[str, ...] = ()
+    round_accuracies: bool = False
     select_fraction: float = 0.5
     correction: str = "holm"
     evaluate_all_domains: bool = False
@@ -155,6 +180,23 @@ class RunConfig:
         bad = [r for r in self.rules if r not in RULES]
         if bad or not self.rules:
             raise ValueError(f"unknown rules {bad or '(none)'}; use some of {list(RULES)}")
+        if len(set(self.rules)) != len(self.rules):
+            raise ValueError(f"rules {list(self.rules)} repeat a rule")
+        if not self.evaluate_rules:
+            object.__setattr__(self, "evaluate_rules", self.rules[-1:])
+        stray = [r for r in self.evaluate_rules if r not in self.rules]
+        if stray or len(set(self.evaluate_rules)) != len(self.evaluate_rules):
+            raise ValueError(
+                f"evaluate_rules {list(self.evaluate_rules)} must be distinct rules among "
+                f"rules {list(self.rules)}" + (f" ({stray} are not)" if stray else "")
+            )
+        if self.dtype == PAPER_DTYPE:
+            resolved = paper_dtype(self.model)
+            if resolved is None:
+                logger.info(
+                    "dtype = 'paper': the authors had no loader for %r; float32", self.model
+                )
+            object.__setattr__(self, "dtype", resolved or "float32")
         from roleprobe.model.system_turn import normalize_system
 
         normalize_system(self.system)  # a blank text is refused, naming the choices
@@ -280,8 +322,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": "../shared/data/role-vectors-paper",
         "prompt_revision": "v1",
         "system": "none",
+        "dtype": "paper",
         "ablation_at": "paper",
         "tie_rule": "paper",
+        "evaluate_rules": ["paper", "held-out"],
+        "round_accuracies": True,
         "heldout_fraction": 0.0,
         "evaluate_all_domains": True,
         "patchscope_mode": "paper",
