@@ -321,3 +321,55 @@ def test_repr_is_short_and_names_the_essentials(directions):
     short = repr(many)
     assert "1 position × 1 layer" in short and "a, b, c, d, … (+2)" in short
     assert "instruction_mean" in short and len(short) < 400
+
+
+def _output_means(hf_model, tokenizer, prompts, layers):
+    """Mean of each decoder layer's *output* at the last position, one prompt at a time: the
+    activation steering-vectors and repeng call layer ``l`` (forward hooks, not pre-hooks)."""
+    from roleprobe.model.chat import chat_ids
+
+    sums = {
+        layer: torch.zeros(hf_model.config.hidden_size, dtype=torch.float64) for layer in layers
+    }
+    seen = {}
+    handles = [
+        hf_model.model.layers[layer].register_forward_hook(
+            lambda module, args, out, layer=layer: seen.__setitem__(
+                layer, (out[0] if isinstance(out, tuple) else out)[0, -1].double()
+            )
+        )
+        for layer in layers
+    ]
+    try:
+        with torch.no_grad():
+            for text in prompts:
+                hf_model(torch.tensor([chat_ids(tokenizer, text)]))
+                for layer in layers:
+                    sums[layer] += seen[layer]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {layer: total / len(prompts) for layer, total in sums.items()}
+
+
+def test_layer_l_is_the_output_of_decoder_layer_l_minus_1(tiny_model, tiny_reference):
+    # README "Layer numbering": roleprobe's layer l (resid_pre, the input of block l) is the
+    # activation steering-vectors and repeng call layer l - 1 (the output of decoder layer
+    # l - 1); compared by the same index, the directions differ
+    hf_model, tokenizer = tiny_reference
+    prompts = rp.load_prompts("builtin", ["lawyer"])
+    role = list(prompts.roles["lawyer"].instructions)[:6]
+    base = list(prompts.base.instructions)[:6]
+    small = rp.custom_prompts({"lawyer": role}, base=base)
+    rd = compute_directions(tiny_model, source=small, positions=[-1], progress=False)
+    role_out = _output_means(hf_model, tokenizer, role, [0, 1, 2])
+    base_out = _output_means(hf_model, tokenizer, base, [0, 1, 2])
+    for layer in (1, 2, 3):
+        ours = rd.vector("lawyer", layer, -1).double()
+        theirs = role_out[layer - 1] - base_out[layer - 1]
+        assert torch.nn.functional.cosine_similarity(ours, theirs, dim=0) > 1 - 1e-6, layer
+    same_index = role_out[1] - base_out[1]
+    cosine = torch.nn.functional.cosine_similarity(
+        rd.vector("lawyer", 1, -1).double(), same_index, dim=0
+    )
+    assert cosine < 0.999
