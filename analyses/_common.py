@@ -345,8 +345,12 @@ def store_directions(
         needed = list(dict.fromkeys([*result.config.roles, *sorted(donors)]))
         rd = directions(args, model, needed)
         where = str(args.directions) if args.directions else "the built-in prompts"
-    expected = manifest.get("config", {}).get("directions")
-    if expected and directions_hash(rd) != expected:
+    config = manifest.get("config", {})
+    expected = config.get("directions")
+    # the sweep's directions had the donors' roles (with controls), else at least its roles
+    held = [set(config.get("donors") or {}) or set(result.config.roles), set(rd.roles)]
+    hashes = {directions_hash(rd, sorted(r)) for r in held if r <= set(rd.roles)}
+    if expected and expected not in hashes:
         source = manifest.get("directions_prompts", {}).get("source", "unknown prompts")
         raise SystemExit(
             f"the sweep in {result.store} ran other directions (from {source}) than those of "

@@ -308,6 +308,10 @@ def test_a_store_is_analysed_with_the_directions_it_ran(tiny_model, tmp_path):
     plain = rp.sweep(tiny_model, builtin, bench, roles=["lawyer"], store=tmp_path / "a", **kw)
     got = common.store_directions(args, tiny_model, rp.merge(plain.store))
     assert got.roles == builtin.roles  # recomputed on the built-in prompts: the same hash
+    more = rp.compute_directions(tiny_model, roles=["lawyer", "nurse", "economist"], progress=False)
+    more.save(tmp_path / "more")  # --directions with more roles than the sweep had: fine
+    given = argparse.Namespace(directions=tmp_path / "more", progress=False, model="tiny-random")
+    assert common.store_directions(given, tiny_model, rp.merge(plain.store)).roles == more.roles
     mine = rp.custom_prompts(
         {
             "lawyer": ["Draft a will.", "Appeal a verdict."],

@@ -241,11 +241,13 @@ def is_null_direction(rd: RoleDirections, role: str, layer: int, pos: PositionLa
     return float(rd.vectors[r, p, li].double().norm()) <= 1e-6 * (1.0 + base)
 
 
-def directions_hash(rd: RoleDirections) -> str:
+def directions_hash(rd: RoleDirections, roles: Sequence[str] | None = None) -> str:
     """The hash of a sweep's directions (every role's vectors) its store's manifest records
-    as ``config.directions``: directions loaded or recomputed later must give the same."""
+    as ``config.directions``: directions loaded or recomputed later must give the same.
+    ``roles``: hash only these roles' vectors (the sweep's directions may have had fewer
+    roles than ``rd``)."""
     digest = hashlib.sha256()
-    for role in sorted(set(rd.roles)):
+    for role in sorted(set(rd.roles if roles is None else roles)):
         digest.update(role.encode())
         digest.update(rd.vectors[rd.role_index(role)].numpy().tobytes())
     return digest.hexdigest()[:16]
