@@ -40,6 +40,19 @@ def test_an_empty_architectures_list_wraps_too():
     assert model.cfg.n_layers == 2
 
 
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_a_folder_whose_config_names_no_architectures_loads(family, tmp_path):
+    hf_model = family_hf_model(family)
+    hf_model.save_pretrained(tmp_path)
+    family_tokenizer(family).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("architectures")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = rp.load_model(str(tmp_path), device="cpu")
+    assert type(model.original_model) is FAMILIES[family].model_class
+    assert_bridge_matches_hf(model, family_hf_model(family), PROMPTS, 1e-4, 1e-5)
+
+
 # ---------------------------------------------------------------------------- Qwen-v1 ----
 
 QWEN_V1 = ["Qwen/Qwen-7B-Chat", "Qwen/Qwen-1_8B-Chat", "qwen/qwen-14b-chat-int4", "Qwen/Qwen-VL"]

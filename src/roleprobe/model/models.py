@@ -226,6 +226,22 @@ def wrap_hf_model(
     return bridge.eval()
 
 
+def _architectures_from_model_type(folder: Path) -> dict[str, list[str]] | None:
+    """For a folder whose ``config.json`` names no ``architectures`` (a config written by
+    hand or converted from GGUF), the causal-LM class ``transformers`` maps its
+    ``model_type`` to, so that TransformerLens can pick an adapter (``None``: it has one)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # transformers reports it when it loads
+    if not isinstance(config, dict) or config.get("architectures"):
+        return None
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(str(config.get("model_type")))
+    return {"architectures": [name]} if isinstance(name, str) else None
+
+
 DeviceMap = str | dict[str, str | int]
 """A ``transformers`` device map: ``"auto"``, ``"balanced"``, ... or module name -> device."""
 MaxMemory = dict[str | int, str | int]
@@ -361,6 +377,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
         tokenizer.padding_side = "left"
         options["tokenizer"] = tokenizer
+        options["hf_config_overrides"] = _architectures_from_model_type(local)
         label = str(local)
     else:
         label = name
