@@ -199,7 +199,7 @@ def test_zero_candidates_are_the_authors_fallback_when_nothing_beats_the_baselin
     # nothing strictly above the baseline (0.3): the authors' list starts with the zero
     # direction at the earliest position's layer 0, whose scores are the baseline's
     c = cands([(-2, 3, 0.30, 0.30), (-1, 2, 0.30, 0.28), (-1, 4, 0.20, 0.10)]).assign(n=100)
-    with_zeros = _with_zero_candidates(c, [(-2, 0), (-1, 0)], 0.30, -1.2, 100, True)
+    with_zeros = _with_zero_candidates(c, [(-2, 0), (-1, 0)], 0.30, -1.2, True)
     pick = paper_rule(with_zeros, baseline=0.30, n_layers=10)
     assert (pick.position, pick.layer, pick.passed, pick.zero_direction) == (-2, 0, False, True)
     assert "zero direction" in pick.reason
@@ -208,10 +208,10 @@ def test_zero_candidates_are_the_authors_fallback_when_nothing_beats_the_baselin
     assert (old.position, old.layer, old.zero_direction) == (-2, 3, False)
     # a candidate above the baseline beats the zero direction in the fallback
     better = pd.concat([c, cands([(-1, 5, 0.31, 0.40)]).assign(n=100)], ignore_index=True)
-    with_zeros = _with_zero_candidates(better, [(-2, 0), (-1, 0)], 0.30, -1.2, 100, True)
+    with_zeros = _with_zero_candidates(better, [(-2, 0), (-1, 0)], 0.30, -1.2, True)
     assert paper_rule(with_zeros, 0.30, 10).layer == 5
     # zero candidates always survive the unrounded filter: the fallback below it is gone
-    low = _with_zero_candidates(cands([(-1, 1, 0.1, 0.0)]), [(-1, 0)], 0.3, -1.0, 100, True)
+    low = _with_zero_candidates(cands([(-1, 1, 0.1, 0.0)]), [(-1, 0)], 0.3, -1.0, True)
     assert paper_rule(low, 0.3, 10).zero_direction
 
 
@@ -254,7 +254,7 @@ def test_paper_rule_with_zero_candidates_picks_what_the_authors_code_picks():
             else:
                 c = c.drop(columns="ref")
             zeros = [(p, 0) for p in range(-n_pos, 0)]
-            full = _with_zero_candidates(c, zeros, base_count / n, -1.0, n, True)
+            full = _with_zero_candidates(c, zeros, base_count / n, -1.0, True)
             pick = paper_rule(full, base_count / n, n_layers)
             assert (pick.position, pick.layer) == expected, (trial, alpha)
             old = paper_rule(c, base_count / n, n_layers)

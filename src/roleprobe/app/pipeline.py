@@ -332,7 +332,10 @@ def stage_evaluation(ctx: Context) -> dict[str, Any]:
         ctx.model, bench, None, cfg.batch_size, tie_rule=cfg.tie_rule, system=cfg.system
     )
     write_parquet(paths.evaluation_baseline, base)
-    tables = {rule: _evaluate_rule(ctx, rule, result, bench, base) for rule in cfg.evaluate_rules}
+    rd = ctx.directions()  # loaded and checked once for every rule
+    tables = {
+        rule: _evaluate_rule(ctx, rule, result, rd, bench, base) for rule in cfg.evaluate_rules
+    }
     return {
         "rules": list(cfg.evaluate_rules),
         "headline": cfg.evaluate_rules[0],
@@ -344,7 +347,12 @@ def stage_evaluation(ctx: Context) -> dict[str, Any]:
 
 
 def _evaluate_rule(
-    ctx: Context, rule: str, result: Any, bench: "MultipleChoice", base: pd.DataFrame
+    ctx: Context,
+    rule: str,
+    result: Any,
+    rd: "RoleDirections",
+    bench: "MultipleChoice",
+    base: pd.DataFrame,
 ) -> dict[str, Any]:
     """One rule's picks on every domain of ``bench``: its runs and its effect table."""
     from roleprobe.experiments.picks import apply_picks
@@ -363,7 +371,7 @@ def _evaluate_rule(
             heldout[role] = split_ids(items, cfg.select_fraction, cfg.seed)[1]
     runs = apply_picks(
         ctx.model,
-        ctx.directions(),
+        rd,
         bench,
         ctx.picks(rule),
         heldout_ids=heldout,
@@ -410,7 +418,7 @@ def readout_picks(picks: pd.DataFrame) -> pd.DataFrame:
     direction, the paper rule's layer-0 fallback, has nothing to read)."""
     role = picks[picks["source"] == "role"]
     if "zero_direction" in role.columns:
-        role = role[role["zero_direction"].astype(str).str.lower() != "true"]
+        role = role[~role["zero_direction"].astype(bool)]
     return role[role["alpha"] == role["alpha"].max()].reset_index(drop=True)
 
 

@@ -133,7 +133,7 @@ class ReportInputs:
         direction (the paper rule's layer-0 fallback) was never swept, so it has no cell."""
         picks = self.picks[self.picks["source"] == "role"]
         if "zero_direction" in picks.columns:
-            picks = picks[picks["zero_direction"].astype(str).str.lower() != "true"]
+            picks = picks[~picks["zero_direction"].astype(bool)]
         return picks.astype({"alpha": float})
 
 

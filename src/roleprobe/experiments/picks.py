@@ -42,6 +42,7 @@ from roleprobe.core.types import Model
 from roleprobe.data.benchmarks import MultipleChoice
 from roleprobe.experiments.evaluation import evaluate, subject_domain
 from roleprobe.experiments.sweeps import SPECIFIC_SOURCES, candidate_vector, role_group
+from roleprobe.results.stats import UNRECORDED, tie_rule_of
 from roleprobe.steering.interventions import Ablation, Addition, Intervention
 from roleprobe.vectors.activations import PositionLabel
 from roleprobe.vectors.decomposition import specific_directions
@@ -246,8 +247,7 @@ def apply_picks(
 
 def _is_zero_pick(row: "pd.Series[Any]", vector: torch.Tensor) -> bool:
     """Whether a pick applies a zero direction (marked by selection, or exactly zero)."""
-    marked = "zero_direction" in row.index and str(row["zero_direction"]).lower() == "true"
-    return marked or not bool(vector.any())
+    return bool(row.get("zero_direction", False)) or not bool(vector.any())
 
 
 def _check_baseline(
@@ -260,9 +260,9 @@ def _check_baseline(
             f"baseline lacks {len(missing)} questions of {benchmark.name!r}, "
             f"e.g. {sorted(missing, key=str)[:3]}"
         )
-    rules = set(baseline["tie_rule"]) if "tie_rule" in baseline.columns else {tie_rule}
-    if rules != {tie_rule}:
-        raise ValueError(f"baseline was scored with tie_rule {sorted(rules)}, not {tie_rule!r}")
+    scored = tie_rule_of(baseline, "baseline")
+    if scored not in (tie_rule, UNRECORDED):
+        raise ValueError(f"baseline was scored with tie_rule {scored!r}, not {tie_rule!r}")
     if "system_policy" in baseline.columns and set(baseline["system_policy"]) != {system}:
         raise ValueError(
             f"baseline was asked with system {sorted(set(baseline['system_policy']))}, "

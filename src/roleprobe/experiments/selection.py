@@ -315,11 +315,11 @@ def _with_zero_candidates(
     zeros: Sequence[tuple[PositionLabel, int]],
     base: float,
     base_logprob: float,
-    n: int,
     ablation: bool,
 ) -> pd.DataFrame:
     """``cands`` and the zero directions at ``zeros`` (position, layer), scored as the
-    baseline: adding or ablating a zero vector leaves the model as it is."""
+    baseline (on the same ``n`` questions): adding or ablating a zero vector leaves the
+    model as it is."""
     if not zeros:
         return cands.assign(zero_direction=False)
     extra = pd.DataFrame(
@@ -333,7 +333,7 @@ def _with_zero_candidates(
         }
     )
     if "n" in cands.columns:
-        extra["n"] = n
+        extra["n"] = _question_count(cands)
     if "ref_add_accuracy" in cands.columns:
         extra["ref_add_accuracy"] = base
     both = pd.concat([cands.assign(zero_direction=False), extra], ignore_index=True)
@@ -423,7 +423,6 @@ def select(
         sel_scores = result.scores(sel_ids)
         sel_scores = sel_scores[sel_scores["role"] == role]
         table = result.read_table(roles=[role])  # one role's parts, not the whole store
-        base_sel = _items(result.baseline, result.role_group(role), sel_ids)
         base_rep = _items(result.baseline, result.role_group(role), rep_ids)
         zeros = [(p, layer) for r, p, layer in result.skipped if r == role] if with_zeros else []
         for (source, donor), scores in sel_scores.groupby(["source", "donor"], sort=False):
@@ -436,8 +435,7 @@ def select(
                         cands,
                         zeros,
                         base,
-                        float(base_sel["logprob_correct"].mean()),
-                        len(sel_ids),
+                        float(scores["base_logprob"].iloc[0]),
                         result.config.ablation,
                     )
                 pick = chooser(cands, base, result.n_layers)

@@ -127,16 +127,10 @@ def check_supported(name: str) -> None:
         ValueError: one line naming the model and the reason (see
             :data:`UNSUPPORTED_ARCHITECTURES`), e.g. for ``"Qwen/Qwen-7B-Chat"``.
     """
-    config_file = Path(name).expanduser() / "config.json"
-    if config_file.is_file():
-        try:
-            config = json.loads(config_file.read_text())
-        except (OSError, ValueError):  # a broken config is the loader's to report
-            return
-        if isinstance(config, dict):
-            _refuse_architecture(name, config.get("architectures"), config.get("model_type"))
-        return
-    if Path(name).expanduser().is_dir():
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        config = _folder_config(folder)
+        _refuse_architecture(name, config.get("architectures"), config.get("model_type"))
         return
     for architecture, pattern in _UNSUPPORTED_NAMES.items():
         if pattern.match(name.strip()):
@@ -226,17 +220,23 @@ def wrap_hf_model(
     return bridge.eval()
 
 
-def _architectures_from_model_type(folder: Path) -> dict[str, list[str]] | None:
-    """For a folder whose ``config.json`` names no ``architectures`` (a config written by
-    hand or converted from GGUF), the causal-LM class ``transformers`` maps its
-    ``model_type`` to, so that TransformerLens can pick an adapter (``None``: it has one)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
+def _folder_config(folder: Path) -> dict[str, Any]:
+    """A model folder's ``config.json`` as a dict (empty where it is missing or broken:
+    ``transformers`` reports that when it loads)."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None  # transformers reports it when it loads
-    if not isinstance(config, dict) or config.get("architectures"):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _architectures_from_model_type(config: dict[str, Any]) -> dict[str, list[str]] | None:
+    """For a folder config that names no ``architectures`` (written by hand or converted
+    from GGUF), the causal-LM class ``transformers`` maps its ``model_type`` to, so that
+    TransformerLens can pick an adapter (``None``: it names them)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.get("architectures"):
         return None
     name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(str(config.get("model_type")))
     return {"architectures": [name]} if isinstance(name, str) else None
@@ -377,7 +377,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
         tokenizer.padding_side = "left"
         options["tokenizer"] = tokenizer
-        options["hf_config_overrides"] = _architectures_from_model_type(local)
+        options["hf_config_overrides"] = _architectures_from_model_type(_folder_config(local))
         label = str(local)
     else:
         label = name

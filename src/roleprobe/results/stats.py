@@ -160,14 +160,15 @@ def check_same_setup(
     if "system_policy" not in columns and "system" in base_df and "system" in other_df:
         columns.append("system")
     for column in columns:
-        other = other_df
-        if column == "system" and "persona_mode" in other.columns:
-            other = other[other["persona_mode"].isna()]
-        if column == "system" and "persona_mode" in base_df.columns:
-            base_df = base_df[base_df["persona_mode"].isna()]
+        tables = [
+            df[df["persona_mode"].isna()]  # a persona's system turn is its own
+            if column == "system" and "persona_mode" in df.columns
+            else df
+            for df in (base_df, other_df)
+        ]
         values = {
             name: sorted(map(str, df[column].dropna().unique()))
-            for name, df in zip(names, (base_df, other), strict=True)
+            for name, df in zip(names, tables, strict=True)
         }
         seen = set(values[names[0]]) | set(values[names[1]])
         if len(seen) > 1:
