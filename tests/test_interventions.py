@@ -395,3 +395,46 @@ def test_specs_print_short_without_tensor_dumps():
     )
     big = Addition(torch.randn(4096), layer=1, hook="hook_resid_post")
     assert "tensor" not in repr(big) and len(repr(big)) < 100 and "hook_resid_post" in repr(big)
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", [-2, -1]])
+def test_no_hook_reads_a_value_back_to_the_host(tiny_model, batch, positions):
+    """Every hook call of an addition, an ablation and a clamp on a left-padded batch
+    (and on an unpadded one): zero host read-backs, so none synchronises a GPU."""
+    from _syncs import counting_syncs
+
+    d = torch.randn(64)
+    specs = [
+        Addition(d, 1, 3.0, positions=positions),
+        Ablation(d, positions=positions),
+        Clamp(d, 0, 1.5, positions=positions),
+    ]
+    unpadded = encode_chat(tiny_model.tokenizer, PROMPTS[1:2])
+    for b in (batch, unpadded):
+        with (
+            counting_syncs(tiny_model) as count,
+            torch.no_grad(),
+            steer(tiny_model, *specs, attention_mask=b.attention_mask) as state,
+        ):
+            state.prompt_length = b.input_ids.shape[1]
+            tiny_model(b.input_ids, attention_mask=b.attention_mask)
+        n_layers = tiny_model.cfg.n_layers
+        assert count.hook_calls == 1 + 3 * n_layers + 1
+        assert count.syncs == {}, dict(count.syncs)
+
+
+def test_the_sync_counter_can_fail(tiny_model, batch):
+    """The counter sees a hook that does read back (so a zero above means something)."""
+    from _syncs import counting_syncs
+
+    def reads_back(act, hook):
+        assert bool(torch.isfinite(act).all())
+        return act
+
+    with (
+        counting_syncs(tiny_model) as count,
+        torch.no_grad(),
+        tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", reads_back)]),
+    ):
+        tiny_model(batch.input_ids, attention_mask=batch.attention_mask)
+    assert count.hook_calls == 1 and count.syncs["__bool__"] == 1

@@ -87,6 +87,25 @@ def test_every_stage_writes_its_folder(finished):
     assert {"auroc.html", "sweep_delta_logprob.html", "plotly.min.js"} <= figures
 
 
+def test_patchscope_csv_is_what_one_patchscope_per_pick_writes(finished):
+    """Stage 7 batches the picks in one patchscopes call; the file is byte for byte the one
+    the per-pick loop wrote (one patchscope per pick, in the picks' order)."""
+    from roleprobe.app.pipeline import PATCHSCOPE_COLUMNS, Context, readout_picks
+    from roleprobe.vectors.readouts import patchscope
+
+    ctx = Context(finished)
+    cfg, rd = finished.config, ctx.directions()
+    rows = []
+    for pick in readout_picks(ctx.picks(cfg.evaluate_rules[0])).itertuples(index=False):
+        role, layer, pos = str(pick.role), int(pick.layer), int(pick.position)
+        res = patchscope(
+            ctx.model, rd.vector(role, layer, pos), layer, max_new_tokens=32, system=rd.system
+        )
+        rows.append([role, layer, pos, res.mode, res.steered, res.unsteered])
+    expected = pd.DataFrame(rows, columns=list(PATCHSCOPE_COLUMNS)).to_csv(index=False)
+    assert len(rows) == 3 and finished.paths.patchscope.read_text() == expected
+
+
 def test_the_run_says_where_its_directions_come_from(finished):
     paths = finished.paths
     rd = rp.RoleDirections.load(paths.directions)
@@ -378,13 +397,13 @@ def test_paper_rule_without_ablation_reads_every_domain(tiny4, tmp_path, monkeyp
     from roleprobe.vectors import readouts
 
     seen = []
-    real = readouts.patchscope
+    real = readouts.patchscopes
 
     def spy(*args, **kwargs):
         seen.append(kwargs)
         return real(*args, **{**kwargs, "max_new_tokens": 3})
 
-    monkeypatch.setattr(readouts, "patchscope", spy)
+    monkeypatch.setattr(readouts, "patchscopes", spy)
     cfg = _config(
         tiny4,
         roles=["lawyer"],
@@ -661,3 +680,47 @@ def test_evaluate_rules_must_be_among_the_rules_and_default_to_the_last():
     assert RunConfig(model="google/gemma-2-9b-it", dtype="paper").dtype == "bfloat16"
     assert RunConfig(model="Qwen/Qwen2.5-7B-Instruct", dtype="paper").dtype == "float16"
     assert RunConfig(model="smollm2-135m-instruct", dtype="paper").dtype == "float32"
+
+
+DEMO_REFERENCE = Path(__file__).parent / "data" / "demo_reference"
+
+
+def _sweep_items(store: Path) -> pd.DataFrame:
+    parts = sorted((store / "parts").glob("*.parquet"))
+    return pd.concat([pd.read_parquet(p).assign(part=p.stem) for p in parts], ignore_index=True)
+
+
+@pytest.mark.slow
+def test_the_demo_numbers_are_those_before_the_paper_scale_work(tmp_path):
+    """The demo preset gives the sweep store, picks and effects it gave before issue 22's
+    changes (stacked ablations, variants on the device, hooks without read-backs): equal to
+    float tolerance, picks identical. ``tests/data/demo_reference`` was written by the code
+    before those changes (commit 99abbcf)."""
+    from conftest import _embedded_or_skip
+
+    _embedded_or_skip()
+    run = run_pipeline(load_config("demo"), tmp_path / "demo")
+    got = _sweep_items(run.paths.sweep_store)
+    ref = pd.read_csv(DEMO_REFERENCE / "sweep_items.csv.gz")
+    key = ["part", "role", "source", "position", "layer", "condition", "alpha", "id"]
+    a = ref.sort_values(key).reset_index(drop=True)
+    b = got.sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) == 494  # 468 candidate rows and 26 baseline rows
+    labels = [*key[:-3], "id"]
+    assert (a[labels].astype(str).to_numpy() == b[labels].astype(str).to_numpy()).all()
+    assert (a["pred"].to_numpy() == b["pred"].to_numpy()).all()
+    for column in ["logprob_A", "logprob_B", "logprob_C", "logprob_D", "correct"]:
+        np.testing.assert_allclose(a[column], b[column], atol=1e-4, err_msg=column)
+    scores = pd.read_csv(run.paths.sweep_scores)
+    ref_scores = pd.read_csv(DEMO_REFERENCE / "scores.csv")
+    np.testing.assert_allclose(scores["accuracy"], ref_scores["accuracy"])
+    np.testing.assert_allclose(scores["delta_logprob"], ref_scores["delta_logprob"], atol=1e-4)
+    pick_columns = ["role", "source", "donor", "alpha", "position", "layer", "passed", "reason"]
+    for rule in ("paper", "held-out"):
+        mine = pd.read_csv(run.paths.picks(rule))[pick_columns]
+        before = pd.read_csv(DEMO_REFERENCE / f"picks_{rule}.csv")[pick_columns]
+        pd.testing.assert_frame_equal(mine, before)
+    effects = pd.read_csv(run.paths.effects("held-out"))
+    ref_effects = pd.read_csv(DEMO_REFERENCE / "effects_held-out.csv")
+    np.testing.assert_allclose(effects["delta_accuracy"], ref_effects["delta_accuracy"])
+    np.testing.assert_allclose(effects["delta_logprob"], ref_effects["delta_logprob"], atol=1e-4)

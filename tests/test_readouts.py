@@ -6,11 +6,14 @@ import pytest
 import torch
 
 import roleprobe as rp
+from roleprobe.steering.interventions import Addition
 from roleprobe.vectors.readouts import (
+    PATCHSCOPE_PROMPT,
     BagOfWordsJudge,
     OpenAIJudge,
     logit_lens,
     patchscope,
+    patchscopes,
     placeholder_positions,
 )
 
@@ -131,6 +134,78 @@ def test_patchscope_mode_defaults_and_errors(tiny_model, directions, monkeypatch
     assert isinstance(ours_specs[0].positions, tuple)
     with pytest.raises(ValueError, match=r"unknown patchscope mode 'authors'.*'paper'"):
         patchscope(tiny_model, d, layer=1, mode="authors")
+
+
+def _readouts(directions):
+    """Four (direction, layer) pairs over three layers that each give their own text."""
+    g = torch.Generator().manual_seed(3)
+    return [
+        (directions.vector("lawyer", 1) * 20, 1),
+        (directions.vector("nurse", 1) * 20, 1),
+        (torch.randn(64, generator=g) * 10, 2),
+        (torch.randn(64, generator=g) * 40, 3),
+    ]
+
+
+def _with_addition(model, direction, layer, mode, max_new_tokens):
+    """The steered answer as patchscope gave it before batching: one Addition, batch of 1."""
+    where = "all" if mode == "paper" else placeholder_positions(model.tokenizer, PATCHSCOPE_PROMPT)
+    spec = Addition(direction, layer, 3.0, positions=where)
+    (text,) = rp.generate(model, [PATCHSCOPE_PROMPT], [spec], max_new_tokens=max_new_tokens)
+    return text
+
+
+@pytest.mark.parametrize("mode", ["placeholder", "paper"])
+def test_patchscopes_equal_one_readout_per_direction(tiny_model, directions, mode):
+    pairs = _readouts(directions)
+    results = patchscopes(tiny_model, pairs, mode=mode, max_new_tokens=8, batch_size=3)
+    assert [r.layer for r in results] == [1, 1, 2, 3] and {r.mode for r in results} == {mode}
+    (unsteered,) = rp.generate(tiny_model, [PATCHSCOPE_PROMPT], max_new_tokens=8)
+    for (d, layer), result in zip(pairs, results, strict=True):
+        assert result == patchscope(tiny_model, d, layer, mode=mode, max_new_tokens=8)
+        assert result.steered == _with_addition(tiny_model, d, layer, mode, 8)
+        assert result.unsteered == unsteered
+    assert len({r.steered for r in results}) == len(pairs)  # every row read its own direction
+    if mode == "paper":  # one row stops at once, the others run on in the same batch
+        assert "" in {r.steered for r in results}
+
+
+def test_patchscopes_generate_the_unsteered_answer_once(tiny_model, directions, monkeypatch):
+    from roleprobe.vectors import readouts
+
+    calls = []
+    real = readouts.generate
+
+    def counting(model, prompts, interventions=(), **kwargs):
+        calls.append((list(prompts), list(interventions), kwargs.get("batch_size", 8)))
+        return real(model, prompts, interventions, **kwargs)
+
+    monkeypatch.setattr(readouts, "generate", counting)
+    pairs = _readouts(directions) + _readouts(directions)[:1]
+    results = patchscopes(tiny_model, pairs, max_new_tokens=3, batch_size=2)
+    assert len(results) == 5 and len({r.unsteered for r in results}) == 1
+    unsteered = [call for call in calls if not call[1]]
+    assert len(unsteered) == 1 and calls[0] is unsteered[0]  # once, first
+    steered = calls[1:]
+    assert [len(prompts) for prompts, _, _ in steered] == [2, 2, 1]  # one generate per batch
+    assert all(set(prompts) == {PATCHSCOPE_PROMPT} for prompts, _, _ in steered)
+    assert all(size == len(prompts) for prompts, _, size in steered)  # one decode each
+    assert [spec.layers for _, (spec,), _ in steered] == [(1, 1), (2, 3), (1,)]
+    calls.clear()
+    assert patchscopes(tiny_model, [], max_new_tokens=3) == [] and not calls
+
+
+def test_patchscopes_check_every_direction_before_generating(tiny_model, directions, monkeypatch):
+    from roleprobe.vectors import readouts
+
+    monkeypatch.setattr(readouts, "generate", lambda *a, **k: pytest.fail("generated"))
+    d = directions.vector("lawyer", 1)
+    with pytest.raises(ValueError, match="d_model=64"):
+        patchscopes(tiny_model, [(d, 1), (torch.ones(3), 2)])
+    with pytest.raises(ValueError, match="out of range"):
+        patchscopes(tiny_model, [(d, 1), (d, 7)])
+    with pytest.raises(ValueError, match="batch_size"):
+        patchscopes(tiny_model, [(d, 1)], batch_size=0)
 
 
 def test_bag_of_words_judge():

@@ -517,3 +517,104 @@ def test_specific_needs_two_roles(model, bench):
     one = rp.compute_directions(model, roles=["lawyer"], layers=[2], progress=False)
     with pytest.raises(ValueError, match=r"at least 2 roles.*\['lawyer'\]"):
         sweep(model, one, bench, roles=["lawyer"], specific=True, **SPECIFIC_KW)
+
+
+def _forwards(model):
+    """Count the model's forward calls (a pass from the prefix counts as one)."""
+    calls = []
+    original = model.forward
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0] if args else None)
+        return original(*args, **kwargs)
+
+    return calls, counted
+
+
+def test_stacked_ablations_equal_one_direction_per_pass(model, directions, bench, monkeypatch):
+    """``stack`` ablations share one full pass (a block of rows each): the same scores as
+    one direction per pass, in a quarter of the passes."""
+    kw = {**KW, "alphas": (), "layers": [2, 3]}
+    tables, passes = {}, {}
+    for stack in (1, 4):
+        calls, counted = _forwards(model)
+        monkeypatch.setattr(model, "forward", counted)
+        tables[stack] = sweep(model, directions, bench, roles=ROLES, stack=stack, **kw).table
+        monkeypatch.undo()
+        passes[stack] = sum(rows != 1 for rows in calls)  # not the 1-row output-head probe
+    key = ["role", "source", "position", "layer", "id"]
+    a, b = (tables[s].sort_values(key).reset_index(drop=True) for s in (1, 4))
+    assert len(a) == len(b) == 2 * 5 * 2 * 2 * 3
+    assert (a["pred"] == b["pred"]).all()
+    np.testing.assert_allclose(a["logprob_correct"], b["logprob_correct"], atol=1e-5)
+    # per (layer, batch) item: 2 positions x 3 sources = 6 ablations for each group's role
+    # (1 role per group): 6 passes at stack 1, 2 at stack 4; plus one baseline pass per batch
+    n_batches = 4  # 5 law + 5 medicine questions in batches of 3
+    assert passes[1] == n_batches * (1 + 2 * 6)
+    assert passes[4] == n_batches * (1 + 2 * 2)
+
+
+def test_prefix_chunks_equal_one_chunk(model, directions, bench, full, caplog):
+    """A prefix budget of one layer per chunk (each chunk's pass starting from the one
+    below) gives the one-chunk results."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="roleprobe.experiments.sweeps"):
+        chunked = sweep(model, directions, bench, roles=ROLES, prefix_memory=1, **KW)
+    assert "in 3 chunks" in caplog.text
+    key = ["role", "source", "position", "layer", "condition", "alpha", "id"]
+    a = chunked.table.sort_values(key).reset_index(drop=True)
+    b = full.table.sort_values(key).reset_index(drop=True)
+    assert (a["pred"] == b["pred"]).all()
+    np.testing.assert_allclose(a["logprob_correct"], b["logprob_correct"], atol=1e-5)
+    np.testing.assert_allclose(
+        chunked.baseline.sort_values("id")["logprob_correct"],
+        full.baseline.sort_values("id")["logprob_correct"],
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="prefix_memory must be a positive number of bytes"):
+        sweep(model, directions, bench, roles=ROLES, prefix_memory=0, **KW)
+
+
+def test_no_sweep_hook_reads_a_value_back_to_the_host(model, directions, bench):
+    """Prefix capture, stacked additions and stacked ablations: zero host read-backs in any
+    hook call (they would each be a GPU synchronisation)."""
+    from _syncs import counting_syncs
+
+    with counting_syncs(model) as count:
+        sweep(model, directions, bench, roles=ROLES, **KW)
+    assert count.hook_calls > 100
+    assert count.syncs == {}, dict(count.syncs)
+
+
+def test_variants_read_only_their_layer(model, directions, bench, monkeypatch):
+    """Planning and building a work item's variants never materialise the whole direction
+    tensor; the variants are those of the per-candidate construction."""
+    from roleprobe.experiments.sweeps import SOURCES, _derangement, _Plan, _variants
+    from roleprobe.vectors.directions import RoleDirections
+
+    cfg = SweepConfig(roles=tuple(ROLES), layers=(1, 2, 3), positions=(-2, -1))
+    donors = _derangement(directions.roles, 0)
+    expected = {}
+    for role in ROLES:
+        for pos in cfg.positions:
+            d = directions.vector(role, 2, pos)
+            expected[(role, "role", pos)] = d
+            expected[(role, "random", pos)] = random_control(d, role, pos, 2, 0)
+            expected[(role, "shuffled", pos)] = directions.vector(donors[role], 2, pos)
+
+    def refuse(self):
+        raise AssertionError("RoleDirections.vectors was materialised")
+
+    fresh = RoleDirections(**{f: getattr(directions, f) for f in directions.__dataclass_fields__})
+    monkeypatch.setattr(RoleDirections, "vectors", property(refuse))
+    plan = _Plan(model, fresh, bench, cfg)
+    got = _variants(fresh, ROLES, 2, cfg, donors, None, plan.null, "cpu")
+    assert {(v.role, v.source, v.position) for v in got} == set(expected)
+    assert {v.source for v in got} == set(SOURCES)
+    for v in got:
+        assert torch.equal(v.vector, expected[(v.role, v.source, v.position)])
+    base = got[0].vector
+    assert all(
+        v.vector.untyped_storage().data_ptr() == base.untyped_storage().data_ptr() for v in got
+    )

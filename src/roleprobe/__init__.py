@@ -81,6 +81,7 @@ _EXPORTS = {
     "orthogonalized": "steering.orthogonalize",
     "logit_lens": "vectors.readouts",
     "patchscope": "vectors.readouts",
+    "patchscopes": "vectors.readouts",
     "PatchscopeResult": "vectors.readouts",
     "BagOfWordsJudge": "vectors.readouts",
     "OpenAIJudge": "vectors.readouts",
@@ -507,6 +508,9 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, for type checkers and ID
     )
     from roleprobe.vectors.readouts import (
         patchscope as patchscope,
+    )
+    from roleprobe.vectors.readouts import (
+        patchscopes as patchscopes,
     )
     from roleprobe.vectors.validation import (
         auroc as auroc,

@@ -270,6 +270,7 @@ def stage_sweep(ctx: Context) -> dict[str, Any]:
         tie_rule=cfg.tie_rule,
         ablation_at=cfg.ablation_at,
         system=cfg.system,
+        prefix_memory=max(1, int(cfg.prefix_memory_gib * 2**30)) if cfg.prefix_memory_gib else None,
     )
     if result.complete:
         write_csv(paths.sweep_scores, result.scores())
@@ -411,6 +412,9 @@ PATCHSCOPE_COLUMNS = ("role", "layer", "position", "mode", "steered", "unsteered
 LOGIT_LENS_COLUMNS = ("role", "layer", "position", "sign", "rank", "token", "token_id", "logit")
 LOGIT_LENS_K = 8
 """Tokens per sign in stage 7's logit lens."""
+PATCHSCOPE_BATCH_SIZE = 8
+"""At most this many of stage 7's patchscope answers decode together (each row keeps a KV
+cache of up to 512 tokens in the paper mode); ``batch_size`` when it is smaller."""
 
 
 def readout_picks(picks: pd.DataFrame) -> pd.DataFrame:
@@ -427,31 +431,37 @@ def stage_readouts(ctx: Context) -> dict[str, Any]:
     ``evaluate_rules``; largest α) is.
 
     ``patchscope.csv`` (when ``patchscope`` is on: the steered and unsteered answers of
-    :func:`roleprobe.patchscope` in ``patchscope_mode``) and ``logit_lens.csv`` (the
+    :func:`roleprobe.patchscope` in ``patchscope_mode``, all picks in one
+    :func:`roleprobe.patchscopes` call) and ``logit_lens.csv`` (the
     direction's top tokens, :func:`roleprobe.logit_lens`).
     """
-    from roleprobe.vectors.readouts import logit_lens, patchscope
+    from roleprobe.vectors.readouts import logit_lens, patchscopes
 
     cfg = ctx.config
     chosen = readout_picks(ctx.picks(cfg.evaluate_rules[0]))
     rd = ctx.directions()
     tokens = 32 if cfg.patchscope_mode == "placeholder" else None  # None: the mode's (512)
     patch, lens = [], []
-    for pick in chosen.itertuples(index=False):
-        role, layer, pos = str(pick.role), int(pick.layer), int(pick.position)
-        where = {"role": role, "layer": layer, "position": pos}
-        if cfg.patchscope:
-            res = patchscope(
-                ctx.model,
-                rd.vector(role, layer, pos),
-                layer,
-                max_new_tokens=tokens,
-                mode=cfg.patchscope_mode,
-                system=rd.system,
+    picks = [
+        (str(pick.role), int(pick.layer), int(pick.position))
+        for pick in chosen.itertuples(index=False)
+    ]
+    if cfg.patchscope:  # one call: the unsteered answer once, the steered ones batched
+        results = patchscopes(
+            ctx.model,
+            [(rd.vector(role, layer, pos), layer) for role, layer, pos in picks],
+            max_new_tokens=tokens,
+            mode=cfg.patchscope_mode,
+            system=rd.system,
+            batch_size=min(cfg.batch_size, PATCHSCOPE_BATCH_SIZE),
+        )
+        patch = [
+            dict(
+                zip(PATCHSCOPE_COLUMNS, (*pick, res.mode, res.steered, res.unsteered), strict=True)
             )
-            patch.append(
-                {**where, "mode": res.mode, "steered": res.steered, "unsteered": res.unsteered}
-            )
+            for pick, res in zip(picks, results, strict=True)
+        ]
+    for role, layer, pos in picks:
         table = logit_lens(ctx.model, rd, role, pos, k=LOGIT_LENS_K, layers=[layer])
         lens.append(table.assign(role=role, position=pos))
     paths = ctx.run.paths

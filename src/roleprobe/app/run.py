@@ -160,6 +160,7 @@ FIRST_STAGE: dict[str, Stage | None] = {
     "device": None,
     "device_map": None,
     "n_devices": None,
+    "prefix_memory_gib": None,
 }
 """For every :class:`~roleprobe.app.run_config.RunConfig` setting, the first stage whose
 result it changes (``None``: where the run computes, not what). A rerun may change a

@@ -119,6 +119,10 @@ class RunConfig:
             (1/k credit, default), ``paper`` (correct if the correct letter is among the
             tied, as the authors; the paper preset) or ``first``.
         batch_size: questions and prompts per forward pass.
+        prefix_memory_gib: GiB one batch's saved residuals may take in the sweep's prefix
+            reuse (layers beyond it are captured in chunks; results are the same). ``0``:
+            the device's default (an eighth of a GPU's memory, 2 GiB on a CPU); see
+            :func:`roleprobe.experiments.sweeps.default_prefix_budget`.
         seed: seed of every split and control.
     """
 
@@ -156,6 +160,7 @@ class RunConfig:
     ablation_at: str = "stream"
     tie_rule: str = "fractional"
     batch_size: int = 16
+    prefix_memory_gib: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -169,6 +174,11 @@ class RunConfig:
             )
         if self.n_devices < 1:
             raise ValueError(f"n_devices must be at least 1, got {self.n_devices}")
+        if not (math.isfinite(self.prefix_memory_gib) and self.prefix_memory_gib >= 0):
+            raise ValueError(
+                f"prefix_memory_gib must be 0 (the device's default) or a positive number of "
+                f"GiB, got {self.prefix_memory_gib}"
+            )
         if not 0 < self.select_fraction < 1:
             raise ValueError(
                 f"select_fraction must be strictly between 0 and 1, got {self.select_fraction}"

@@ -109,11 +109,19 @@ from roleprobe.steering.interventions import (
     Addition,
     HookFn,
     Intervention,
+    OnDevice,
     SteerState,
     check_intervention,
+    position_hook,
     steer,
 )
-from roleprobe.steering.prefix import letter_only_supported, letters_from
+from roleprobe.steering.operators import project_out_stacked, unit, work_dtype
+from roleprobe.steering.prefix import (
+    last_letter_logits,
+    letter_only_supported,
+    letters_from,
+    run_from,
+)
 from roleprobe.vectors.activations import PositionLabel, residual_norms
 from roleprobe.vectors.decomposition import specific_directions
 from roleprobe.vectors.directions import RoleDirections
@@ -208,37 +216,65 @@ def _variants(
     cfg: SweepConfig,
     donors: dict[str, str],
     specific: RoleDirections | None = None,
+    null: "set[tuple[str, PositionLabel, int]] | None" = None,
+    device: "str | torch.device | None" = None,
 ) -> list[_Variant]:
     """Each live candidate's role direction and controls, then (``specific``) its specific
-    part and their controls."""
-    out = []
+    part and their controls; their vectors are rows of one ``[variant, d_model]`` tensor
+    on ``device``, built from this layer's slices of the directions only.
+
+    ``null``: the (role, position, layer) candidates known to be zero (the plan's
+    ``skipped``); ``None``: tested here.
+    """
+    if null is None:
+        null = {
+            (role, pos, layer)
+            for role in roles
+            for pos in cfg.positions
+            if is_null_direction(rd, role, layer, pos)
+        }
+    needed = list(dict.fromkeys([*roles, *(donors[r] for r in roles if r in donors)]))
+    kinds: list[tuple[RoleDirections, tuple[str, str, str]]] = [(rd, SOURCES)]
+    if specific is not None:
+        kinds.append((specific, SPECIFIC_SOURCES))
+    slices = [directions.layer_vectors(needed, layer, cfg.positions) for directions, _ in kinds]
+    labels: list[tuple[str, str, str, PositionLabel]] = []
+    rows: list[Tensor] = []
     for role in roles:
-        for pos in cfg.positions:
-            if is_null_direction(rd, role, layer, pos):
+        r = needed.index(role)
+        for p, pos in enumerate(cfg.positions):
+            if (role, pos, layer) in null:
                 continue
-            kinds = [(rd, SOURCES)]
-            if specific is not None and not is_null_direction(specific, role, layer, pos):
-                kinds.append((specific, SPECIFIC_SOURCES))
-            for directions, (own, random_source, shuffled) in kinds:
-                d = directions.vector(role, layer, pos)
-                out.append(_Variant(role, own, role, pos, d))
+            for (directions, (own, random_source, shuffled)), vectors in zip(
+                kinds, slices, strict=True
+            ):
+                if directions is specific and is_null_direction(directions, role, layer, pos):
+                    continue
+                d = vectors[r, p]
+                labels.append((role, own, role, pos))
+                rows.append(d)
                 if cfg.controls:
                     key = _random_key(own, role)
-                    noise = random_control(d, key, pos, layer, cfg.seed)
-                    out.append(_Variant(role, random_source, "", pos, noise))
+                    labels.append((role, random_source, "", pos))
+                    rows.append(random_control(d, key, pos, layer, cfg.seed))
                     if role in donors:
                         donor = donors[role]
-                        v = directions.vector(donor, layer, pos)
-                        out.append(_Variant(role, shuffled, donor, pos, v))
-    return out
+                        labels.append((role, shuffled, donor, pos))
+                        rows.append(vectors[needed.index(donor), p])
+    if not rows:
+        return []
+    stacked = torch.stack(rows).to(device=device if device is not None else "cpu")
+    return [
+        _Variant(role, source, donor, pos, stacked[i])
+        for i, (role, source, donor, pos) in enumerate(labels)
+    ]
 
 
 def is_null_direction(rd: RoleDirections, role: str, layer: int, pos: PositionLabel) -> bool:
     """Whether the direction is zero up to rounding (e.g. at layer 0, where the template
     tokens' embeddings are the same for every prompt); such candidates are skipped."""
-    r, p, li = rd.role_index(role), rd.position_index(pos), rd.layer_index(layer)
-    base = float(rd.base_mean[p, li].norm())
-    return float(rd.vectors[r, p, li].double().norm()) <= 1e-6 * (1.0 + base)
+    base = float(rd.base_mean[rd.position_index(pos), rd.layer_index(layer)].norm())
+    return float(rd.vector(role, layer, pos).double().norm()) <= 1e-6 * (1.0 + base)
 
 
 def directions_hash(rd: RoleDirections, roles: Sequence[str] | None = None) -> str:
@@ -249,8 +285,55 @@ def directions_hash(rd: RoleDirections, roles: Sequence[str] | None = None) -> s
     digest = hashlib.sha256()
     for role in sorted(set(rd.roles if roles is None else roles)):
         digest.update(role.encode())
-        digest.update(rd.vectors[rd.role_index(role)].numpy().tobytes())
+        digest.update(rd.vectors[rd.role_index(role)].contiguous().numpy().data)
     return digest.hexdigest()[:16]
+
+
+def variants_per_candidate(cfg: SweepConfig, has_donor: bool, specific_live: bool = True) -> int:
+    """Variants one live (role, position) candidate of a layer contributes to a work item:
+    the role direction, its random and (with a donor) shuffled controls, and with
+    ``cfg.specific`` (where the specific part is not zero) the same again for the part."""
+    per_kind = 1 + (int(cfg.controls) * (1 + int(has_donor)))
+    return per_kind * (2 if cfg.specific and specific_live else 1)
+
+
+def item_passes(n_variants: int, cfg: SweepConfig) -> dict[str, int]:
+    """Forward passes of one layer work item with ``n_variants`` variants.
+
+    Additions run ``cfg.stack`` (variant, α) jobs per pass from the saved prefix (blocks
+    ``l..L-1`` only); ablations run ``cfg.stack`` variants per full pass; each user
+    condition is counted as one full pass per variant (one that hooks only this layer's
+    input reuses the prefix and is stacked like the additions, so this is an upper bound).
+    """
+    return {
+        "addition": math.ceil(n_variants * len(cfg.alphas) / cfg.stack),
+        "ablation": math.ceil(n_variants / cfg.stack) if cfg.ablation else 0,
+        "conditions": n_variants * len(cfg.conditions),
+    }
+
+
+CPU_PREFIX_BUDGET = 2 * 2**30
+"""Default budget (bytes) of one batch's saved prefix residuals on a CPU."""
+CUDA_PREFIX_FRACTION = 0.125
+"""Default budget of the saved prefix residuals on a GPU: this share of its memory."""
+
+
+def default_prefix_budget(device: "str | torch.device") -> int:
+    """Bytes one batch's saved ``resid_pre`` may take by default on ``device``: an eighth
+    of a GPU's memory (10 GiB on an 80 GB H100), 2 GiB elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(device).total_memory
+        return int(total * CUDA_PREFIX_FRACTION)
+    return CPU_PREFIX_BUDGET
+
+
+def prefix_chunks(layers: Sequence[int], layer_bytes: int, budget: int) -> list[list[int]]:
+    """The sorted distinct ``layers`` in consecutive chunks whose saved residuals
+    (``layer_bytes`` each) fit in ``budget`` bytes; a chunk holds at least one layer."""
+    per_chunk = max(1, budget // max(1, layer_bytes))
+    wanted = sorted(set(layers))
+    return [wanted[i : i + per_chunk] for i in range(0, len(wanted), per_chunk)]
 
 
 class _Plan:
@@ -292,7 +375,7 @@ class _Plan:
                 len(self.skipped),
                 self.skipped[0],
             )
-        null = set(self.skipped)
+        null = self.null = set(self.skipped)
         live = {
             (group, layer)
             for group, members in self.groups.items()
@@ -338,6 +421,7 @@ def sweep(
     alpha_unit: str = "raw",
     claim_timeout: float | int = CLAIM_TIMEOUT,
     specific: bool = False,
+    prefix_memory: int | None = None,
 ) -> SweepResult:
     """Score every candidate (role, position, layer) × condition on a benchmark.
 
@@ -375,6 +459,12 @@ def sweep(
             over the roles of ``directions``) as source ``"specific"``, with the controls
             ``"specific-random"`` and ``"specific-shuffled"`` (see the module docstring).
             Needs at least 2 roles in ``directions``; recorded in the store only when on.
+        prefix_memory: bytes one batch's saved ``resid_pre`` residuals may take (prefix
+            reuse). Layers beyond it are captured in chunks, each chunk's pass starting
+            from the previous chunk's top residual (no block runs twice; the results equal
+            one chunk's to float rounding). ``None``: :func:`default_prefix_budget` of the
+            model's device (an eighth of a GPU's memory, 2 GiB on a CPU). Not part of the
+            store's config: it changes where the work is held, not what is computed.
 
     Returns:
         A :class:`SweepResult` over everything in the store (``missing`` lists unfinished
@@ -420,6 +510,7 @@ def sweep(
         directions.position_index(pos)
     index, count = parse_shard(shard)
     timeout = check_claim_timeout(claim_timeout)
+    budget = _check_budget(prefix_memory, model)
     _check_conditions(model, directions, cfg, extra)
     plan = _Plan(model, directions, benchmark, cfg)
     letter_only_supported(model)  # probe the output head once, before any hooks are on
@@ -462,6 +553,7 @@ def sweep(
                 timeout,
                 progress,
                 spec,
+                budget,
             )
         finally:
             results.release_all()  # claims of an interrupted item
@@ -479,6 +571,15 @@ def sweep(
         return result
 
 
+def _check_budget(prefix_memory: int | None, model: Model) -> int:
+    """``prefix_memory`` in bytes (a positive integer), or the default for the model's device."""
+    if prefix_memory is None:
+        return default_prefix_budget(cast(str, model.cfg.device))
+    if isinstance(prefix_memory, bool) or not isinstance(prefix_memory, int) or prefix_memory < 1:
+        raise ValueError(f"prefix_memory must be a positive number of bytes, got {prefix_memory!r}")
+    return prefix_memory
+
+
 def _work(
     model: Model,
     directions: RoleDirections,
@@ -490,10 +591,11 @@ def _work(
     claim_timeout: float,
     progress: bool = True,
     specific: RoleDirections | None = None,
+    budget: int = CPU_PREFIX_BUDGET,
 ) -> list[str]:
     """Compute this worker's work items (its shard, less what is done or claimed by other
     workers) into the store, batch by batch; returns the keys left to other workers."""
-    cfg, (index, count) = plan.cfg, shard
+    index, count = shard
     done = results.done()
     todo = [w for i, w in enumerate(plan.work) if i % count == index and w.key not in done]
     logger.info(
@@ -521,25 +623,65 @@ def _work(
         if not items:
             continue
         batch = _batch(model, plan, group, b)
-        prefix = bool(cfg.alphas or cfg.conditions)  # conditions that may reuse it
-        layers = [w.layer for w in items if w.layer is not None] if prefix else []
-        resids, base = _prefix_pass(
-            model, batch, layers, plan.letters, any(w.layer is None for w in items)
-        )
-        for item in items:
-            if item.layer is None:
-                assert base is not None
-                table = score_table(_rows(plan, item), base, {"group": item.group}, cfg.tie_rule)
-            else:
-                resid = resids.pop(item.layer, None)
-                table = _run_item(
-                    model, directions, plan, item, donors, batch, resid, swept, specific
-                )
-            results.write(item.key, table)  # releases the claim
-            logger.debug("sweep: computed %s", item.key)
+        _run_batch(model, directions, plan, results, items, batch, donors, swept, budget, specific)
+        for _ in items:  # (updated per batch: items of a batch finish together)
             bars.update(1)
     bars.close()
     return [key for key in busy if key not in results.done()]
+
+
+def _run_batch(
+    model: Model,
+    directions: RoleDirections,
+    plan: "_Plan",
+    results: ResultStore,
+    items: Sequence[WorkItem],
+    batch: ChatBatch,
+    donors: dict[str, str],
+    swept: "list[_Condition]",
+    budget: int,
+    specific: RoleDirections | None,
+) -> None:
+    """One batch's claimed items: the saved prefix residuals in layer chunks of at most
+    ``budget`` bytes (each chunk's pass starts from the previous chunk's top residual), the
+    items of each chunk's layers, and the baseline from the last chunk's full pass."""
+    cfg = plan.cfg
+    prefix = bool(cfg.alphas or cfg.conditions)  # conditions that may reuse it
+    layer_items = sorted((w for w in items if w.layer is not None), key=lambda w: w.layer or 0)
+    base_items = [w for w in items if w.layer is None]
+    layers = sorted({cast(int, w.layer) for w in layer_items}) if prefix else []
+    element = torch.finfo(_model_dtype(model)).bits // 8
+    layer_bytes = batch.input_ids.numel() * int(model.cfg.d_model) * element
+    chunks = prefix_chunks(layers, layer_bytes, budget) or [[]]
+    if len(chunks) > 1:
+        logger.debug("sweep: prefix of %d layers in %d chunks", len(layers), len(chunks))
+    start: tuple[int, Tensor] | None = None
+    for j, chunk in enumerate(chunks):
+        last = j == len(chunks) - 1
+        resids, base = _prefix_pass(
+            model, batch, chunk, plan.letters, last and bool(base_items), start
+        )
+        if chunk and not last:
+            start = (chunk[-1], resids[chunk[-1]])
+        for item in base_items if last else []:
+            assert base is not None
+            table = score_table(_rows(plan, item), base, {"group": item.group}, cfg.tie_rule)
+            results.write(item.key, table)  # releases the claim
+            logger.debug("sweep: computed %s", item.key)
+        todo = [w for w in layer_items if (w.layer in chunk if prefix else last)]
+        for item in todo:
+            resid = resids.pop(cast(int, item.layer), None)
+            table = _run_item(model, directions, plan, item, donors, batch, resid, swept, specific)
+            results.write(item.key, table)
+            logger.debug("sweep: computed %s", item.key)
+
+
+def _model_dtype(model: Model) -> torch.dtype:
+    """The dtype of the model's residual stream (its parameters')."""
+    dtype = getattr(model.cfg, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return next(model.parameters()).dtype
 
 
 def _rows(plan: _Plan, item: WorkItem) -> pd.DataFrame:
@@ -559,12 +701,23 @@ class _Enough(Exception):
 
 
 def _prefix_pass(
-    model: Model, batch: ChatBatch, layers: Sequence[int], letters: Sequence[int], baseline: bool
+    model: Model,
+    batch: ChatBatch,
+    layers: Sequence[int],
+    letters: Sequence[int],
+    baseline: bool,
+    start: tuple[int, Tensor] | None = None,
 ) -> tuple[dict[int, Tensor], Tensor | None]:
     """One forward pass: ``resid_pre`` at each of ``layers`` and, if asked, the baseline
-    letter logits (otherwise the pass stops at the last layer needed)."""
+    letter logits (otherwise the pass stops at the last layer needed).
+
+    ``start=(layer, resid)``: the pass starts from a residual saved at ``layer`` (an
+    earlier chunk's) and runs the blocks from there only.
+    """
     captured: dict[int, Tensor] = {}
     wanted = sorted(set(layers))
+    if start is not None:
+        wanted = [layer for layer in wanted if layer > start[0]]
 
     def grab(act: Tensor, hook: Any, layer: int) -> Tensor:
         captured[layer] = act.clone()
@@ -573,14 +726,16 @@ def _prefix_pass(
         return act
 
     hooks = [(f"blocks.{layer}.hook_resid_pre", partial(grab, layer=layer)) for layer in wanted]
+    inputs = batch.input_ids if start is None else start[1]
+    at = None if start is None else start[0]
     base = None
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         if baseline:
-            base = letter_logits(model, batch.input_ids, batch.attention_mask, letters)
+            base = last_letter_logits(model, inputs, batch.attention_mask, letters, at)
             base = base.double().cpu()
         elif wanted:
             with contextlib.suppress(_Enough):
-                model(batch.input_ids, attention_mask=batch.attention_mask)
+                run_from(model, inputs, batch.attention_mask, at)
     return captured, base
 
 
@@ -653,6 +808,45 @@ def _at_prefix(model: Model, resid: Tensor, hooks: Sequence[tuple[str, HookFn]])
     return x
 
 
+def _plain_addition(spec: Intervention, point: str) -> bool:
+    """An :class:`Addition` at ``point`` on every position: applied to a stack of residuals
+    at once (the same arithmetic as its hook)."""
+    return (
+        type(spec) is Addition
+        and f"blocks.{spec.layer}.{spec.hook}" == point
+        and spec.positions == "all"
+    )
+
+
+def _stackable_ablation(spec: Intervention) -> bool:
+    """A sweep :class:`Ablation` (every position): several run in one pass, one per block
+    of rows."""
+    return type(spec) is Ablation and spec.positions == "all"
+
+
+def _add_stacked(resid: Tensor, vectors: Tensor, mask: Tensor, padded: bool) -> Tensor:
+    """``k`` additions at once: ``[k * batch, pos, d_model]``, block ``j`` = ``resid + v_j``
+    on real tokens (padding untouched), computed as :func:`~roleprobe.steering.operators.shift`
+    computes one."""
+    work = vectors.to(device=resid.device, dtype=work_dtype(resid.dtype))
+    new = (resid[None].to(work.dtype) + work[:, None, None, :]).to(resid.dtype)
+    if padded:
+        real = mask.to(device=resid.device, dtype=torch.bool)[None, :, :, None]
+        new = torch.where(real, new, resid[None])
+    return new.flatten(0, 1)
+
+
+def _ablation_hooks(
+    model: Model, specs: Sequence[Ablation], state: SteerState
+) -> list[tuple[str, HookFn]]:
+    """One set of hooks ablating ``specs[j]``'s direction from the ``j``-th block of rows of
+    a batch repeated ``len(specs)`` times (the specs differ only in their direction)."""
+    names = specs[0].hook_names(model)
+    d_hats = OnDevice(torch.stack([unit(s.direction.to(torch.float64)) for s in specs]))
+    fn = position_hook(lambda x: project_out_stacked(x, d_hats.like(x)), specs[0].positions, state)
+    return [(name, fn) for name in names]
+
+
 def _run_item(
     model: Model,
     rd: RoleDirections,
@@ -668,7 +862,8 @@ def _run_item(
 
     Interventions whose hooks all sit at this layer's ``hook_resid_pre`` are applied to the
     saved residual and run through the upper blocks only, ``stack`` variants per forward
-    pass; the others run a full pass under :func:`steer`.
+    pass; the sweep's ablations run ``stack`` directions per full pass (one block of rows
+    each); any other intervention runs a full pass of its own under :func:`steer`.
     """
     cfg = plan.cfg
     items = _rows(plan, item)
@@ -676,32 +871,86 @@ def _run_item(
     assert item.layer is not None
     layer = item.layer
     point = f"blocks.{layer}.hook_resid_pre"
-    stacked_jobs: list[_Job] = []
+    state = SteerState(attention_mask=mask)
+    device = cast(str, model.cfg.device)
+    variants = _variants(
+        rd, plan.groups[item.group], layer, cfg, donors, specific, plan.null, device
+    )
+    prefix_jobs: list[_Job] = []
+    ablation_jobs: list[_Job] = []
     full_jobs: list[_Job] = []
-    for v in _variants(rd, plan.groups[item.group], layer, cfg, donors, specific):
+    for v in variants:
         for condition in conditions:
             spec = condition.make(v.vector, layer)
-            hooks = spec.hooks(model, SteerState(attention_mask=mask))
+            if resid is not None and _plain_addition(spec, point):
+                prefix_jobs.append(_Job(v, condition, spec, []))
+                continue
+            if _stackable_ablation(spec):
+                ablation_jobs.append(_Job(v, condition, spec, []))
+                continue
+            hooks = spec.hooks(model, state)
             job = _Job(v, condition, spec, hooks)
             at_input = resid is not None and all(name == point for name, _ in hooks)
-            (stacked_jobs if at_input else full_jobs).append(job)
+            (prefix_jobs if at_input else full_jobs).append(job)
     tables = []
     with torch.inference_mode():
-        for start in range(0, len(stacked_jobs), cfg.stack):
+        for start in range(0, len(prefix_jobs), cfg.stack):
             assert resid is not None
-            chunk = stacked_jobs[start : start + cfg.stack]
-            stacked = torch.stack([_at_prefix(model, resid, job.hooks) for job in chunk])
+            chunk = prefix_jobs[start : start + cfg.stack]
+            stacked = _prefix_inputs(model, resid, chunk, mask, state.padded)
             k, b = len(chunk), resid.shape[0]
-            logits = letters_from(
-                model, stacked.flatten(0, 1), layer, mask.repeat(k, 1), plan.letters
-            ).reshape(k, b, -1)
-            for job, scores in zip(chunk, logits, strict=True):
-                tables.append(_cell(items, scores, job, layer, item.group, cfg.tie_rule))
+            logits = letters_from(model, stacked, layer, mask.repeat(k, 1), plan.letters)
+            scores = logits.reshape(k, b, -1).double().cpu()
+            tables += [
+                _cell(items, s, job, layer, item.group, cfg.tie_rule)
+                for job, s in zip(chunk, scores, strict=True)
+            ]
+        for chunk in _ablation_chunks(ablation_jobs, cfg.stack):
+            k = len(chunk)
+            rows_mask = mask.repeat(k, 1)
+            specs = [cast(Ablation, job.spec) for job in chunk]
+            hooks = _ablation_hooks(model, specs, SteerState(attention_mask=rows_mask))
+            with model.hooks(fwd_hooks=hooks):
+                logits = letter_logits(model, ids.repeat(k, 1), rows_mask, plan.letters)
+            scores = logits.reshape(k, ids.shape[0], -1).double().cpu()
+            tables += [
+                _cell(items, s, job, layer, item.group, cfg.tie_rule)
+                for job, s in zip(chunk, scores, strict=True)
+            ]
         for job in full_jobs:
             with steer(model, job.spec, attention_mask=mask):
-                scores = letter_logits(model, ids, mask, plan.letters)
+                scores = letter_logits(model, ids, mask, plan.letters).double().cpu()
             tables.append(_cell(items, scores, job, layer, item.group, cfg.tie_rule))
     return pd.concat(tables, ignore_index=True)
+
+
+def _ablation_chunks(jobs: Sequence[_Job], stack: int) -> list[list[_Job]]:
+    """Ablation jobs in chunks of at most ``stack`` that share everything but the
+    direction (layers, hook points, placement, positions), in the jobs' order."""
+    groups: dict[tuple[Any, ...], list[_Job]] = {}
+    for job in jobs:
+        spec = cast(Ablation, job.spec)
+        layers = None if spec.layers is None else tuple(spec.layers)
+        groups.setdefault((layers, tuple(spec.hooks_at), spec.at, spec.positions), []).append(job)
+    return [group[i : i + stack] for group in groups.values() for i in range(0, len(group), stack)]
+
+
+def _prefix_inputs(
+    model: Model, resid: Tensor, chunk: Sequence[_Job], mask: Tensor, padded: bool
+) -> Tensor:
+    """The stacked inputs of a chunk of prefix jobs: plain additions in one tensor
+    operation, any other job through its own hook functions."""
+    if all(not job.hooks for job in chunk):
+        vectors = torch.stack([cast(Addition, job.spec).vector for job in chunk])
+        return _add_stacked(resid, vectors, mask, padded)
+    parts = []
+    for job in chunk:
+        if job.hooks:
+            parts.append(_at_prefix(model, resid, job.hooks))
+        else:
+            vector = cast(Addition, job.spec).vector[None]
+            parts.append(_add_stacked(resid, vector, mask, padded))
+    return torch.cat(parts)
 
 
 def _cell(
@@ -718,4 +967,4 @@ def _cell(
         "alpha": alpha,
         "group": group,
     }
-    return score_table(items, scores.double().cpu(), labels, tie_rule)
+    return score_table(items, scores, labels, tie_rule)

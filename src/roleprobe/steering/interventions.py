@@ -50,7 +50,14 @@ from torch import Tensor
 
 from roleprobe.core.hooks import HOOKS, check_layers
 from roleprobe.core.types import Model
-from roleprobe.steering.operators import add, check_direction, clamp_projection, project_out, unit
+from roleprobe.steering.operators import (
+    check_direction,
+    clamp_unit,
+    project_out_unit,
+    shift,
+    unit,
+    work_dtype,
+)
 
 PositionSpec = str | Sequence[int]
 HookFn = Callable[..., Tensor]
@@ -62,21 +69,47 @@ ABLATION_PLACEMENTS = ("stream", "paper")
 _RAW_OUTPUTS = {"hook_attn_out": "attn.hook_out", "hook_mlp_out": "mlp.hook_out"}
 
 
-@dataclass
 class SteerState:
     """What the hooks of one :func:`steer` block know about the current forward pass.
 
     Attributes:
         attention_mask: 1 for real tokens, 0 for padding, over every position seen so far
-            (the cached prefix included); ``None``: every position is real.
+            (the cached prefix included); ``None``: every position is real. Setting it
+            also sets ``padded`` (one read-back, there and then: the hooks never read a
+            value from the device).
+        padded: whether ``attention_mask`` marks any padding.
         prompt_length: width of the (padded) prompt; positions past it are generated.
         suspended: while true the hooks pass activations through unchanged (see
             :func:`suspended`).
     """
 
-    attention_mask: Tensor | None = None
-    prompt_length: int | None = None
-    suspended: bool = False
+    def __init__(
+        self,
+        attention_mask: Tensor | None = None,
+        prompt_length: int | None = None,
+        suspended: bool = False,
+    ) -> None:
+        self.attention_mask = attention_mask
+        self.prompt_length = prompt_length
+        self.suspended = suspended
+
+    @property
+    def attention_mask(self) -> Tensor | None:
+        """The batch's attention mask (see the class docstring)."""
+        return self._attention_mask
+
+    @attention_mask.setter
+    def attention_mask(self, mask: Tensor | None) -> None:
+        self._attention_mask = mask
+        self.padded = mask is not None and not bool(mask.bool().all())
+
+    def __repr__(self) -> str:
+        """The mask's shape, padding, prompt length and suspension."""
+        shape = None if self.attention_mask is None else tuple(self.attention_mask.shape)
+        return (
+            f"SteerState(attention_mask={shape}, padded={self.padded}, "
+            f"prompt_length={self.prompt_length}, suspended={self.suspended})"
+        )
 
 
 def _check_positions(positions: PositionSpec) -> PositionSpec:
@@ -96,30 +129,50 @@ def position_mask(
     """Which of the current ``seq`` positions an intervention acts on (``None``: all).
 
     The current activations cover the last ``seq`` of the positions in
-    ``state.attention_mask`` (earlier ones are in the KV cache).
+    ``state.attention_mask`` (earlier ones are in the KV cache). Built arithmetically on
+    ``device``: nothing is read back to the host (it runs inside hooks).
     """
     mask = state.attention_mask
+    if positions == "all" and (mask is None or not state.padded):
+        return None
     total = mask.shape[1] if mask is not None else seq
     prompt_length = state.prompt_length if state.prompt_length is not None else total
-    columns = torch.arange(total - seq, total, device=device)
-    if positions == "all":
-        chosen = None
-    elif positions == "prompt":
-        chosen = columns < prompt_length
-    elif positions == "generated":
-        chosen = columns >= prompt_length
-    else:
-        indices = [int(p) for p in positions]
-        wanted = torch.tensor([p if p >= 0 else prompt_length + p for p in indices], device=device)
-        chosen = torch.isin(columns, wanted)
-    if mask is not None:
+    chosen: Tensor | None = None
+    if positions != "all":
+        columns = torch.arange(total - seq, total, device=device)
+        if positions == "prompt":
+            chosen = columns < prompt_length
+        elif positions == "generated":
+            chosen = columns >= prompt_length
+        else:
+            chosen = torch.zeros_like(columns, dtype=torch.bool)
+            for p in positions:
+                chosen |= columns == (int(p) if int(p) >= 0 else prompt_length + int(p))
+    if mask is not None and state.padded:
         real = mask[:, total - seq :].to(device=device, dtype=torch.bool)
-        chosen = real if chosen is None else real & chosen[None, :]
-        if bool(chosen.all()):
-            return None
-    elif chosen is not None:
-        chosen = chosen[None, :].expand(batch, seq)
-    return chosen
+        return real if chosen is None else real & chosen[None, :]
+    assert chosen is not None
+    return chosen[None, :].expand(batch, seq)
+
+
+class OnDevice:
+    """A vector kept on each device and working dtype it is used in, copied there once.
+
+    Hooks call :meth:`like` with their activation: the first call per (device, dtype)
+    copies the vector over, later ones reuse that copy (nothing is moved per call).
+    """
+
+    def __init__(self, vector: Tensor) -> None:
+        self.vector = vector
+        self._copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def like(self, x: Tensor) -> Tensor:
+        """The vector on ``x``'s device in the working dtype of ``x`` (:func:`work_dtype`)."""
+        key = (x.device, x.dtype)
+        out = self._copies.get(key)
+        if out is None:
+            out = self._copies[key] = self.vector.to(device=x.device, dtype=work_dtype(x.dtype))
+        return out
 
 
 def position_hook(
@@ -287,11 +340,11 @@ class Addition:
         """The hook for ``model`` (checks the layer and the direction's width)."""
         check_layers(model, [self.layer])
         _check_model_width(self.direction, model)
-        vector = self.vector
+        vector = OnDevice(self.vector)
         return [
             (
                 f"blocks.{self.layer}.{self.hook}",
-                position_hook(lambda x: add(x, vector, 1.0), self.positions, state),
+                position_hook(lambda x: shift(x, vector.like(x)), self.positions, state),
             )
         ]
 
@@ -373,8 +426,8 @@ class Ablation:
         """One hook per (layer, hook point)."""
         names = self.hook_names(model)
         _check_model_width(self.direction, model)
-        direction = self.direction
-        fn = position_hook(lambda x: project_out(x, direction), self.positions, state)
+        d_hat = OnDevice(unit(self.direction.to(torch.float64)))
+        fn = position_hook(lambda x: project_out_unit(x, d_hat.like(x)), self.positions, state)
         return [(name, fn) for name in names]
 
 
@@ -416,8 +469,8 @@ class Clamp:
         """The hook for ``model``."""
         check_layers(model, [self.layer])
         _check_model_width(self.direction, model)
-        direction, value = self.direction, self.value
-        fn = position_hook(lambda x: clamp_projection(x, direction, value), self.positions, state)
+        d_hat, value = OnDevice(unit(self.direction.to(torch.float64))), self.value
+        fn = position_hook(lambda x: clamp_unit(x, d_hat.like(x), value), self.positions, state)
         return [(f"blocks.{self.layer}.{self.hook}", fn)]
 
 

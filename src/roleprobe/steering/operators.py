@@ -49,7 +49,7 @@ def unit(direction: Float[Tensor, " d_model"]) -> Float[Tensor, " d_model"]:
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return work_dtype(x.dtype)
 
 
 def add(
@@ -87,6 +87,52 @@ def clamp_projection(
     work = _work_dtype(x)
     d_hat = unit(direction.to(torch.float64)).to(device=x.device, dtype=work)
     xw = x.to(work)
+    return (xw - ((xw @ d_hat) - value)[..., None] * d_hat).to(x.dtype)
+
+
+# ---- the same maths on prepared vectors, for hooks --------------------------------------
+# A hook runs once per layer per forward pass: these take a vector already validated and
+# already on the activation's device in the working dtype (:func:`work_dtype`), and do no
+# check that would read a value back to the host (no ``.item()``, ``bool(tensor)``).
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype intervention maths run in for activations of ``dtype`` (float32 for half)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def shift(x: Float[Tensor, "... d_model"], vector: Float[Tensor, " d_model"]) -> Tensor:
+    """``x + vector`` computed in the working dtype, cast back (no checks: for hooks)."""
+    return (x.to(vector.dtype) + vector).to(x.dtype)
+
+
+def project_out_unit(x: Float[Tensor, "... d_model"], d_hat: Float[Tensor, " d_model"]) -> Tensor:
+    """``x - (x . d_hat) d_hat`` for a unit ``d_hat`` in the working dtype (no checks)."""
+    xw = x.to(d_hat.dtype)
+    return (xw - (xw @ d_hat)[..., None] * d_hat).to(x.dtype)
+
+
+def project_out_stacked(
+    x: Float[Tensor, "rows pos d_model"], d_hats: Float[Tensor, "k d_model"]
+) -> Float[Tensor, "rows pos d_model"]:
+    """Project a different unit direction out of each of ``k`` equal blocks of rows.
+
+    ``x`` holds ``k`` copies of a batch one after another (``rows = k * batch``); block
+    ``j`` loses its component along ``d_hats[j]``. Equal to :func:`project_out_unit` per
+    block up to float rounding (one batched matrix product instead of ``k``).
+    """
+    k = d_hats.shape[0]
+    xw = x.to(d_hats.dtype)
+    blocks = xw.reshape(k, -1, xw.shape[-1])  # [k, batch * pos, d_model]
+    coef = torch.bmm(blocks, d_hats[:, :, None])  # [k, batch * pos, 1]
+    return (blocks - coef * d_hats[:, None, :]).reshape(x.shape).to(x.dtype)
+
+
+def clamp_unit(
+    x: Float[Tensor, "... d_model"], d_hat: Float[Tensor, " d_model"], value: float
+) -> Tensor:
+    """``x - (x . d_hat - value) d_hat`` for a unit ``d_hat`` in the working dtype."""
+    xw = x.to(d_hat.dtype)
     return (xw - ((xw @ d_hat) - value)[..., None] * d_hat).to(x.dtype)
 
 

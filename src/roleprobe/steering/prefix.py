@@ -153,6 +153,16 @@ def _run_args(
     return kwargs, skipping_blocks(model, start_at_layer)
 
 
+def run_from(
+    model: Model, inputs: Tensor, attention_mask: Tensor, start_at_layer: int | None = None
+) -> Any:
+    """The model's forward on token ids, or with ``start_at_layer=l`` on the residual
+    entering block ``l`` (blocks below ``l`` are skipped); returns what the model returns."""
+    kwargs, skipping = _run_args(model, attention_mask, start_at_layer)
+    with skipping:
+        return model(inputs, **kwargs)
+
+
 def _last_and_stop(act: Tensor, hook: Any) -> Tensor:
     raise _Captured(act[:, -1])
 

@@ -233,13 +233,15 @@ class NormReducer:
         self.count = 0
 
     def __call__(self, layer_index: int, rows: list[int], selected: Tensor) -> None:
-        self.sums[layer_index] += selected.norm(dim=-1).mean(dim=1).sum().cpu()
+        if self.sums.device != selected.device:  # kept where the activations are
+            self.sums = self.sums.to(selected.device)
+        self.sums[layer_index] += selected.norm(dim=-1).mean(dim=1).sum()
         if layer_index == 0:
             self.count += len(rows)
 
     def mean(self) -> Float[Tensor, " layer"]:
-        """Mean norms."""
-        return self.sums / self.count
+        """Mean norms (on the CPU)."""
+        return (self.sums / self.count).cpu()
 
 
 class ProjectionReducer:
@@ -256,9 +258,13 @@ class ProjectionReducer:
         self.values = torch.zeros(n_prompts, n_dir, n_sel, n_layers, dtype=torch.float64)
 
     def __call__(self, layer_index: int, rows: list[int], selected: Tensor) -> None:
-        units = self.units[:, :, layer_index].to(selected.device)
-        proj = torch.einsum("bsd,rsd->brs", selected, units)
-        self.values[torch.tensor(rows), :, :, layer_index] = proj.cpu()
+        if self.units.device != selected.device:  # moved once, not per call
+            self.units = self.units.to(selected.device)
+            self.values = self.values.to(selected.device)
+        proj = torch.einsum("bsd,rsd->brs", selected, self.units[:, :, layer_index])
+        contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
+        where = slice(rows[0], rows[0] + len(rows)) if contiguous else rows
+        self.values[where, :, :, layer_index] = proj
 
 
 def stream(
@@ -292,41 +298,56 @@ def stream(
         unit="batch",
     ) as bars:
         for rows, batch in bars:
+            finite: list[Tensor] = []  # per layer: which rows' selected activations are finite
             read = partial(
                 _read_selected,
                 pick=selector_for(batch.n_post).picker(batch.to(float64_device(batch.input_ids))),
                 rows=rows,
                 reducer=reducer,
-                prompts=prompts,
+                finite=finite,
             )
-            fwd_hooks = [
-                (name, partial(read, index=i, name=name))
-                for i, name in enumerate(f"blocks.{layer}.{hook}" for layer in layers)
-            ]
+            names = [f"blocks.{layer}.{hook}" for layer in layers]
+            fwd_hooks = [(name, partial(read, index=i)) for i, name in enumerate(names)]
             with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
                 model(batch.input_ids, attention_mask=batch.attention_mask, stop_at_layer=stop_at)
+            _check_finite(finite, names, rows, prompts)
 
 
 def _read_selected(
     act: Tensor,
     hook: Any,
     index: int,
-    name: str,
     pick: Callable[[Tensor], Tensor],
     rows: list[int],
     reducer: Reducer,
-    prompts: Prompts,
+    finite: list[Tensor],
 ) -> Tensor:
-    """The hook: pick the selected positions in float64 and hand them to the reducer."""
+    """The hook: pick the selected positions in float64 and hand them to the reducer.
+
+    Whether they are finite is noted on the device and checked after the pass
+    (:func:`_check_finite`): nothing is read back to the host inside a hook.
+    """
     picked = pick(act.to(float64_device(act)))
-    if not torch.isfinite(picked).all():
-        bad = int((~torch.isfinite(picked)).any(dim=(1, 2)).nonzero()[0, 0])
-        raise FloatingPointError(
-            f"non-finite activation at {name} for prompt {rows[bad]} "
-            f"({_describe_prompt(prompts, rows[bad])})"
-        )
+    finite.append(torch.isfinite(picked).flatten(1).all(dim=1))
     reducer(index, rows, picked)
     return act
+
+
+def _check_finite(
+    finite: Sequence[Tensor], names: Sequence[str], rows: list[int], prompts: Prompts
+) -> None:
+    """Raise for the first layer and prompt whose selected activations were not finite
+    (one read-back per batch)."""
+    if not finite:
+        return
+    flags = torch.stack(list(finite))  # [layer, row]
+    if bool(flags.all()):
+        return
+    layer, bad = (int(i) for i in (~flags).nonzero()[0])
+    raise FloatingPointError(
+        f"non-finite activation at {names[layer]} for prompt {rows[bad]} "
+        f"({_describe_prompt(prompts, rows[bad])})"
+    )
 
 
 def _describe_prompt(prompts: Prompts, index: int) -> str:

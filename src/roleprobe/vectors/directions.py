@@ -26,6 +26,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +128,14 @@ class RoleDirections:
             raise ValueError("role_counts needs one count per role")
 
     # ---------------------------------------------------------------- access ----------------
-    @property
+    @cached_property
     def vectors(self) -> Float[Tensor, "role pos layer d_model"]:
-        """The unnormalised directions (float32): role mean minus base mean."""
+        """The unnormalised directions (float32): role mean minus base mean.
+
+        Computed once per object and kept (the means are not meant to change in place; a
+        new object — e.g. :func:`dataclasses.replace` — computes its own). For one or a
+        few directions use :meth:`vector` / :meth:`layer_vectors`, which read only those.
+        """
         return (self.role_means - self.base_mean).float()
 
     @property
@@ -168,9 +174,22 @@ class RoleDirections:
 
     def vector(self, role: str, layer: int, pos: PositionLabel = -1) -> Float[Tensor, " d_model"]:
         """One raw direction, e.g. ``rd.vector("lawyer", layer=12, pos=-1)``."""
-        return self.vectors[
-            self.role_index(role), self.position_index(pos), self.layer_index(layer)
-        ]
+        r, p, li = self.role_index(role), self.position_index(pos), self.layer_index(layer)
+        return (self.role_means[r, p, li] - self.base_mean[p, li]).float()
+
+    def layer_vectors(
+        self, roles: Sequence[str], layer: int, positions: Sequence[PositionLabel]
+    ) -> Float[Tensor, "role pos d_model"]:
+        """The raw directions of ``roles`` × ``positions`` at one layer, in one tensor.
+
+        Reads only those slices of the means (work independent of the number of layers and
+        of the other roles); equal to ``vectors[roles][:, positions, layer]``.
+        """
+        r = [self.role_index(role) for role in roles]
+        p = [self.position_index(pos) for pos in positions]
+        li = self.layer_index(layer)
+        means = self.role_means[:, :, li][r][:, p]
+        return (means - self.base_mean[p, li]).float()
 
     # ----------------------------------------------------------------- geometry --------------
     def _d64(self) -> Float[Tensor, "role pos layer d_model"]:

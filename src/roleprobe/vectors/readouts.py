@@ -5,7 +5,9 @@
   independent of the direction's scale.
 * :func:`patchscope` — the model answers "What does ⧫ represent?" greedily with the
   direction added (``alpha``, default 3) in one layer, and once unsteered; both texts are
-  kept. Two modes (:data:`PATCHSCOPE_MODES`):
+  kept. :func:`patchscopes` does it for many directions (each at its own layer): the
+  unsteered answer once, the steered ones batched, one direction per row. Two modes
+  (:data:`PATCHSCOPE_MODES`):
 
   - ``"placeholder"`` (default): the direction is added at the placeholder's tokens only,
     as in the patchscopes method, and the answer is short (48 tokens). The question then
@@ -33,6 +35,7 @@
 Example:
     >>> logit_lens(model, rd, "lawyer", k=5)
     >>> result = patchscope(model, rd.vector("lawyer", 20), layer=20)
+    >>> results = patchscopes(model, [(rd.vector("lawyer", 20), 20), (rd.vector("nurse", 14), 14)])
     >>> BagOfWordsJudge(rp.load_prompts("builtin"))(result.steered, "lawyer")
 """
 
@@ -52,12 +55,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from roleprobe.core.hooks import check_layers
 from roleprobe.core.types import Model
 from roleprobe.data.prompts import RolePrompts
 from roleprobe.model.chat import chat_ids, common_prefix_length
 from roleprobe.steering.generation import generate
-from roleprobe.steering.interventions import Addition
 from roleprobe.steering.operators import check_direction
+from roleprobe.steering.rows import RowAdditions
 from roleprobe.vectors.directions import RoleDirections
 
 logger = logging.getLogger(__name__)
@@ -178,6 +182,95 @@ def check_patchscope_mode(mode: str) -> str:
     return mode
 
 
+def patchscopes(
+    model: Model,
+    readouts: Sequence[tuple[Float[Tensor, " d_model"], int]],
+    alpha: float = 3.0,
+    prompt: str = PATCHSCOPE_PROMPT,
+    positions: str | None = None,
+    max_new_tokens: int | None = None,
+    mode: str = "placeholder",
+    system: str | None = "default",
+    batch_size: int = 8,
+) -> list[PatchscopeResult]:
+    """:func:`patchscope` for many directions, each at its own layer, in batches.
+
+    The unsteered answer is generated once; the steered ones ``batch_size`` at a time, one
+    direction per row of a batch of the same prompt (no padding), with
+    :class:`~roleprobe.steering.rows.RowAdditions`. Each result is the one
+    :func:`patchscope` gives for its direction (greedy decoding; identical where batching
+    does not change the model's numerics, e.g. float32 on the CPU).
+
+    Args:
+        model: a TransformerLens bridge with a chat tokenizer.
+        readouts: ``(direction, layer)`` pairs: the raw direction and the block whose input
+            receives ``alpha * direction``.
+        alpha: strength, shared by every direction.
+        prompt: the question, containing the placeholder ``⧫`` once.
+        positions: ``"placeholder"`` or ``"all"``; ``None``: the mode's.
+        max_new_tokens: answer length; ``None``: the mode's, capped to the context.
+        mode: ``"placeholder"`` (default) or ``"paper"``.
+        system: the system-turn policy of the prompt (use the directions' own, ``rd.system``).
+        batch_size: steered answers per generation (each row holds a KV cache of up to
+            ``max_new_tokens`` tokens).
+
+    Returns:
+        One :class:`PatchscopeResult` per pair, in order (all share the unsteered text).
+
+    Example:
+        >>> picks = [(rd.vector("lawyer", 6), 6), (rd.vector("nurse", 9), 9)]
+        >>> [r.steered for r in patchscopes(model, picks, mode="paper")]
+    """
+    default_positions, default_tokens = _MODE_DEFAULTS[check_patchscope_mode(mode)]
+    positions = default_positions if positions is None else positions
+    if positions not in PATCHSCOPE_POSITIONS:
+        raise ValueError(
+            f"positions must be one of {list(PATCHSCOPE_POSITIONS)}, got {positions!r}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    pairs = [(direction, int(layer)) for direction, layer in readouts]
+    for direction, _ in pairs:
+        check_direction(direction, int(model.cfg.d_model))
+    if not pairs:
+        return []
+    check_layers(model, [layer for _, layer in pairs])
+    if max_new_tokens is None:
+        room = int(model.cfg.n_ctx) - len(chat_ids(model.tokenizer, prompt, system))
+        max_new_tokens = min(default_tokens, room)
+        if max_new_tokens < default_tokens:
+            logger.warning(
+                "patchscope: the model's context (%d tokens) leaves room for %d new tokens, "
+                "not the %s mode's %d",
+                model.cfg.n_ctx,
+                max_new_tokens,
+                mode,
+                default_tokens,
+            )
+    where: str | tuple[int, ...] = "all"
+    if positions == "placeholder":
+        where = placeholder_positions(model.tokenizer, prompt, system=system)
+    (unsteered,) = generate(model, [prompt], max_new_tokens=max_new_tokens, system=system)
+    steered: list[str] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        vectors = torch.stack([direction for direction, _ in chunk])
+        spec = RowAdditions(vectors, [layer for _, layer in chunk], alpha, positions=where)
+        steered += generate(
+            model,
+            [prompt] * len(chunk),
+            [spec],
+            max_new_tokens=max_new_tokens,
+            system=system,
+            batch_size=len(chunk),
+        )
+    offsets = where if isinstance(where, tuple) else ()
+    return [
+        PatchscopeResult(text, unsteered, layer, alpha, prompt, offsets, mode)
+        for text, (_, layer) in zip(steered, pairs, strict=True)
+    ]
+
+
 def patchscope(
     model: Model,
     direction: Float[Tensor, " d_model"],
@@ -203,7 +296,8 @@ def patchscope(
 
     Both decode greedily, add the raw direction times ``alpha`` to the input of block
     ``layer`` and ask the same prompt; ``positions`` and ``max_new_tokens`` override the
-    mode's defaults.
+    mode's defaults. For many directions use :func:`patchscopes`, which generates the
+    unsteered answer once and the steered ones in batches.
 
     Args:
         model: a TransformerLens bridge with a chat tokenizer.
@@ -225,33 +319,10 @@ def patchscope(
     Example:
         >>> patchscope(model, rd.vector("lawyer", 6), layer=6, mode="paper").steered
     """
-    default_positions, default_tokens = _MODE_DEFAULTS[check_patchscope_mode(mode)]
-    positions = default_positions if positions is None else positions
-    if max_new_tokens is None:
-        room = int(model.cfg.n_ctx) - len(chat_ids(model.tokenizer, prompt, system))
-        max_new_tokens = min(default_tokens, room)
-        if max_new_tokens < default_tokens:
-            logger.warning(
-                "patchscope: the model's context (%d tokens) leaves room for %d new tokens, "
-                "not the %s mode's %d",
-                model.cfg.n_ctx,
-                max_new_tokens,
-                mode,
-                default_tokens,
-            )
-    if positions == "placeholder":
-        where: str | tuple[int, ...] = placeholder_positions(model.tokenizer, prompt, system=system)
-    elif positions == "all":
-        where = "all"
-    else:
-        raise ValueError(
-            f"positions must be one of {list(PATCHSCOPE_POSITIONS)}, got {positions!r}"
-        )
-    spec = Addition(direction, layer, alpha, positions=where)
-    (unsteered,) = generate(model, [prompt], max_new_tokens=max_new_tokens, system=system)
-    (steered,) = generate(model, [prompt], [spec], max_new_tokens=max_new_tokens, system=system)
-    offsets = where if isinstance(where, tuple) else ()
-    return PatchscopeResult(steered, unsteered, layer, alpha, prompt, offsets, mode)
+    (result,) = patchscopes(
+        model, [(direction, layer)], alpha, prompt, positions, max_new_tokens, mode, system
+    )
+    return result
 
 
 _WORD = re.compile(r"[a-z][a-z'-]+")

@@ -77,7 +77,7 @@ def projections(
         desc=desc,
         system=directions.system,
     )
-    return reducer.values
+    return reducer.values.cpu()
 
 
 @overload
