@@ -181,3 +181,32 @@ def test_means_equal_reference_on_the_embedded_model(embedded_model, embedded_re
         got = collect_means(embedded_model, texts, layers=layers, batch_size=4, progress=False)
         ref = reference_means(hf_model, tokenizer, texts, layers)
         assert torch.allclose(got.mean, ref, rtol=1e-5, atol=1e-4), name
+
+
+def test_the_means_pass_reads_nothing_back_inside_hooks(tiny_model):
+    """Per-layer callbacks of the means pass keep their finiteness check on the device (one
+    read-back per batch, after the pass)."""
+    from _syncs import counting_syncs
+
+    prompts = ["Describe a river.", "Hi", "What is a prime number?"]
+    with counting_syncs(tiny_model) as count:
+        collect_means(tiny_model, prompts, batch_size=2, progress=False)
+    assert count.hook_calls == 2 * tiny_model.cfg.n_layers
+    assert count.syncs == {}, dict(count.syncs)
+
+
+def test_a_non_finite_activation_names_its_layer_and_prompt(tiny_model):
+    def poison(act, hook):
+        act = act.clone()
+        act[1, -1, 0] = float("nan")
+        return act
+
+    with (
+        tiny_model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", poison)]),
+        pytest.raises(
+            FloatingPointError,
+            match=r"non-finite activation at blocks\.1\.hook_resid_pre for prompt "
+            r"(0 \('Describe a river\.'\)|1 \('Hi'\))",
+        ),
+    ):
+        collect_means(tiny_model, ["Describe a river.", "Hi"], batch_size=2, progress=False)

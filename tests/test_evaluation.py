@@ -292,3 +292,16 @@ def test_persona_and_interventions_compose(tiny_model, bench):
     assert condition_columns([Baseline(), Persona("nurse", mode="prefix")])["condition"] == (
         "persona"
     )
+
+
+def test_scoring_under_interventions_reads_nothing_back_inside_hooks(tiny_model, bench):
+    """Letter scoring (the pass cut after the final norm) under an addition, an ablation
+    and a clamp: no hook call reads a value back to the host."""
+    from _syncs import counting_syncs
+
+    d = torch.randn(tiny_model.cfg.d_model)
+    specs = [rp.Addition(d, 1, 3.0), rp.Ablation(d), rp.Clamp(d, 2, 0.5)]
+    with counting_syncs(tiny_model) as count:
+        rp.evaluate(tiny_model, bench, specs, batch_size=3, progress=False)
+    assert count.hook_calls > 0
+    assert count.syncs == {}, dict(count.syncs)
