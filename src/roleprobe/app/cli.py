@@ -5,6 +5,9 @@ Subcommands:
     :mod:`roleprobe.app.pipeline`; the folder's layout is :mod:`roleprobe.app.run`'s);
     ``--config run.toml`` for your own, ``--shard i/n`` for one part of the sweep,
     ``--until STAGE`` to stop early.
+    ``roleprobe plan --preset paper --model google/gemma-2-9b-it``: what a run would cost
+    (work items, forward passes, tokens, FLOPs, GPU-hours, prefix memory), from the model's
+    config alone; the same settings as ``run`` (see :mod:`roleprobe.experiments.cost`).
     ``roleprobe sweep``/``merge``/``figures``: single stages of a run folder (``figures``
     makes the report stage again, see :func:`roleprobe.app.pipeline.rerun_stage`).
     ``roleprobe directions``: compute and save role directions.
@@ -180,6 +183,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="overrides the preset's dtype (paper: the authors' dtype for the model's family)",
     )
 
+    plan = sub.add_parser(
+        "plan",
+        help="what a run would cost (passes, tokens, FLOPs, GPU-hours), before any compute",
+        description="Count what `roleprobe run` would compute with the same settings: work "
+        "items, forward passes, tokens, FLOPs and GPU-hours per stage and per role, and the "
+        "sweep's prefix memory. Reads the model's config (a hub name from the local cache, a "
+        "folder or its config.json); never loads weights or runs the model.",
+    )
+    _add_run_args(plan, sorted(PRESETS), folder=False)
+    plan.add_argument(
+        "--dtype",
+        default=None,
+        choices=(*DTYPE_NAMES, "paper"),
+        help="overrides the preset's dtype (sets the prefix memory)",
+    )
+    plan.add_argument(
+        "--gpu",
+        default="h100",
+        help="h100, h200, a100, l40s (bf16 dense peak) or a peak in FLOP/s (e.g. 989e12)",
+    )
+    plan.add_argument(
+        "--utilisation",
+        type=float,
+        default=0.5,
+        help="share of the GPU's peak achieved (default 0.5; 0.4 and 0.6 are shown too)",
+    )
+    plan.add_argument("--json", default=None, metavar="PATH", help="write the full plan as JSON")
+
     sweep = sub.add_parser("sweep", help="stages 1-4 of a run (one shard of the sweep)")
     _add_run_args(sweep, sorted(PRESETS))
 
@@ -243,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_run_args(parser: argparse.ArgumentParser, presets: Sequence[str]) -> None:
+def _add_run_args(
+    parser: argparse.ArgumentParser, presets: Sequence[str], folder: bool = True
+) -> None:
+    """A run's settings: preset, TOML and overrides (``folder``: also the run folder's
+    ``--out``, ``--shard`` and ``--resume``, which ``plan`` has no use for)."""
     parser.add_argument(
         "--preset",
         default=None,
@@ -251,14 +286,15 @@ def _add_run_args(parser: argparse.ArgumentParser, presets: Sequence[str]) -> No
         help="the preset to start from (--config and the flags below override it)",
     )
     parser.add_argument("--config", default=None, help="a TOML file ([run] table or top level)")
-    parser.add_argument("--out", required=True, help="the run folder (resumes if it exists)")
-    parser.add_argument("--shard", default=None, help="i/n: do only this part of the sweep")
-    parser.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="continue a run folder that has finished stages (default); --no-resume refuses",
-    )
+    if folder:
+        parser.add_argument("--out", required=True, help="the run folder (resumes if it exists)")
+        parser.add_argument("--shard", default=None, help="i/n: do only this part of the sweep")
+        parser.add_argument(
+            "--resume",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="continue a run folder that has finished stages (default); --no-resume refuses",
+        )
     parser.add_argument("--model", default=None, help="overrides the preset's model")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
     parser.add_argument(
@@ -372,7 +408,8 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
     """The run's config from ``--preset``/``--config``/flags, validated before any write."""
     from roleprobe.app.run_config import PRESETS, load_config
 
-    _path_arg(args.out)
+    if hasattr(args, "out"):
+        _path_arg(args.out)
     if args.preset is None and args.config is None:
         raise UsageError(f"give --preset ({', '.join(sorted(PRESETS))}) or --config FILE")
     overrides = {
@@ -386,6 +423,50 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
         "specific": getattr(args, "specific", None),
     }
     return load_config(args.preset, args.config, overrides)
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from roleprobe.app.inputs import NEEDS_DATA, run_benchmark, run_prompts, run_roles
+    from roleprobe.app.plan import format_plan
+    from roleprobe.app.run import STAGES
+    from roleprobe.core.io import write_json
+    from roleprobe.experiments.cost import plan_run
+    from roleprobe.experiments.gpus import check_utilisation, resolve_gpu
+    from roleprobe.model.plan_model import load_plan_model
+
+    try:
+        gpu = resolve_gpu(args.gpu)
+    except ValueError as err:
+        raise UsageError(f"--gpu: {err}") from None
+    try:
+        utilisation = check_utilisation(args.utilisation)
+    except ValueError as err:
+        raise UsageError(f"--utilisation: {err}") from None
+    if args.json is not None:
+        _path_arg(args.json, "--json")
+    config = _run_config(args)
+    model = load_plan_model(
+        config.model, config.model_revision or None, config.trust_remote_code, config.system
+    )
+    local = config.prompts not in NEEDS_DATA["prompts"] or (
+        bool(config.data) and Path(config.data).expanduser().is_dir()
+    )
+    train, held = run_prompts(config) if local else (None, None)
+    plan = plan_run(
+        config,
+        model,
+        run_benchmark(config),
+        run_roles(config),
+        train,
+        held,
+        gpu=gpu,
+        utilisation=utilisation,
+    )
+    _out(format_plan(plan, {s.key: s.name for s in STAGES}))
+    if args.json is not None:
+        _out(f"plan: {write_json(args.json, plan.to_dict())}")
 
 
 def _report_paths(out: str) -> None:
@@ -511,6 +592,7 @@ _COMMANDS = {
     "info": _cmd_info,
     "models": _cmd_models,
     "run": _cmd_run,
+    "plan": _cmd_plan,
     "sweep": _cmd_sweep,
     "merge": _cmd_merge,
     "figures": _cmd_figures,
