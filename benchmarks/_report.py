@@ -61,11 +61,13 @@ def row(
     ratio: float | None,
     goal: str | None = None,
 ) -> dict[str, Any]:
-    """One line of the summary table. ``goal`` is ``">= x"`` or ``"<= x"`` (or ``None``)."""
+    """One line of the summary table. ``goal`` is ``">= x"`` or ``"<= x"`` (or ``None``),
+    checked on ``ratio``, or on ``ours`` for a row with no ratio (e.g. seconds ≤ 1)."""
     met = None
-    if goal is not None and ratio is not None:
+    checked = ratio if ratio is not None else ours
+    if goal is not None and checked is not None:
         op, value = goal.split()
-        met = ratio >= float(value) if op == ">=" else ratio <= float(value)
+        met = checked >= float(value) if op == ">=" else checked <= float(value)
     return {
         "id": bench_id,
         "benchmark": name,

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from _models import load
-from _report import best_of, machine_info, report
+from _report import best_of, machine_info, report, row
 
 import roleprobe as rp
 from roleprobe.core.hooks import check_layers
@@ -55,6 +55,14 @@ def run(
         "ratio_collect_over_bare": best["bare"] / best["collect_means"],
         "goal": GOAL,
     }
+
+
+def table_rows(r: dict[str, Any], suffix: str = "", label: str = "") -> list[dict[str, Any]]:
+    """The summary-table row of a :func:`run` result (``suffix``: of the id, e.g. ``-gpu``)."""
+    tps = r["tokens_per_s"]
+    name = "activation means ÷ bare forward (tokens/s)" + label
+    ratio = r["ratio_collect_over_bare"]
+    return [row("1" + suffix, name, tps["collect_means"], tps["bare"], "tok/s", ratio, r["goal"])]
 
 
 def main() -> None:

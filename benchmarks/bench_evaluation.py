@@ -14,7 +14,7 @@ import argparse
 from typing import Any
 
 from _models import load
-from _report import best_of, machine_info, report
+from _report import best_of, machine_info, report, row
 
 import roleprobe as rp
 
@@ -55,6 +55,22 @@ def run(
 def first_n(bench: "rp.MultipleChoice", n: int) -> "rp.MultipleChoice":
     """The first ``n`` questions."""
     return rp.MultipleChoice(bench.items.head(n), f"{bench.name}[:{n}]")
+
+
+def table_rows(r: dict[str, Any], suffix: str = "", label: str = "") -> list[dict[str, Any]]:
+    """The summary-table row of a :func:`run` result (``suffix``: of the id, e.g. ``-gpu``)."""
+    qps = r["questions_per_s"]
+    return [
+        row(
+            "4" + suffix,
+            "MMLU scoring, letter-only ÷ full logits (questions/s)" + label,
+            qps["letters"],
+            qps["full_logits"],
+            "q/s",
+            r["speedup_letters_over_full"],
+            r["goal"],
+        )
+    ]
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Run roleprobe's benchmark suite (issue 8): one table of ratios, and a JSON file.
+"""Run roleprobe's benchmark suite (issues 8 and 22): one table of ratios, and a JSON file.
 
 Each ratio compares two variants run side by side in this one process, on the same inputs,
 alternately, best of ``--repeats`` rounds after a warm-up round:
@@ -9,19 +9,29 @@ alternately, best of ``--repeats`` rounds after a warm-up round:
    on every decoder layer, batches of 32, full forward with logits), same prompts.
 3. peak RSS of ``collect_means``, 2,048 ÷ 128 prompts, each in a fresh process — goal ≤ 1.05.
 4. MMLU scoring, questions/s: letter-only ÷ full-vocabulary logits — goal ≥ 1.2.
-5. layer sweep (one role, layers 1..L-1, α 1 and 3): naive ``evaluate`` reruns ÷ ``rp.sweep``
-   with prefix reuse, in seconds — goal ≥ 1.8; also ``stack=1`` ÷ ``stack=4`` (5b).
+5. sweep (one role, 4 layers spread over 1..L-1 × the last 4 positions, α 1 and 3 and the
+   ablation): naive ``evaluate`` reruns ÷ ``rp.sweep`` with prefix reuse and stacked
+   ablations, in seconds — goal ≥ 2.2; also ``stack=1`` ÷ ``stack=4`` (5b).
 6. wall time of ``roleprobe run --preset demo`` (skip with ``--skip-demo``).
+7. a sweep's set-up at the paper's size (29 roles × 5 positions × 42 layers × 3,584,
+   random directions): plan + directions hash + one work item's variants — goal ≤ 1 s.
+8. activation means ÷ plain Hugging Face forwards of the same batches through the same
+   blocks (no hooks, no logits), tokens/s — goal ≥ 0.98.
+9. one ablation work item of a sweep (stacked full passes): plain HF forwards of the same
+   rows ÷ the item — goal ≥ 0.9; 9b: one addition work item (blocks l..L-1 from the saved
+   residual) ÷ plain HF blocks l..L-1 on the same rows (no goal). 8 and 9 also count host
+   syncs (S1-S3; a CPU stand-in off CUDA).
 
-With CUDA available, 1, 4 and 5 also run on a random-weight Llama-3-8B-shaped model on the GPU
-(``gpu``; ``--gpu-layers`` for a shallower one). ``--quick`` shrinks every size for smoke
-tests (the goals are meant for the real sizes). Model names: anything ``rp.load_model``
-knows, plus ``tiny-random-N`` (the tiny random model with N layers, built in memory; the
-sweep benchmark is degenerate with the 2-layer ``tiny-random``).
+``gpu`` (with CUDA) runs ``benchmarks/bench_gpu.py``: 7, 8, 9, 1, 4 and 5 on a random-weight
+model of Gemma-2-9B's shape in bfloat16 (``--gpu-shape llama3-8b``; ``--gpu-layers`` for a
+shallower one). ``--quick`` shrinks every size for smoke tests (the goals are meant for the
+real sizes). Model names: anything ``rp.load_model`` knows, plus ``tiny-random-N`` (the tiny
+random model with N layers, built in memory; the sweep benchmark is degenerate with the
+2-layer ``tiny-random``).
 
     python benchmarks/run_all.py                      # the real run (minutes)
     python benchmarks/run_all.py --model tiny-random --quick --skip-demo
-    python benchmarks/run_all.py --model tiny-random-4 --quick --only 5
+    python benchmarks/run_all.py --model tiny-random-4 --quick --only 5,7,8,9
 """
 
 import argparse
@@ -35,14 +45,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_gpu
 import torch
 from _models import fresh_hf, load
 from _report import machine_info, markdown_table, row
 
 import roleprobe as rp
 
-BENCHMARKS = ("1", "2", "3", "4", "5", "6", "gpu")
-NEEDS_MODEL = {"1", "2", "4", "5"}
+BENCHMARKS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "gpu")
+NEEDS_MODEL = {"1", "2", "4", "5", "7", "8", "9"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,9 +66,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
     parser.add_argument("--only", default=None, help=f"comma-separated, of {','.join(BENCHMARKS)}")
     parser.add_argument("--skip-demo", action="store_true", help="do not run benchmark 6")
-    parser.add_argument("--gpu-layers", type=int, default=32, help="layers of the GPU model")
     parser.add_argument(
-        "--gpu-shape", default="8b", choices=("8b", "toy"), help="toy: check the code, not speed"
+        "--gpu-layers",
+        type=int,
+        default=None,
+        help="layers of the GPU model (default: its shape's)",
+    )
+    parser.add_argument(
+        "--gpu-shape",
+        default="gemma2-9b",
+        choices=[*bench_gpu.SHAPES, *bench_gpu.ALIASES],
+        help="toy, toy-llama: check the code, not speed",
     )
     parser.add_argument(
         "--gpu-device", default="cuda", help="cpu (with --gpu-shape toy): test the GPU code path"
@@ -87,6 +106,7 @@ class Suite:
         self.errors: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
         self._model: Any = None
+        self._plain: Any = None
 
     @property
     def model(self) -> Any:
@@ -119,18 +139,7 @@ class Suite:
             self.model, self.prompts(), self.args.batch_size, self.args.repeats
         )
         self.results["1"] = r
-        tps = r["tokens_per_s"]
-        self.rows.append(
-            row(
-                "1",
-                "activation means ÷ bare forward (tokens/s)",
-                tps["collect_means"],
-                tps["bare"],
-                "tok/s",
-                r["ratio_collect_over_bare"],
-                bench_activations.GOAL,
-            )
-        )
+        self.rows += bench_activations.table_rows(r)
 
     def bench2(self) -> None:
         import bench_paper_means
@@ -180,50 +189,14 @@ class Suite:
         )
         r = bench_evaluation.run(self.model, bench, 16, self.args.repeats)
         self.results["4"] = r
-        qps = r["questions_per_s"]
-        self.rows.append(
-            row(
-                "4",
-                "MMLU scoring, letter-only ÷ full logits (questions/s)",
-                qps["letters"],
-                qps["full_logits"],
-                "q/s",
-                r["speedup_letters_over_full"],
-                bench_evaluation.GOAL,
-            )
-        )
+        self.rows += bench_evaluation.table_rows(r)
 
-    def bench5(self, model: Any = None, suffix: str = "", result: Any = None) -> None:
+    def bench5(self) -> None:
         import bench_sweep
 
-        r = result or bench_sweep.run(model or self.model, self.args.role, self.args.repeats)
-        self.results["5" + suffix] = r
-        s = r["seconds_best"]
-        n = len(r["layers"])
-        self.rows.append(
-            row(
-                "5" + suffix,
-                f"layer sweep ({n} layer{'' if n == 1 else 's'} × 2 α): "
-                "naive reruns ÷ prefix reuse (s)",
-                s["sweep_stack4"],
-                s["naive_evaluate"],
-                "s",
-                r["ratio_naive_over_sweep"],
-                bench_sweep.GOAL,
-            )
-        )
-        self.rows.append(
-            row(
-                "5b" + suffix,
-                "layer sweep: stack=1 ÷ stack=4 (s)",
-                s["sweep_stack4"],
-                s["sweep_stack1"],
-                "s",
-                r["ratio_stack1_over_stack4"],
-            )
-        )
-        if len(r["layers"]) < 3:
-            self.rows[-2]["benchmark"] += " [degenerate: too few layers]"
+        r = bench_sweep.run(self.model, self.args.role, self.args.repeats)
+        self.results["5"] = r
+        self.rows += bench_sweep.table_rows(r)
 
     def bench6(self) -> None:
         import bench_demo
@@ -244,9 +217,50 @@ class Suite:
             )
         )
 
-    def bench_gpu(self) -> None:
-        import bench_gpu
+    def bench7(self) -> None:
+        import bench_plan
 
+        r = bench_plan.run(self.model, self.args.repeats)
+        self.results["7"] = r
+        self.rows += bench_plan.table_rows(r)
+
+    def bench8(self) -> None:
+        import bench_items
+
+        r = bench_items.means_vs_plain(
+            self.model, self.plain, self.prompts(), self.args.batch_size, self.args.repeats
+        )
+        self.results["8"] = r
+        self.rows += bench_items.table_rows({"8": r}, only=("8",))
+
+    def bench9(self) -> None:
+        import bench_items
+
+        quick = self.args.quick
+        r = bench_items.run(
+            self.model,
+            self.plain,
+            self.prompts(),
+            self.args.repeats,
+            self.args.batch_size,
+            means=False,
+            roles=(self.args.role,),
+            n_positions=2 if quick else 4,
+            controls=False,
+            scope="domain",
+            batch_size=4 if quick else 16,
+        )
+        self.results["9"] = r
+        self.rows += bench_items.table_rows(r, only=("9", "9b", "syncs"))
+
+    @property
+    def plain(self) -> Any:
+        """A plain Hugging Face copy of the model (benchmarks 8 and 9's reference)."""
+        if self._plain is None:
+            self._plain = fresh_hf(self.args.model, device=self.args.device)[0]
+        return self._plain
+
+    def bench_gpu(self) -> None:
         args = self.args
         if torch.device(args.gpu_device).type == "cuda" and not torch.cuda.is_available():
             self.skipped["gpu"] = "CUDA is not available on this machine"
@@ -259,36 +273,10 @@ class Suite:
             device=args.gpu_device,
             shape=args.gpu_shape,
             role=args.role,
+            suite=True,
         )
         self.results["gpu"] = r
-        where = r["model"].get("gpu", args.gpu_device)
-        label = f" ({where}, {args.gpu_shape} shape, {args.gpu_layers} layers, bf16)"
-        r1, r4 = r["1"], r["4"]
-        self.rows.append(
-            row(
-                "1-gpu",
-                "activation means ÷ bare forward (tokens/s)" + label,
-                r1["tokens_per_s"]["collect_means"],
-                r1["tokens_per_s"]["bare"],
-                "tok/s",
-                r1["ratio_collect_over_bare"],
-                r1["goal"],
-            )
-        )
-        self.rows.append(
-            row(
-                "4-gpu",
-                "MMLU scoring, letter-only ÷ full logits (questions/s)" + label,
-                r4["questions_per_s"]["letters"],
-                r4["questions_per_s"]["full_logits"],
-                "q/s",
-                r4["speedup_letters_over_full"],
-                r4["goal"],
-            )
-        )
-        self.bench5(suffix="-gpu", result=r["5"])
-        self.results.pop("5-gpu")
-        self.rows[-2]["benchmark"] += label
+        self.rows += bench_gpu.table_rows(r, "-gpu", bench_gpu.label(r))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         "4": suite.bench4,
         "5": suite.bench5,
         "6": suite.bench6,
+        "7": suite.bench7,
+        "8": suite.bench8,
+        "9": suite.bench9,
         "gpu": suite.bench_gpu,
     }
     if NEEDS_MODEL & set(args.chosen):
