@@ -88,9 +88,11 @@ class ItemSetup:
         """Rows-blocks per forward pass of the item's jobs of ``kind`` (as ``_run_item``
         stacks them)."""
         jobs = self.n_variants * (len(self.cfg.alphas) if kind == "addition" else 1)
-        stack = self.cfg.stack
+        # ablations: as many per pass as the sweep stacks on this device (1 on a CPU)
+        stack = self.cfg.stack if kind == "addition" else self.plan.ablation_stack
         chunks = [min(stack, jobs - i) for i in range(0, jobs, stack)]
-        if len(chunks) != item_passes(self.n_variants, self.cfg)[kind]:
+        cfg = self.cfg if kind == "addition" else replace(self.cfg, stack=stack)
+        if len(chunks) != item_passes(self.n_variants, cfg)[kind]:
             raise AssertionError(f"the plain reference of the {kind} item does other passes")
         return chunks
 

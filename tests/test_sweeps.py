@@ -539,7 +539,9 @@ def test_stacked_ablations_equal_one_direction_per_pass(model, directions, bench
     for stack in (1, 4):
         calls, counted = _forwards(model)
         monkeypatch.setattr(model, "forward", counted)
-        tables[stack] = sweep(model, directions, bench, roles=ROLES, stack=stack, **kw).table
+        tables[stack] = sweep(
+            model, directions, bench, roles=ROLES, stack=stack, stack_ablations=True, **kw
+        ).table
         monkeypatch.undo()
         passes[stack] = sum(rows != 1 for rows in calls)  # not the 1-row output-head probe
     key = ["role", "source", "position", "layer", "id"]

@@ -115,7 +115,7 @@ from roleprobe.steering.interventions import (
     position_hook,
     steer,
 )
-from roleprobe.steering.operators import project_out_stacked, unit, work_dtype
+from roleprobe.steering.operators import project_out_stacked, work_dtype
 from roleprobe.steering.prefix import (
     last_letter_logits,
     letter_only_supported,
@@ -202,11 +202,16 @@ def candidate_vector(
 
 @dataclass(frozen=True)
 class _Variant:
+    """One candidate direction of a work item: ``vector`` on the CPU (what conditions build
+    their interventions from, validated there without waiting for a GPU) and the same row
+    on the model's device (what the stacked maths use; moved with the others at once)."""
+
     role: str
     source: str
     donor: str
     position: PositionLabel
     vector: Tensor
+    on_device: Tensor
 
 
 def _variants(
@@ -263,9 +268,10 @@ def _variants(
                         rows.append(vectors[needed.index(donor), p])
     if not rows:
         return []
-    stacked = torch.stack(rows).to(device=device if device is not None else "cpu")
+    stacked = torch.stack(rows)
+    on_device = stacked.to(device=device if device is not None else "cpu")
     return [
-        _Variant(role, source, donor, pos, stacked[i])
+        _Variant(role, source, donor, pos, stacked[i], on_device[i])
         for i, (role, source, donor, pos) in enumerate(labels)
     ]
 
@@ -301,7 +307,8 @@ def item_passes(n_variants: int, cfg: SweepConfig) -> dict[str, int]:
     """Forward passes of one layer work item with ``n_variants`` variants.
 
     Additions run ``cfg.stack`` (variant, α) jobs per pass from the saved prefix (blocks
-    ``l..L-1`` only); ablations run ``cfg.stack`` variants per full pass; each user
+    ``l..L-1`` only); ablations run ``cfg.stack`` variants per full pass (on a GPU; a CPU
+    sweep runs one per pass, see ``stack_ablations``); each user
     condition is counted as one full pass per variant (one that hooks only this layer's
     input reuses the prefix and is stacked like the additions, so this is an upper bound).
     """
@@ -376,6 +383,10 @@ class _Plan:
                 self.skipped[0],
             )
         null = self.null = set(self.skipped)
+        # ablations per full pass: ``stack`` on a GPU; one on a CPU, where a pass of
+        # ``stack`` times the rows is slower per row (measured on 2 cores: benchmark 9)
+        on_cpu = torch.device(cast(str, model.cfg.device)).type == "cpu"
+        self.ablation_stack = 1 if on_cpu else cfg.stack
         live = {
             (group, layer)
             for group, members in self.groups.items()
@@ -422,6 +433,7 @@ def sweep(
     claim_timeout: float | int = CLAIM_TIMEOUT,
     specific: bool = False,
     prefix_memory: int | None = None,
+    stack_ablations: bool | None = None,
 ) -> SweepResult:
     """Score every candidate (role, position, layer) × condition on a benchmark.
 
@@ -465,6 +477,10 @@ def sweep(
             one chunk's to float rounding). ``None``: :func:`default_prefix_budget` of the
             model's device (an eighth of a GPU's memory, 2 GiB on a CPU). Not part of the
             store's config: it changes where the work is held, not what is computed.
+        stack_ablations: run ``stack`` ablations per full pass (one block of rows each);
+            ``None``: on a GPU yes, on a CPU no (there a pass of ``stack`` times the rows
+            is slower per row). Equal results to float rounding; not part of the store's
+            config.
 
     Returns:
         A :class:`SweepResult` over everything in the store (``missing`` lists unfinished
@@ -513,6 +529,8 @@ def sweep(
     budget = _check_budget(prefix_memory, model)
     _check_conditions(model, directions, cfg, extra)
     plan = _Plan(model, directions, benchmark, cfg)
+    if stack_ablations is not None:
+        plan.ablation_stack = cfg.stack if stack_ablations else 1
     letter_only_supported(model)  # probe the output head once, before any hooks are on
     norms = residual_norms(model) if cfg.alpha_unit == "norm" else None
     swept = _conditions(cfg, extra, norms)
@@ -836,13 +854,26 @@ def _add_stacked(resid: Tensor, vectors: Tensor, mask: Tensor, padded: bool) -> 
     return new.flatten(0, 1)
 
 
+def _on_device(job: _Job, direction: Tensor) -> Tensor:
+    """``direction`` of a job's spec on the model's device: the variant's device row when
+    the spec holds the variant's own vector (nothing copied), else a copy."""
+    row = job.variant.on_device
+    return row if direction is job.variant.vector else direction.to(row.device)
+
+
 def _ablation_hooks(
-    model: Model, specs: Sequence[Ablation], state: SteerState
+    model: Model, chunk: Sequence[_Job], state: SteerState
 ) -> list[tuple[str, HookFn]]:
-    """One set of hooks ablating ``specs[j]``'s direction from the ``j``-th block of rows of
-    a batch repeated ``len(specs)`` times (the specs differ only in their direction)."""
+    """One set of hooks ablating job ``j``'s direction from the ``j``-th block of rows of a
+    batch repeated ``len(chunk)`` times (their specs differ only in their direction). The
+    unit vectors are made on the device, from directions already validated non-zero."""
+    specs = [cast(Ablation, job.spec) for job in chunk]
     names = specs[0].hook_names(model)
-    d_hats = OnDevice(torch.stack([unit(s.direction.to(torch.float64)) for s in specs]))
+    d = torch.stack(
+        [_on_device(job, spec.direction) for job, spec in zip(chunk, specs, strict=True)]
+    )
+    d = d.to(torch.float64)
+    d_hats = OnDevice(d / d.norm(dim=-1, keepdim=True))
     fn = position_hook(lambda x: project_out_stacked(x, d_hats.like(x)), specs[0].positions, state)
     return [(name, fn) for name in names]
 
@@ -905,11 +936,10 @@ def _run_item(
                 _cell(items, s, job, layer, item.group, cfg.tie_rule)
                 for job, s in zip(chunk, scores, strict=True)
             ]
-        for chunk in _ablation_chunks(ablation_jobs, cfg.stack):
+        for chunk in _ablation_chunks(ablation_jobs, plan.ablation_stack):
             k = len(chunk)
             rows_mask = mask.repeat(k, 1)
-            specs = [cast(Ablation, job.spec) for job in chunk]
-            hooks = _ablation_hooks(model, specs, SteerState(attention_mask=rows_mask))
+            hooks = _ablation_hooks(model, chunk, SteerState(attention_mask=rows_mask))
             with model.hooks(fwd_hooks=hooks):
                 logits = letter_logits(model, ids.repeat(k, 1), rows_mask, plan.letters)
             scores = logits.reshape(k, ids.shape[0], -1).double().cpu()
@@ -941,16 +971,25 @@ def _prefix_inputs(
     """The stacked inputs of a chunk of prefix jobs: plain additions in one tensor
     operation, any other job through its own hook functions."""
     if all(not job.hooks for job in chunk):
-        vectors = torch.stack([cast(Addition, job.spec).vector for job in chunk])
+        vectors = torch.stack([_added(job) for job in chunk])
         return _add_stacked(resid, vectors, mask, padded)
     parts = []
     for job in chunk:
         if job.hooks:
             parts.append(_at_prefix(model, resid, job.hooks))
         else:
-            vector = cast(Addition, job.spec).vector[None]
-            parts.append(_add_stacked(resid, vector, mask, padded))
+            parts.append(_add_stacked(resid, _added(job)[None], mask, padded))
     return torch.cat(parts)
+
+
+def _added(job: _Job) -> Tensor:
+    """What a plain addition adds, on the device: ``alpha * d`` from the variant's device
+    row (the same float32 product as :attr:`Addition.vector`), or that vector copied over
+    for a norm-scaled one."""
+    spec = cast(Addition, job.spec)
+    if spec.reference_norm is None and spec.direction is job.variant.vector:
+        return spec.alpha * job.variant.on_device
+    return spec.vector.to(job.variant.on_device.device)
 
 
 def _cell(
