@@ -140,6 +140,7 @@ def test_counts_equal_the_sweeps_plan_and_the_passes_it_runs(
             alphas=cfg.alphas,
             batch_size=cfg.batch_size,
             progress=False,
+            stack_ablations=True,  # the plan counts a GPU sweep (a CPU one runs one per pass)
             **options,
         )
 
