@@ -6,29 +6,21 @@ every hook function a model is given (``model.hooks(fwd_hooks=...)``) and, with 
 ``TorchFunctionMode``, counts the calls below made *while a hook runs*.
 """
 
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 from torch.overrides import TorchFunctionMode
 
-SYNCING = {
-    "__bool__",
-    "__float__",
-    "__int__",
-    "__index__",
-    "item",
-    "tolist",
-    "cpu",
-    "numpy",
-    "nonzero",
-    "unique",
-    "masked_select",
-}
-"""Tensor methods and functions that read back to the host (or need a size from it)."""
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _host_syncs as host_syncs
+
+SYNCING = host_syncs.SYNCING  # one list, shared with the benchmarks
 
 
 @dataclass

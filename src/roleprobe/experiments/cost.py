@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from roleprobe.data.benchmarks import MultipleChoice
 from roleprobe.data.prompts import PAPER_N, RolePrompts, builtin_prompts
-from roleprobe.experiments.evaluation import length_batches, subject_domain
+from roleprobe.experiments.evaluation import encode_items, length_batches, subject_domain
 from roleprobe.experiments.gpus import GPUS, Gpu, check_utilisation
 from roleprobe.experiments.run_plan import RunPlan
 from roleprobe.experiments.selection import layer_cutoff, split_ids
@@ -42,7 +42,6 @@ from roleprobe.experiments.sweep_cost import (
     CostRow,
     Tally,
     count_sweep,
-    encoded_questions,
     pass_cost,
 )
 from roleprobe.experiments.sweeps import CPU_PREFIX_BUDGET, SweepConfig, role_group
@@ -362,7 +361,7 @@ def _evaluation_rows(
         keep = [d in groups for d in domains]
         items = items[keep].reset_index(drop=True)
         domains = [d for d, k in zip(domains, keep, strict=True) if k]
-    encoded = encoded_questions(model, items, template, cfg.prompt_format)
+    encoded = encode_items(model.tokenizer, model.arch.n_ctx, items, template, cfg.prompt_format)
     full = arch.n_layers
     rows = [
         CostRow(

@@ -215,14 +215,31 @@ def encode_questions(
     dev: MultipleChoice | None = None,
 ) -> list[EncodedPrompt]:
     """Token ids of each question in the chat template (over-long ones are named)."""
+    return encode_items(
+        model.tokenizer, int(model.cfg.n_ctx), items, template, prompt_format, prefix, k_shot, dev
+    )
+
+
+def encode_items(
+    tokenizer: Any,
+    n_ctx: int,
+    items: pd.DataFrame,
+    template: ChatTemplate,
+    prompt_format: str = "paper",
+    prefix: str = "",
+    k_shot: int = 0,
+    dev: MultipleChoice | None = None,
+) -> list[EncodedPrompt]:
+    """:func:`encode_questions` from a tokenizer and a context length alone (no model:
+    ``roleprobe plan`` counts tokens this way)."""
     return [
         encode_prompt(
-            model.tokenizer,
+            tokenizer,
             prefix
             + few_shot_prefix(dev, row["subject"], k_shot, prompt_format)
             + format_question(row, prompt_format),
             template,
-            model.cfg.n_ctx,
+            n_ctx,
             f"question {row['id']}",
         )
         for _, row in items.iterrows()

@@ -1,7 +1,7 @@
 """What a sweep costs, counted as :func:`roleprobe.sweep` plans it: items, passes, tokens, FLOPs.
 
 The questions are encoded as :func:`~roleprobe.experiments.evaluation.encode_questions`
-does (``format_question``, ``encode_prompt``) and batched by length
+does (:func:`~roleprobe.experiments.evaluation.encode_items`) and batched by length
 (:func:`~roleprobe.experiments.evaluation.length_batches`), grouped by domain
 (:func:`~roleprobe.experiments.sweeps.role_group`); one baseline work item per (group,
 batch) and one per (live layer, group, batch); each item's passes by
@@ -28,10 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
 from roleprobe.data.benchmarks import MultipleChoice
-from roleprobe.experiments.evaluation import format_question, length_batches, subject_domain
+from roleprobe.experiments.evaluation import encode_items, length_batches, subject_domain
 from roleprobe.experiments.sweeps import (
     CPU_PREFIX_BUDGET,
     SweepConfig,
@@ -41,7 +39,7 @@ from roleprobe.experiments.sweeps import (
     role_group,
     variants_per_candidate,
 )
-from roleprobe.model.chat import ChatTemplate, EncodedPrompt, encode_prompt
+from roleprobe.model.chat import ChatTemplate
 from roleprobe.model.plan_model import Architecture, PlanModel
 from roleprobe.vectors.decomposition import specific_directions
 from roleprobe.vectors.directions import RoleDirections
@@ -52,7 +50,6 @@ __all__ = [
     "SweepCount",
     "Tally",
     "count_sweep",
-    "encoded_questions",
     "pass_cost",
 ]
 
@@ -110,24 +107,6 @@ def pass_cost(
     elif head is not None:
         flops += rows * arch.head_flops(head)
     return tokens, float(flops)
-
-
-def encoded_questions(
-    model: PlanModel, items: pd.DataFrame, template: ChatTemplate, prompt_format: str
-) -> list[EncodedPrompt]:
-    """Each question's token ids in the chat template, as
-    :func:`~roleprobe.experiments.evaluation.encode_questions` encodes them (zero-shot, no
-    prefix) for a model with this tokenizer and context length."""
-    return [
-        encode_prompt(
-            model.tokenizer,
-            format_question(row, prompt_format),
-            template,
-            model.arch.n_ctx,
-            f"question {row['id']}",
-        )
-        for _, row in items.iterrows()
-    ]
 
 
 @dataclass(frozen=True)
@@ -226,7 +205,7 @@ def count_sweep(
             raise ValueError(
                 f"benchmark {benchmark.name!r} has no {group} questions for roles {groups[group]}"
             )
-        encoded = encoded_questions(model, rows, template, cfg.prompt_format)
+        encoded = encode_items(model.tokenizer, model.arch.n_ctx, rows, template, cfg.prompt_format)
         shapes[group] = [
             (len(b), max(len(encoded[i].ids) for i in b))
             for b in length_batches(encoded, cfg.batch_size)

@@ -220,24 +220,16 @@ def _variants(
     layer: int,
     cfg: SweepConfig,
     donors: dict[str, str],
-    specific: RoleDirections | None = None,
-    null: "set[tuple[str, PositionLabel, int]] | None" = None,
+    specific: RoleDirections | None,
+    null: set[tuple[str, PositionLabel, int]],
     device: "str | torch.device | None" = None,
 ) -> list[_Variant]:
     """Each live candidate's role direction and controls, then (``specific``) its specific
     part and their controls; their vectors are rows of one ``[variant, d_model]`` tensor
     on ``device``, built from this layer's slices of the directions only.
 
-    ``null``: the (role, position, layer) candidates known to be zero (the plan's
-    ``skipped``); ``None``: tested here.
+    ``null``: the (role, position, layer) candidates that are zero (``_Plan.null``).
     """
-    if null is None:
-        null = {
-            (role, pos, layer)
-            for role in roles
-            for pos in cfg.positions
-            if is_null_direction(rd, role, layer, pos)
-        }
     needed = list(dict.fromkeys([*roles, *(donors[r] for r in roles if r in donors)]))
     kinds: list[tuple[RoleDirections, tuple[str, str, str]]] = [(rd, SOURCES)]
     if specific is not None:
@@ -642,8 +634,7 @@ def _work(
             continue
         batch = _batch(model, plan, group, b)
         _run_batch(model, directions, plan, results, items, batch, donors, swept, budget, specific)
-        for _ in items:  # (updated per batch: items of a batch finish together)
-            bars.update(1)
+        bars.update(len(items))  # a batch's items finish together
     bars.close()
     return [key for key in busy if key not in results.done()]
 
