@@ -3,6 +3,8 @@
 import json
 import logging
 import multiprocessing as mp
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,8 +15,9 @@ import pytest
 
 import roleprobe as rp
 from roleprobe.data.benchmarks import MultipleChoice
-from roleprobe.experiments.store import CLAIM_TIMEOUT, ResultStore, check_claim_timeout
-from roleprobe.experiments.sweeps import merge, sweep
+from roleprobe.experiments.claims import LEASE, Claims, Holder, SlurmJobs, check_lease
+from roleprobe.experiments.store import ResultStore
+from roleprobe.experiments.sweeps import SweepConfig, _Plan, _units, merge, sweep
 from roleprobe.model.tiny import TinyConfig
 
 ROLES = ["lawyer", "nurse"]
@@ -90,38 +93,68 @@ def test_a_claim_by_a_dead_process_on_this_host_is_taken_over(tmp_path, caplog):
         assert store.claim("k")
     assert "has ended" in caplog.text
     assert json.loads((tmp_path / "claims" / "k.claim").read_text())["pid"] != 1
+    store.release_all()
 
 
-def test_a_foreign_claim_holds_until_the_timeout(tmp_path, caplog):
+def test_a_foreign_claim_holds_while_its_heartbeat_is_within_the_lease(tmp_path, caplog):
     path = _claim_file(tmp_path, "k", host="node-7", pid=123, time=time.time() - 100)
-    store = ResultStore(tmp_path, {"config": {}})
-    assert not store.claim("k") and not store.claim("k", timeout=500)
+    store = ResultStore(tmp_path, {"config": {}}, lease=500)
+    assert not store.claim("k")
     assert json.loads(path.read_text())["host"] == "node-7"
+    short = ResultStore(tmp_path, {"config": {}}, lease=50)
     with caplog.at_level(logging.WARNING):
-        assert store.claim("k", timeout=50)
-    assert "node-7" in caplog.text and "claim_timeout" in caplog.text
-    assert CLAIM_TIMEOUT == 6 * 3600
+        assert short.claim("k")
+    assert "node-7" in caplog.text and "no heartbeat for 100 s > lease 50 s" in caplog.text
+    short.release_all()
+    assert LEASE == 300
     for bad in (0, -1, float("nan"), float("inf"), "6h", True):
-        with pytest.raises(ValueError, match="claim_timeout"):
-            check_claim_timeout(bad)
+        with pytest.raises(ValueError, match="lease"):
+            check_lease(bad)
 
 
 def test_a_sweep_respects_and_reports_a_running_workers_claim(model, directions, single, tmp_path):
     held = _claim_file(tmp_path, "layer002-law-b0001", host="node-7", pid=123)
     result = sweep(model, directions, _bench(), roles=ROLES, store=tmp_path, **KW)
     assert not result.complete
-    assert result.missing == result.in_flight == ["layer002-law-b0001"]
+    assert result.missing == result.in_flight == result.pending == ["layer002-law-b0001"]
     assert "being computed by other workers" in repr(result)
     with pytest.raises(ValueError, match="1 of them claimed by running workers"):
         merge(tmp_path)
-    with pytest.raises(ValueError, match="claim_timeout"):
-        sweep(model, directions, _bench(), roles=ROLES, store=tmp_path, claim_timeout=0, **KW)
-    # the worker died on its host: after the timeout its item is taken over
+    with pytest.raises(ValueError, match="lease"):
+        sweep(model, directions, _bench(), roles=ROLES, store=tmp_path, lease=0, **KW)
+    # the worker died on its host: after the lease its item is taken over
     held.write_text(json.dumps({**json.loads(held.read_text()), "time": time.time() - 60}))
-    done = sweep(model, directions, _bench(), roles=ROLES, store=tmp_path, claim_timeout=30, **KW)
-    assert done.complete and done.in_flight == []
+    done = sweep(model, directions, _bench(), roles=ROLES, store=tmp_path, lease=30, **KW)
+    assert done.complete and done.in_flight == [] and done.pending == []
     pd.testing.assert_frame_equal(done.table, single.table)
     assert not list((tmp_path / "claims").glob("*.claim"))
+
+
+def test_a_waiting_sweep_finishes_the_item_of_a_worker_that_dies(
+    model, directions, single, tmp_path
+):
+    """``wait=True``: the last item is held by a live foreign worker whose heartbeat stops;
+    the waiting worker takes it over once the lease has passed, and not before."""
+    lease = 1.0
+    held = _claim_file(tmp_path, "layer002-law-b0001", host="node-7", pid=123, lease=lease)
+    beats = {"n": 0}
+    sleep = time.sleep
+
+    def fake_sleep(seconds):  # the foreign worker's heartbeat, 3 beats, then it dies
+        if beats["n"] < 3:
+            beats["n"] += 1
+            held.write_text(json.dumps({**json.loads(held.read_text()), "time": time.time()}))
+        sleep(seconds)
+
+    start = time.time()
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setattr("roleprobe.experiments.sweeps.time.sleep", fake_sleep)
+        done = sweep(
+            model, directions, _bench(), roles=ROLES, store=tmp_path, lease=lease, wait=True, **KW
+        )
+    assert done.complete and done.pending == [] and beats["n"] == 3
+    assert time.time() - start >= lease  # held for a lease after its last heartbeat
+    pd.testing.assert_frame_equal(done.table, single.table)
 
 
 def _worker(store, rd_path, barrier, log_path, shard):
@@ -169,7 +202,15 @@ def test_two_processes_split_one_sweep(directions, single, tmp_path, shards):
         for log in logs
     ]
     plan = json.loads((store / "manifest.json").read_text())["config"]["plan"]
-    mine = plan[0::2] if shards[0] else plan
+    if shards[0]:  # shard 0 of 2: its part of the cost-balanced partition
+        cfg = SweepConfig.from_dict(
+            json.loads((store / "manifest.json").read_text())["config"]["sweep"]
+        )
+        units = _units(_Plan(_model(), directions, _bench(), cfg), True, (0, 2), 1)
+        mine = [k for u in units for k in u.keys]
+        assert 0 < len(mine) < len(plan)
+    else:
+        mine = plan
     assert computed[0] and computed[1], "both workers did some of the work"
     assert not set(computed[0]) & set(computed[1]), "an item was computed twice"
     assert sorted(computed[0] + computed[1]) == sorted(mine)
@@ -179,3 +220,172 @@ def test_two_processes_split_one_sweep(directions, single, tmp_path, shards):
         pd.testing.assert_frame_equal(merged.table, single.table)
         pd.testing.assert_frame_equal(merged.baseline, single.baseline)
         pd.testing.assert_frame_equal(merged.scores(), single.scores(), check_exact=True)
+
+
+# -- claims themselves: heartbeat, liveness from facts, lock-free take-over ------------------
+
+
+def test_a_holder_refreshes_its_heartbeat_and_releases(tmp_path):
+    claims = Claims(tmp_path, lease=0.5)  # heartbeat every 0.05 s
+    assert claims.claim("k") and claims.held() == {"k"}
+    first = Holder.parse((tmp_path / "k.claim").read_text())
+    assert first is not None and first.lease == 0.5 and first.pid == os.getpid()
+    time.sleep(0.3)
+    later = Holder.parse((tmp_path / "k.claim").read_text())
+    assert later is not None and later.heartbeat > first.heartbeat and later.token == first.token
+    assert later.started == first.started
+    assert claims.why_stale(later) is None  # held by a live object of this process
+    assert not Claims(tmp_path, lease=0.5).claim("k")  # another object, same process
+    claims.release("k")
+    assert not (tmp_path / "k.claim").exists() and claims.held() == set()
+
+
+def test_a_claim_left_by_an_interrupted_call_of_this_process_is_taken_quietly(tmp_path, caplog):
+    _claim_file(tmp_path, "k", pid=os.getpid())  # our pid, a token no live object holds
+    (tmp_path / "claims").rename(tmp_path / "c")
+    with caplog.at_level(logging.WARNING):
+        assert Claims(tmp_path / "c").claim("k")
+    assert caplog.text == ""
+
+
+def test_a_claim_names_its_slurm_job(tmp_path, monkeypatch):
+    env = {"SLURM_JOB_ID": "901", "SLURM_ARRAY_JOB_ID": "900", "SLURM_ARRAY_TASK_ID": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    claims = Claims(tmp_path, slurm=SlurmJobs(command=""))
+    assert claims.claim("k")
+    holder = Holder.parse((tmp_path / "k.claim").read_text())
+    assert holder is not None and holder.slurm["job"] == "901" and holder.job == "900_1"
+    assert "(Slurm job 900_1)" in claims.describe(["k"])
+    claims.close()
+
+
+SQUEUE = """#!/bin/sh
+# a stand-in for squeue: answers from $FAKE_SQUEUE ("STATE|HOST", or "invalid")
+if [ "$FAKE_SQUEUE" = invalid ]; then
+  echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1
+fi
+[ "$FAKE_SQUEUE" = empty ] && exit 0
+echo "{job}|$FAKE_SQUEUE"
+"""
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ("RUNNING|node-7", None),
+        ("COMPLETING|node-7", None),
+        ("COMPLETED|node-7", "its Slurm job 55_3 is completed"),
+        ("PENDING|", "its Slurm job 55_3 is pending"),  # requeued: the holder is gone
+        ("RUNNING|node-9", "was requeued and runs on node-9"),
+        ("invalid", "its Slurm job 55_3 is gone"),
+        ("empty", "its Slurm job 55_3 is gone"),
+    ],
+)
+def test_a_foreign_claim_is_stale_when_its_slurm_job_is_not_running(
+    tmp_path, monkeypatch, answer, why
+):
+    script = tmp_path / "squeue"
+    script.write_text(SQUEUE.format(job="56"))
+    script.chmod(0o755)
+    monkeypatch.setenv("FAKE_SQUEUE", answer)
+    slurm = {"job": "56", "array_job": "55", "array_task": "3"}
+    _claim_file(tmp_path, "k", host="node-7", pid=123, slurm=slurm)  # fresh heartbeat
+    claims = Claims(tmp_path / "claims", slurm=SlurmJobs(command=str(script)))
+    holder = Holder.parse((tmp_path / "claims" / "k.claim").read_text())
+    reason = claims.why_stale(holder)
+    assert reason is None if why is None else why in reason
+    assert claims.claim("k") == (why is not None)
+    # without squeue the heartbeat decides: fresh, so it holds
+    assert Claims(tmp_path / "claims", slurm=SlurmJobs(command="")).why_stale(holder) is None
+
+
+def _take(folder, barrier, results):
+    barrier.wait(timeout=120)
+    results.put(Claims(folder).claim("k"))
+
+
+def test_of_several_workers_taking_over_one_stale_claim_exactly_one_wins(tmp_path):
+    _claim_file(tmp_path, "k", pid=_dead_pid())
+    ctx = mp.get_context("fork")  # file operations only: no torch in the children
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [
+        ctx.Process(target=_take, args=(tmp_path / "claims", barrier, results)) for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    won = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(won) == [False, False, False, True]
+    assert [p.name for p in (tmp_path / "claims").iterdir()] == ["k.claim"]  # nothing aside
+
+
+HOLDER = """
+import socket, sys, time
+socket.gethostname = lambda: "node-far"   # a worker on another host
+from roleprobe.experiments.claims import Claims
+claims = Claims(sys.argv[1], lease=float(sys.argv[2]))
+assert claims.claim("k")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_foreign_claim_whose_heartbeat_stops_is_taken_over_within_the_lease(tmp_path):
+    """A worker "on another host" holds a claim with a live heartbeat: it holds for longer
+    than the lease; once the worker freezes (SIGSTOP), it is taken over one lease after
+    its last heartbeat."""
+    lease = 1.5
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path), str(lease)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        mine = Claims(tmp_path, lease=lease)
+        start = time.time()
+        while time.time() - start < 2 * lease:  # alive: its heartbeat keeps it
+            assert not mine.claim("k")
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGSTOP)
+        last = Holder.parse((tmp_path / "k.claim").read_text()).heartbeat
+        while not mine.claim("k"):
+            assert time.time() - last < lease + 2, "not taken over within the lease"
+            time.sleep(0.05)
+        assert time.time() - last >= lease
+        assert Holder.parse((tmp_path / "k.claim").read_text()).host == socket.gethostname()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_worker_lists_the_parts_folder_once_not_once_per_item(
+    model, directions, single, tmp_path, monkeypatch
+):
+    """The done set is read once per store object and kept up to date; a sweep of many
+    items (half of them finished by "another worker") lists the folder a fixed number of
+    times (the worker's store, then merge's)."""
+    from pathlib import Path
+
+    plan = json.loads((single.store / "manifest.json").read_text())["config"]["plan"]
+    assert len(plan) >= 10
+    for key in plan[::2]:  # finished elsewhere
+        (tmp_path / "parts").mkdir(exist_ok=True)
+        (tmp_path / "parts" / f"{key}.parquet").write_bytes(
+            (single.store / "parts" / f"{key}.parquet").read_bytes()
+        )
+    listings = []
+    glob = Path.glob
+
+    def counting(self, pattern, *args, **kwargs):
+        if self.name == "parts":
+            listings.append(pattern)
+        return glob(self, pattern, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "glob", counting)
+    result = sweep(model, directions, _bench(), roles=ROLES, store=tmp_path, **KW)
+    assert result.complete
+    assert len(listings) == 2, listings
+    pd.testing.assert_frame_equal(result.table, single.table)

@@ -6,43 +6,41 @@ Layout of a store folder::
                          which code (versions, git hash); written once, checked on reopen
     parts/<key>.parquet  one finished unit of work each; written to a temporary name and
                          renamed, so a part is either complete or absent
-    claims/<key>.claim   a unit of work some worker is computing now (host, pid, time);
+    claims/<key>.claim   a unit of work some worker is computing now (host, pid, Slurm job,
+                         heartbeat);
                          removed when its part is written
 
 A killed run leaves only complete parts behind: reopening the store with the same manifest
 skips them (``done()``), and the final table is the parts read in key order, so it does
 not depend on how often the run was interrupted or how the work was sharded.
 
-**Several workers on one store.** Processes (the jobs of a SLURM array, two notebooks, a
+**Several workers on one store.** Processes (the tasks of a Slurm array, two notebooks, a
 lab's shared folder) may run the same work on one store at once. A worker *claims* a unit
-before computing it (:meth:`ResultStore.claim`): the claim file is created exclusively
-(complete or absent, never half written), so of two workers exactly one gets it and the
-other moves on to the next unit; the winner writes the part, then removes its claim. A
-claim never blocks forever: one held by a dead process on the same host, by this very
-process (left by an interrupted call), or older than ``timeout`` seconds (default
-:data:`CLAIM_TIMEOUT`, 6 h; a worker on another host may have died) is stale and is taken
-over, with a log warning. Taking over is serialised by a lock (``claims/.lock``, ``flock``)
-so that one stale claim goes to one worker. The timeout must exceed the time one unit takes;
-a unit computed twice (after a wrong timeout) still gives the same part.
+before computing it (:meth:`ResultStore.claim`, :class:`~roleprobe.experiments.claims.Claims`):
+of two workers exactly one gets it, and the winner writes the part, then removes its claim.
+The holder refreshes a heartbeat in its claim while it computes; a claim whose process is
+gone, whose Slurm job has ended or whose heartbeat is older than the lease (default 5
+minutes) is taken over, with a log warning. A unit computed twice (after a frozen worker
+woke up) gives the same part.
+
+**The done set** is listed once per store object and kept up to date by its own writes and
+by one ``stat`` per unit it meets (:meth:`ResultStore.is_done`), not by a listing per unit
+(which, on a network file system, is what costs).
 
 Example:
     >>> store = ResultStore("runs/sweep", {"config": cfg.to_dict()})
-    >>> if "layer-3" not in store.done() and store.claim("layer-3"):
+    >>> if store.claim("layer-3"):  # not done, and no live worker holds it
     ...     store.write("layer-3", table)  # also releases the claim
     >>> store.read()
 """
 
-import fcntl
+import dataclasses
 import json
 import logging
-import math
 import os
 import re
-import socket
 import subprocess
-import time
 import tomllib
-import uuid
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -50,16 +48,14 @@ from typing import Any
 
 import pandas as pd
 
-from roleprobe.core.io import atomic_write_bytes, atomic_write_text, create_text
+from roleprobe.core.io import atomic_write_bytes, create_text
+from roleprobe.experiments.claims import LEASE, Claims
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
 CLAIMS = "claims"
-CLAIM_TIMEOUT = 6 * 3600.0
-"""Seconds after which a claim is stale whoever holds it (a worker on another host may have
-died without anyone on this host being able to tell)."""
 _KEY = re.compile(r"^[A-Za-z0-9_.=+-]+$")
 
 
@@ -155,27 +151,6 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def check_claim_timeout(timeout: Any) -> float:
-    """``timeout`` as a positive finite number of seconds (``ValueError`` naming it)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise ValueError(f"claim_timeout must be a number of seconds, got {timeout!r}")
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"claim_timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    except OSError:
-        return False
-    return True
-
-
 class ResultStore:
     """A folder of result parts with a manifest that must match on reopen.
 
@@ -186,6 +161,8 @@ class ResultStore:
             first writer and only logged if they differ.
         resume: reopen a store that already has parts (``False``: refuse, so that results of
             an earlier run are never mixed in by accident).
+        lease: seconds without a heartbeat after which another worker's claim is stale
+            (:class:`~roleprobe.experiments.claims.Claims`).
 
     Raises:
         StoreMismatchError: the stored manifest's config differs (the message and
@@ -195,13 +172,17 @@ class ResultStore:
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], manifest: Mapping[str, Any], resume: bool = True
+        self,
+        root: str | os.PathLike[str],
+        manifest: Mapping[str, Any],
+        resume: bool = True,
+        lease: float | int = LEASE,
     ) -> None:
         self.root = Path(root)
         self.parts = self.root / PARTS
-        self.claims = self.root / CLAIMS
         self.parts.mkdir(parents=True, exist_ok=True)
-        self._tokens: dict[str, str] = {}  # key -> token of the claims this object holds
+        self.claims = Claims(self.root / CLAIMS, lease)
+        self._done: set[str] | None = None
         self.manifest = self._open_manifest(dict(manifest))
         if not resume and self.done():
             raise ValueError(
@@ -233,20 +214,34 @@ class ResultStore:
         """The file of part ``key`` (which may not exist yet)."""
         return self._path(key)
 
+    def _done_keys(self) -> set[str]:
+        if self._done is None:
+            self._done = {p.stem for p in self.parts.glob("*.parquet")}
+        return self._done
+
     def done(self) -> set[str]:
-        """Keys of the finished parts."""
-        return {p.stem for p in self.parts.glob("*.parquet")}
+        """Keys of the finished parts: the folder is listed once per object, then kept up
+        to date with this object's writes and :meth:`is_done` checks (:meth:`refresh`
+        lists it again)."""
+        return set(self._done_keys())
+
+    def refresh(self) -> set[str]:
+        """List the parts folder again (parts other workers finished) and return
+        :meth:`done`."""
+        self._done = None
+        return self.done()
 
     def write(self, key: str, table: pd.DataFrame) -> None:
         """Store one finished unit of work (atomically; an existing part is replaced) and
         release this object's claim on it, if any."""
         path = self._path(key)
         atomic_write_bytes(path, table.to_parquet(index=False))
+        self._done_keys().add(key)
         self.release(key)
 
     def read(self, keys: Iterable[str] | None = None) -> pd.DataFrame:
         """The parts (all, or ``keys``) concatenated in key order."""
-        wanted = sorted(self.done() if keys is None else keys)
+        wanted = sorted(self.refresh() if keys is None else keys)
         missing = [k for k in wanted if not self._path(k).exists()]
         if missing:
             raise KeyError(f"{len(missing)} parts are missing from {self.root}: {missing[:5]}")
@@ -255,115 +250,47 @@ class ResultStore:
 
     # -- claims: several workers on one store -------------------------------------------
 
-    def _claim_path(self, key: str) -> Path:
-        self._path(key)  # validates the key
-        return self.claims / f"{key}.claim"
+    def is_done(self, key: str) -> bool:
+        """Whether part ``key`` is finished (by any worker): the done set, else one
+        ``stat`` of its file (no listing)."""
+        if key in self._done_keys():
+            return True
+        if self._path(key).exists():
+            self._done_keys().add(key)
+            return True
+        return False
 
-    def claim(self, key: str, timeout: float | int = CLAIM_TIMEOUT) -> bool:
-        """Claim the unit ``key`` for this worker, unless it is done or claimed by another.
-
-        Args:
-            key: the part key.
-            timeout: seconds after which another worker's claim is stale (see the module
-                docstring); claims of dead processes on this host are stale at once.
+    def claim(self, key: str) -> bool:
+        """Claim the unit ``key`` for this worker, unless it is done or claimed by a live
+        worker (see :mod:`roleprobe.experiments.claims`; a stale claim is taken over).
 
         Returns:
             Whether this worker now holds the claim and the part is not finished: compute
             it, then :meth:`write` it (which releases the claim) or :meth:`release` it.
         """
-        seconds = check_claim_timeout(timeout)
-        path = self._claim_path(key)
-        if self._path(key).exists():
+        self._path(key)  # validates the key
+        if self.is_done(key):
             return False
-        self.claims.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex
-        text = json.dumps(
-            {
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "time": time.time(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "token": token,
-            }
-        )
-        if not create_text(path, text) and not self._take_over(key, path, text, seconds):
+        if not self.claims.claim(key):
             return False
-        self._tokens[key] = token
         if self._path(key).exists():  # finished by the previous holder meanwhile
+            self._done_keys().add(key)
             self.release(key)
             return False
         return True
 
-    def _take_over(self, key: str, path: Path, text: str, timeout: float) -> bool:
-        """Replace a stale claim on ``key`` by ours (under the store's claim lock)."""
-        lock = self.claims / ".lock"
-        with open(lock, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                try:
-                    held = path.read_text(encoding="utf-8")
-                except FileNotFoundError:  # released meanwhile
-                    return create_text(path, text)
-                why = self._stale(path, held, timeout)
-                if why is None:
-                    return False
-                if why != "own":
-                    logger.warning(
-                        "store %s: taking over the claim on %s (%s)", self.root, key, why
-                    )
-                atomic_write_text(path, text)
-                return True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    @staticmethod
-    def _stale(path: Path, held: str, timeout: float) -> str | None:
-        """Why a claim is stale (``"own"``: this process's), or ``None`` if it holds."""
-        try:
-            info = json.loads(held)
-            host, pid, since = str(info["host"]), int(info["pid"]), float(info["time"])
-        except (ValueError, KeyError, TypeError):
-            try:
-                since = path.stat().st_mtime
-            except OSError:
-                return "unreadable claim, gone"
-            age = time.time() - since
-            return f"unreadable claim, {age:.0f} s old" if age > timeout else None
-        age = time.time() - since
-        if host == socket.gethostname():
-            if pid == os.getpid():
-                return "own"
-            if not _pid_alive(pid):
-                return f"its process {pid} on this host has ended"
-        if age > timeout:
-            return f"held by pid {pid} on {host} for {age:.0f} s > claim_timeout {timeout:.0f} s"
-        return None
-
     def release(self, key: str) -> None:
         """Remove this object's claim on ``key`` (if it still holds it)."""
-        token = self._tokens.pop(key, None)
-        if token is None:
-            return
-        path = self._claim_path(key)
-        try:
-            held = json.loads(path.read_text(encoding="utf-8")).get("token")
-        except (OSError, ValueError, AttributeError):
-            return
-        if held == token:
-            path.unlink(missing_ok=True)
+        self.claims.release(key)
 
     def release_all(self) -> None:
         """Remove every claim this object holds (e.g. after an interrupted computation)."""
-        for key in list(self._tokens):
-            self.release(key)
+        self.claims.release_all()
 
     def claimed(self) -> dict[str, dict[str, Any]]:
-        """The current claims, by key: ``host, pid, time, started`` of each holder."""
-        out: dict[str, dict[str, Any]] = {}
-        for path in sorted(self.claims.glob("*.claim")) if self.claims.exists() else []:
-            try:
-                info = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                info = {}
-            out[path.name[: -len(".claim")]] = info if isinstance(info, dict) else {}
-        return out
+        """The current claims, by key: ``host, pid, time`` (last heartbeat), ``lease``,
+        ``slurm`` of each holder (empty for an unreadable claim)."""
+        return {
+            key: ({} if h is None else {**dataclasses.asdict(h), "time": h.heartbeat})
+            for key, h in self.claims.holders().items()
+        }
