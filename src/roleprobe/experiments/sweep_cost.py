@@ -12,7 +12,8 @@ and one prefix pass per batch (more when the saved residuals do not fit the pref
 rows (:data:`LETTER_ROWS`), not the full vocabulary.
 
 Also here: the pieces every stage's count is made of, :class:`CostRow` (one part of one
-stage) and :func:`pass_cost` (one forward pass's tokens and FLOPs).
+stage) and :func:`pass_cost` (one forward pass's tokens and FLOPs); and :func:`sweep_jobs`,
+the same plan as cost-estimated jobs for :mod:`roleprobe.experiments.scheduling`.
 
 Footgun: without directions, every layer-0 candidate is counted as a zero direction (the
 sweep skips them) and every other one as live.
@@ -26,10 +27,12 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from roleprobe.data.benchmarks import MultipleChoice
 from roleprobe.experiments.evaluation import encode_items, length_batches, subject_domain
+from roleprobe.experiments.scheduling import Job, item_cost
+from roleprobe.experiments.sweep_config import WorkItem
 from roleprobe.experiments.sweeps import (
     CPU_PREFIX_BUDGET,
     SweepConfig,
@@ -51,6 +54,7 @@ __all__ = [
     "Tally",
     "count_sweep",
     "pass_cost",
+    "sweep_jobs",
 ]
 
 LETTER_ROWS = 4
@@ -147,36 +151,25 @@ class SweepCount:
         return sum(self.passes.values())
 
 
-def count_sweep(
+class _Grid(NamedTuple):
+    """What a sweep's plan is made of: each group's roles (in ``cfg.roles`` order), each
+    group's batches as (rows, padded length), and the variants per role of every (group,
+    layer) with a live candidate."""
+
+    groups: dict[str, list[str]]
+    shapes: dict[str, list[tuple[int, int]]]
+    variants: dict[tuple[str, int], dict[str, int]]
+
+
+def _grid(
     model: PlanModel,
     benchmark: MultipleChoice,
     cfg: SweepConfig,
-    *,
-    dtype_bytes: int = 2,
-    prefix_budget: int = CPU_PREFIX_BUDGET,
-    stack_ablations: bool = True,
-    directions: RoleDirections | None = None,
-    direction_roles: Sequence[str] | None = None,
-) -> SweepCount:
-    """Count a sweep's work items, forward passes, tokens and FLOPs as it would run them.
-
-    Args:
-        model: the model (shapes and tokenizer).
-        benchmark: the questions.
-        cfg: the sweep's configuration (roles, layers, positions, stack, ...).
-        dtype_bytes: bytes per activation (the model's dtype).
-        prefix_budget: bytes one batch's saved residuals may take (chunks beyond it).
-        stack_ablations: ``False``: one ablation per pass (the count before ablations were
-            stacked).
-        directions: the directions, to skip their zero candidates exactly; ``None``: every
-            layer-0 candidate is zero and every other one live.
-        direction_roles: the roles of the directions (donors need 2 or more; default:
-            ``directions``' roles, else ``cfg.roles``).
-
-    Returns:
-        A :class:`SweepCount`.
-    """
-    arch, n_layers = model.arch, model.arch.n_layers
+    directions: RoleDirections | None,
+    direction_roles: Sequence[str] | None,
+) -> _Grid:
+    """The groups, batch shapes and variants of a sweep, as ``_Plan`` finds them (see
+    :func:`count_sweep` for ``directions`` and ``direction_roles``)."""
     template = ChatTemplate.from_tokenizer(model.tokenizer, cfg.system)
     spec = specific_directions(directions) if directions is not None and cfg.specific else None
     roles_of_directions = direction_roles or (directions.roles if directions else cfg.roles)
@@ -224,6 +217,40 @@ def count_sweep(
             }
             if any(per_role.values()):
                 variants[(group, layer)] = per_role
+    return _Grid(groups, shapes, variants)
+
+
+def count_sweep(
+    model: PlanModel,
+    benchmark: MultipleChoice,
+    cfg: SweepConfig,
+    *,
+    dtype_bytes: int = 2,
+    prefix_budget: int = CPU_PREFIX_BUDGET,
+    stack_ablations: bool = True,
+    directions: RoleDirections | None = None,
+    direction_roles: Sequence[str] | None = None,
+) -> SweepCount:
+    """Count a sweep's work items, forward passes, tokens and FLOPs as it would run them.
+
+    Args:
+        model: the model (shapes and tokenizer).
+        benchmark: the questions.
+        cfg: the sweep's configuration (roles, layers, positions, stack, ...).
+        dtype_bytes: bytes per activation (the model's dtype).
+        prefix_budget: bytes one batch's saved residuals may take (chunks beyond it).
+        stack_ablations: ``False``: one ablation per pass (the count before ablations were
+            stacked).
+        directions: the directions, to skip their zero candidates exactly; ``None``: every
+            layer-0 candidate is zero and every other one live.
+        direction_roles: the roles of the directions (donors need 2 or more; default:
+            ``directions``' roles, else ``cfg.roles``).
+
+    Returns:
+        A :class:`SweepCount`.
+    """
+    arch, n_layers = model.arch, model.arch.n_layers
+    groups, shapes, variants = _grid(model, benchmark, cfg, directions, direction_roles)
     tallies: dict[tuple[str, str], Tally] = {}
     passes = {"prefix": 0, "addition": 0, "ablation": 0}
     unstacked = 0
@@ -288,3 +315,54 @@ def count_sweep(
         prefix_layers_at_once=max(len(c) for c in held),
         prefix_budget=prefix_budget,
     )
+
+
+def sweep_jobs(
+    model: PlanModel,
+    benchmark: MultipleChoice,
+    cfg: SweepConfig,
+    *,
+    directions: RoleDirections | None = None,
+    direction_roles: Sequence[str] | None = None,
+) -> tuple[list[Job], dict[tuple[str, int], tuple[int, int]]]:
+    """A sweep's work items as scheduling jobs, with their estimated costs.
+
+    Args:
+        model, benchmark, cfg, directions, direction_roles: as :func:`count_sweep`.
+
+    Returns:
+        Every work item's :class:`~roleprobe.experiments.scheduling.Job`, in the order of
+        the sweep's plan (every baseline item by group and batch, then per layer of
+        ``cfg.layers`` each group with a live candidate there, batch by batch), its cost
+        by :func:`~roleprobe.experiments.scheduling.item_cost`; and the (rows, padded
+        length) of every (group, batch), what
+        :func:`~roleprobe.experiments.scheduling.make_units` needs.
+    """
+    n_layers = model.arch.n_layers
+    groups, shapes, variants = _grid(model, benchmark, cfg, directions, direction_roles)
+    jobs = [
+        Job(WorkItem(group, b).key, group, b, None, 0.0)
+        for group in sorted(groups)
+        for b in range(len(shapes[group]))
+    ]
+    for layer in cfg.layers:
+        for group in sorted(groups):
+            if (group, layer) not in variants:
+                continue
+            total = sum(variants[(group, layer)].values())
+            for b, (rows, seq) in enumerate(shapes[group]):
+                cost = item_cost(
+                    rows,
+                    seq,
+                    layer,
+                    n_layers,
+                    total,
+                    len(cfg.alphas),
+                    cfg.ablation,
+                    len(cfg.conditions),
+                )
+                jobs.append(Job(WorkItem(group, b, layer).key, group, b, layer, cost))
+    batch_shapes = {
+        (g, b): shape for g, batches in shapes.items() for b, shape in enumerate(batches)
+    }
+    return jobs, batch_shapes
