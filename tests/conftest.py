@@ -86,3 +86,16 @@ def paper_dir() -> Path:
 def mmlu_dir() -> Path:
     """``../shared/data/mmlu`` (skipped, with the reason, when absent)."""
     return _shared_or_skip("mmlu", "test", "the MMLU release")
+
+
+@pytest.fixture(scope="session")
+def tiny4(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 4-layer tiny model saved as a folder, a run's ``model`` (the paper's rule needs
+    layers below 0.8 L)."""
+    import roleprobe as rp
+    from roleprobe.model.tiny import TinyConfig
+
+    folder = tmp_path_factory.mktemp("tiny4")
+    rp.tiny_hf_model(TinyConfig(n_layers=4)).save_pretrained(folder)
+    rp.tiny_tokenizer().save_pretrained(folder)
+    return str(folder)

@@ -170,7 +170,7 @@ def test_run_dtype_and_until_reach_the_pipeline(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run_pipeline(config, out, shard=None, until=None, resume=True):
+    def fake_run_pipeline(config, out, shard=None, until=None, resume=True, wait=False):
         seen.update(config=config, until=until)
         raise RuntimeError("stop")
 

@@ -13,15 +13,6 @@ from roleprobe.experiments.selection import split_ids
 from roleprobe.model.tiny import TinyConfig
 
 
-@pytest.fixture(scope="module")
-def tiny4(tmp_path_factory):
-    """A 4-layer tiny model saved as a folder (the paper's rule needs layers below 0.8 L)."""
-    folder = tmp_path_factory.mktemp("tiny4")
-    rp.tiny_hf_model(TinyConfig(n_layers=4)).save_pretrained(folder)
-    rp.tiny_tokenizer().save_pretrained(folder)
-    return str(folder)
-
-
 def _config(model, **kw):
     base = {
         "model": model,
@@ -43,7 +34,9 @@ def finished(tiny4, tmp_path_factory):
 
 def test_every_stage_writes_its_folder(finished):
     out, paths = finished.out, finished.paths
-    assert [s.name for s in STAGES] == sorted(p.name for p in out.iterdir() if p.is_dir())
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert [*(s.name for s in STAGES), "claims"] == folders
+    assert not list((out / "claims").iterdir())  # every stage claim released
     for stage in STAGES:
         assert (out / stage.name / "done.json").exists(), stage
     assert (out / "02_directions" / "directions" / "directions.safetensors").exists()
@@ -728,3 +721,102 @@ def test_the_demo_numbers_are_those_before_the_paper_scale_work(tmp_path):
     ref_effects = pd.read_csv(DEMO_REFERENCE / "effects_held-out.csv")
     np.testing.assert_allclose(effects["delta_accuracy"], ref_effects["delta_accuracy"])
     np.testing.assert_allclose(effects["delta_logprob"], ref_effects["delta_logprob"], atol=1e-4)
+
+
+# -- several workers on one run folder ---------------------------------------------------------
+
+
+def test_two_workers_on_one_folder_make_stages_1_to_3_once(tiny4, tmp_path, monkeypatch):
+    """Two workers start together: each of stages 1-3 is made by one of them (the other
+    waits for it), and both go on from the finished stages."""
+    import threading
+    import time
+    from collections import Counter
+
+    from roleprobe.app import pipeline
+
+    made: Counter[str] = Counter()
+    for stage in STAGES[:3]:
+        real = pipeline.STEPS[stage]
+
+        def counted(ctx, real=real, key=stage.key):
+            made[key] += 1
+            time.sleep(0.3)  # long enough for the other worker to find it claimed
+            return real(ctx)
+
+        monkeypatch.setitem(pipeline.STEPS, stage, counted)
+    out = tmp_path / "run"
+    config = _config(tiny4, layers=[1], lease_s=5.0)
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            run_pipeline(config, out, until="validation")
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert made == {"prompts": 1, "directions": 1, "validation": 1}
+    assert all((out / s.name / "done.json").exists() for s in STAGES[:3])
+    assert not list((out / "claims").glob("*.claim"))
+
+
+def test_a_worker_leaving_items_to_a_live_worker_exits_3_and_says_who(tiny4, tmp_path, capsys):
+    import socket
+    import time
+
+    out = tmp_path / "run"
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        f'model = "{tiny4}"\ndevice = "cpu"\nroles = ["lawyer", "nurse"]\nlayers = [1]\n'
+        "positions = [-1]\nquestions_per_domain = 4\nbatch_size = 8\n"
+    )
+    argv = ["--quiet", "run", "--config", str(toml), "--out", str(out)]
+    assert main([*argv, "--until", "validation"]) == 0
+    claims = out / "04_sweep" / "store" / "claims"
+    claims.mkdir(parents=True)
+    holder = {"host": "node-7", "pid": 4242, "time": time.time(), "lease": 3600, "token": "t"}
+    holder["slurm"] = {"job": "77", "array_job": "70", "array_task": "7"}
+    (claims / "layer001-law-b0000.claim").write_text(json.dumps(holder))
+    capsys.readouterr()
+    assert main(argv) == 3
+    said = [x for x in capsys.readouterr().err.splitlines() if x.startswith("roleprobe:")]
+    assert len(said) == 1  # one line (transformers' own bars aside)
+    err = said[0]
+    assert err.startswith("roleprobe: incomplete: sweep incomplete: 1 of ")
+    assert "1 held by other workers (layer001-law-b0000: pid 4242 on node-7 (Slurm job 70_7)" in err
+    assert "--shard" not in err and "--wait" in err
+    assert not (out / "04_sweep" / "done.json").exists()
+    # the holder finishes its item (here: dies on this host): the rerun completes the run
+    holder |= {"host": socket.gethostname(), "pid": _dead_pid()}
+    (claims / "layer001-law-b0000.claim").write_text(json.dumps(holder))
+    assert main(argv) == 0
+    assert (out / "08_report" / "done.json").exists()
+
+
+def test_a_shard_whose_part_is_done_exits_0(tiny4, tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        run = run_pipeline(_config(tiny4, layers=[1]), out, shard="0/2")
+    assert run.pending is None and not (out / "04_sweep" / "done.json").exists()
+    assert "shard 0/2 done" in caplog.text and "belong to other shards" in caplog.text
+    run = run_pipeline(_config(tiny4, layers=[1]), out, shard="1/2")
+    assert run.pending is None
+    assert run_pipeline(_config(tiny4, layers=[1]), out, until="sweep").pending is None
+    assert (out / "04_sweep" / "done.json").exists()
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -21,6 +21,8 @@
     <out>/07_readouts/         what the model says each picked direction is:
                                patchscope.csv and logit_lens.csv
     <out>/08_report/           figures/ (HTML), report.html (self-contained) and summary.md
+    <out>/claims/              which worker is making a stage now (empty between runs)
+    <out>/jobs/                roleprobe submit's jobs: submission.json, scripts, logs
 
 The stages, their order and every file name are declared once, in :mod:`roleprobe.app.run`
 (:data:`~roleprobe.app.run.STAGES`, :class:`~roleprobe.app.run.RunPaths`); this module holds what
@@ -63,6 +65,7 @@ from roleprobe.app.run import (
 )
 from roleprobe.app.run_config import CHOICES, PRESETS, RunConfig, load_config
 from roleprobe.core.io import write_csv, write_json, write_parquet
+from roleprobe.experiments.claims import heartbeat_interval
 
 if TYPE_CHECKING:  # pragma: no cover
     from roleprobe.core.types import Model
@@ -93,12 +96,19 @@ class Context:
     Args:
         run: the run folder.
         shard: ``"i/n"``: the sweep does only that part.
+        wait: wait for other workers' sweep items and stages instead of stopping.
+        workers: how many workers share the sweep (its units' size; ``None``: the Slurm
+            array's task count, else 1).
     """
 
-    def __init__(self, run: Run, shard: str | None = None) -> None:
+    def __init__(
+        self, run: Run, shard: str | None = None, wait: bool = False, workers: int | None = None
+    ) -> None:
         self.run = run
         self.config: RunConfig = run.config
         self.shard = shard
+        self.wait = wait
+        self.workers = workers
         self._model: Model | None = None
 
     @property
@@ -271,16 +281,28 @@ def stage_sweep(ctx: Context) -> dict[str, Any]:
         ablation_at=cfg.ablation_at,
         system=cfg.system,
         prefix_memory=max(1, int(cfg.prefix_memory_gib * 2**30)) if cfg.prefix_memory_gib else None,
+        lease=cfg.lease_s,
+        workers=ctx.workers,
+        wait=ctx.wait,
     )
     if result.complete:
         write_csv(paths.sweep_scores, result.scores())
         write_csv(paths.sweep_baseline, result.baseline)
-    return {
+    summary: dict[str, Any] = {
         "complete": result.complete,
         "missing": len(result.missing),
         "in_flight": len(result.in_flight),
         "rows": result.n_rows,
     }
+    if not result.complete:  # what the worker reports (not written to done.json)
+        from roleprobe.experiments.claims import Claims
+        from roleprobe.experiments.store import CLAIMS, read_manifest
+
+        claims = Claims(paths.sweep_store / CLAIMS, cfg.lease_s)
+        summary["pending"] = list(result.pending)
+        summary["holders"] = claims.describe(result.pending) if result.pending else ""
+        summary["plan"] = len(read_manifest(paths.sweep_store)["config"]["plan"])
+    return summary
 
 
 def stage_selection(ctx: Context) -> dict[str, Any]:
@@ -530,20 +552,65 @@ STEPS: dict[Stage, StageFn] = {
 
 # ------------------------------------------------------------------ running them ------------
 def _make(ctx: Context, stage: Stage) -> bool:
-    """Run one stage and mark it done; ``False`` when a shard left the sweep unfinished."""
+    """Run one stage and mark it done; ``False`` when the sweep is left unfinished (a
+    shard's part done, or items other workers hold: ``run.pending`` says which)."""
     start = time.perf_counter()
     summary = STEPS[stage](ctx)
     if stage == SWEEP and not summary["complete"]:
-        logger.info(
-            "%s finished; %d parts of the sweep are still missing (%d being computed by other "
-            "workers on this store): run again without --shard once they are done",
-            f"shard {ctx.shard}" if ctx.shard else "this worker",
-            summary["missing"],
-            summary["in_flight"],
-        )
+        pending, missing, total = summary["pending"], summary["missing"], summary["plan"]
+        if ctx.shard and not pending:
+            logger.info(
+                "shard %s done; %d of %d parts of the sweep belong to other shards or "
+                "workers: the run finishes when a worker runs without --shard after them",
+                ctx.shard,
+                missing,
+                total,
+            )
+        elif ctx.shard:
+            ctx.run.pending = (
+                f"shard {ctx.shard} incomplete: {len(pending)} of its parts are held by other "
+                f"workers ({summary['holders']}); run it again once they finish (or add --wait)"
+            )
+        else:
+            held = (
+                f"{len(pending)} held by other workers ({summary['holders']})"
+                if pending
+                else "none held by a live worker"
+            )
+            ctx.run.pending = (
+                f"sweep incomplete: {missing} of {total} parts missing, {held}; run this "
+                "command again once they finish (or add --wait)"
+            )
         return False
     ctx.run.finish(stage, summary, time.perf_counter() - start)
     return True
+
+
+def _make_once(ctx: Context, stage: Stage) -> bool:
+    """Make ``stage`` unless another worker is making it: then wait for it (stages before
+    the sweep, or with ``ctx.wait``) or stop with ``run.pending`` saying who holds it."""
+    run = ctx.run
+    key = f"stage-{stage.name}"
+    said = 0.0
+    while True:
+        if run.claims.claim(key):
+            try:
+                return True if run.is_done(stage) else _make(ctx, stage)
+            finally:
+                run.claims.release(key)
+        if run.is_done(stage):
+            return True
+        holder = run.claims.describe([key])
+        if stage.number > SWEEP.number and not ctx.wait:
+            run.pending = (
+                f"{stage.name} is being made by another worker ({holder}); nothing left for "
+                "this one (add --wait to wait for it)"
+            )
+            return False
+        if time.monotonic() - said > 60:
+            logger.info("%s is being made by another worker (%s); waiting", stage.name, holder)
+            said = time.monotonic()
+        time.sleep(min(5.0, heartbeat_interval(run.claims.lease)))
 
 
 def run_pipeline(
@@ -552,8 +619,15 @@ def run_pipeline(
     shard: str | None = None,
     until: str | None = None,
     resume: bool = True,
+    wait: bool = False,
+    workers: int | None = None,
 ) -> Run:
     """Run (or resume) every stage in order; stop after ``until`` or after a shard's sweep.
+
+    Several workers may run this on one folder at once (a Slurm array, ``roleprobe
+    submit``): each stage other than the sweep is made by one of them (a claim in
+    ``<out>/claims/``; the others wait for stages 1-3 and stop, or wait with ``wait``,
+    at the later ones), and the sweep's items are split by claims.
 
     Args:
         config: what the run does.
@@ -563,6 +637,9 @@ def run_pipeline(
         shard: ``"i/n"``: do only that part of the sweep, then stop.
         until: the last stage to make (folder name, key or an earlier name).
         resume: ``False`` refuses a folder that already holds finished stages.
+        wait: when other workers hold the last sweep items or a later stage, wait for them
+            (taking over from any that dies) instead of stopping.
+        workers: how many workers share the sweep (see :func:`roleprobe.sweep`).
 
     Raises:
         ValueError: a bad setting, file or folder, found by
@@ -571,7 +648,8 @@ def run_pipeline(
 
     Returns:
         The :class:`~roleprobe.app.run.Run` (its ``timings`` hold the seconds of the stages
-        made now).
+        made now; ``pending`` is ``None`` when every stage asked for is complete — for a
+        shard, its part of the sweep — else one line saying what is left and who holds it).
     """
     last = stage_named(until) if until is not None else STAGES[-1]
     preflight(config, out, shard)  # before anything is written or any model loads
@@ -582,14 +660,17 @@ def run_pipeline(
             f"{run.out} already holds finished stages {finished}; drop --no-resume to "
             "continue it, or choose a new --out folder"
         )
-    ctx = Context(run, shard)
-    for stage in STAGES:
-        if run.is_done(stage):
-            logger.info("%s already done; skipped", stage.name)
-        elif not _make(ctx, stage):
-            return run
-        if stage == last:
-            break
+    ctx = Context(run, shard, wait=wait, workers=workers)
+    try:
+        for stage in STAGES:
+            if run.is_done(stage):
+                logger.info("%s already done; skipped", stage.name)
+            elif not (_make(ctx, stage) if stage == SWEEP else _make_once(ctx, stage)):
+                return run
+            if stage == last:
+                break
+    finally:
+        run.claims.close()
     return run
 
 

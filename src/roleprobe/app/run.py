@@ -28,6 +28,7 @@ from typing import Any
 from roleprobe.app.run_config import RunConfig
 from roleprobe.core.io import write_json
 from roleprobe.data.roles import ROLES
+from roleprobe.experiments.claims import Claims
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ __all__ = [
 
 CONFIG = "config.json"
 DONE = "done.json"
+CLAIMS = "claims"
+"""The run folder's stage claims (one worker makes each stage; see
+:mod:`roleprobe.experiments.claims`)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ FIRST_STAGE: dict[str, Stage | None] = {
     "device_map": None,
     "n_devices": None,
     "prefix_memory_gib": None,
+    "lease_s": None,
 }
 """For every :class:`~roleprobe.app.run_config.RunConfig` setting, the first stage whose
 result it changes (``None``: where the run computes, not what). A rerun may change a
@@ -207,6 +212,17 @@ class RunPaths:
     def config(self) -> Path:
         """The run's configuration (JSON)."""
         return self.root / CONFIG
+
+    # jobs of roleprobe submit
+    @property
+    def jobs(self) -> Path:
+        """The folder of ``roleprobe submit``'s jobs (submitit's scripts, logs, results)."""
+        return self.root / "jobs"
+
+    @property
+    def submission(self) -> Path:
+        """What ``roleprobe submit`` submitted: job ids, how to follow them (JSON)."""
+        return self.jobs / "submission.json"
 
     # 01_prompts
     def prompts(self, part: str) -> Path:
@@ -338,6 +354,12 @@ class Run:
             must equal it (settings added after the run was started read as their
             defaults).
 
+    Attributes:
+        claims: the stage claims of the folder (``<out>/claims/``).
+        pending: ``None``, or one line saying what keeps the stages asked of
+            :func:`~roleprobe.app.pipeline.run_pipeline` from finishing (sweep items or a
+            stage other workers hold) and who holds it.
+
     Raises:
         ValueError: the folder holds a run with another configuration (the message names
             the differing settings), or a run made with the earlier stage layout.
@@ -348,7 +370,9 @@ class Run:
         self.out = Path(out)
         self.paths = RunPaths(self.out)
         self.timings: dict[str, float] = {}
+        self.pending: str | None = None
         self.out.mkdir(parents=True, exist_ok=True)
+        self.claims = Claims(self.out / CLAIMS, config.lease_s)
         legacy = [name for name in _LEGACY if (self.out / name).exists()]
         if legacy:
             raise ValueError(

@@ -123,6 +123,9 @@ class RunConfig:
             reuse (layers beyond it are captured in chunks; results are the same). ``0``:
             the device's default (an eighth of a GPU's memory, 2 GiB on a CPU); see
             :func:`roleprobe.experiments.sweeps.default_prefix_budget`.
+        lease_s: seconds without a heartbeat after which another worker's claim (on a
+            sweep item or a stage) is stale and taken over; holders refresh theirs every
+            tenth of it (see :mod:`roleprobe.experiments.claims`).
         seed: seed of every split and control.
     """
 
@@ -161,6 +164,7 @@ class RunConfig:
     tie_rule: str = "fractional"
     batch_size: int = 16
     prefix_memory_gib: float = 0.0
+    lease_s: float = 300.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -179,6 +183,8 @@ class RunConfig:
                 f"prefix_memory_gib must be 0 (the device's default) or a positive number of "
                 f"GiB, got {self.prefix_memory_gib}"
             )
+        if not (math.isfinite(self.lease_s) and self.lease_s > 0):
+            raise ValueError(f"lease_s must be a positive number of seconds, got {self.lease_s}")
         if not 0 < self.select_fraction < 1:
             raise ValueError(
                 f"select_fraction must be strictly between 0 and 1, got {self.select_fraction}"
@@ -387,13 +393,15 @@ def load_config(
             table = loaded["run"]
             if not isinstance(table, dict):
                 raise ValueError(f"{file}: run must be a [run] table of settings, got {table!r}")
-            outside = sorted(set(loaded) - {"run"})
+            outside = sorted(set(loaded) - {"run", "submit"})
             if outside:
                 raise ValueError(
                     f"{file}: settings {outside} are outside the [run] table; "
                     "put every setting under [run] or none"
                 )
             loaded = table
+        else:  # top-level settings; a [submit] table is roleprobe submit's
+            loaded = {k: v for k, v in loaded.items() if k != "submit"}
         values |= loaded
     values |= {k: v for k, v in (overrides or {}).items() if v is not None}
     return RunConfig.from_dict(values, where=str(path) if path else "config")

@@ -85,6 +85,9 @@ class SweepResult:
 
     Attributes:
         baseline, config, n_layers, missing, store, in_flight, skipped: as above.
+        pending: the parts the call that made this result was asked for (its shard, or the
+            whole plan) that other workers still hold; empty when that call's share is done
+            (:func:`roleprobe.sweep` sets it; :func:`merge` leaves it empty).
         table: one row per (candidate, question): ``role, source, donor, position, layer,
             condition, alpha, group`` and the per-item scores of :func:`roleprobe.evaluate`
             (read from the store at first use when the result came from :func:`merge`).
@@ -113,6 +116,7 @@ class SweepResult:
         self.store = store
         self.in_flight = list(in_flight or [])
         self.skipped = [(str(r), p, int(layer)) for r, p, layer in skipped or []]
+        self.pending: list[str] = []
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"{len(self.missing)} parts missing"

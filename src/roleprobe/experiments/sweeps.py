@@ -34,17 +34,25 @@ and by ablating it everywhere, on the role's own domain, and then picks one
 * **Work items.** The unit of work is (domain, layer, question batch): all of that layer's
   cells for one batch, written as one part of a :class:`roleprobe.ResultStore`, plus
   one baseline item per (domain, batch). A crash loses at most the item in flight; rerunning
-  with the same store skips finished items. ``shard=(i, n)`` (or ``"i/n"``) takes items
-  ``i, i+n, i+2n, …`` of the deterministic plan, so the jobs of an array write disjoint parts
-  into one store; :func:`merge` checks that nothing is missing and builds the tables.
+  with the same store skips finished items. :func:`merge` checks that nothing is missing
+  and builds the tables.
+* **Units, largest first.** A worker claims and runs together consecutive layer items of
+  one batch (a *unit*: one prefix pass serves them), and takes units in descending
+  estimated cost (:mod:`roleprobe.experiments.scheduling`: rows × padded length × blocks
+  run), so that the long units start first and the short ones fill the tail. With several
+  ``workers`` a batch is cut into units of at most 1/(8·workers) of the sweep's cost.
+  ``shard=(i, n)`` (or ``"i/n"``) takes the i-th of n shards balanced by estimated cost,
+  so the jobs of an array write disjoint parts into one store.
 * **Concurrent workers.** Several processes may run the *same* sweep on one store (no
   shards needed: two notebooks, a job array on a lab's shared folder). Each claims a work
   item before computing it (:meth:`roleprobe.ResultStore.claim`), so they split the work
   instead of doubling it, and the merged table is the one a single worker writes. A
   worker that runs out of items while others still compute returns an incomplete result
-  whose ``in_flight`` lists them. A crashed worker's claims are taken over: at once on the
-  same host (its process is gone), after ``claim_timeout`` (6 h) from another host.
-  Shards and claims combine (``shard`` picks the items, claims split them further).
+  whose ``in_flight`` lists them (``wait=True``: it waits for them instead, taking over
+  those whose holder dies). A holder refreshes a heartbeat in its claims; a claim whose
+  process is gone, whose Slurm job has ended or whose heartbeat is older than ``lease``
+  (5 minutes) is taken over (:mod:`roleprobe.experiments.claims`). Shards and claims
+  combine (``shard`` picks the units, claims split them further).
 
 Example:
     >>> result = rp.sweep(model, rd, rp.load_benchmark("builtin"), roles=["lawyer"],
@@ -60,6 +68,7 @@ import math
 import os
 import random
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,6 +85,7 @@ from roleprobe.core.hooks import check_layers
 from roleprobe.core.progress import bar
 from roleprobe.core.types import Model
 from roleprobe.data.benchmarks import LETTERS, MultipleChoice
+from roleprobe.experiments.claims import LEASE, check_lease, heartbeat_interval
 from roleprobe.experiments.evaluation import (
     encode_questions,
     length_batches,
@@ -86,12 +96,15 @@ from roleprobe.experiments.evaluation import (
 from roleprobe.experiments.merging import SweepResult as SweepResult
 from roleprobe.experiments.merging import candidate_scores as candidate_scores
 from roleprobe.experiments.merging import merge as merge
-from roleprobe.experiments.store import (
-    CLAIM_TIMEOUT,
-    ResultStore,
-    check_claim_timeout,
-    code_versions,
+from roleprobe.experiments.scheduling import (
+    Job,
+    Unit,
+    balanced_shards,
+    item_cost,
+    make_units,
+    split_target,
 )
+from roleprobe.experiments.store import ResultStore, code_versions
 from roleprobe.experiments.sweep_config import ALPHA_UNITS as ALPHA_UNITS
 from roleprobe.experiments.sweep_config import BUILTIN_CONDITIONS as BUILTIN_CONDITIONS
 from roleprobe.experiments.sweep_config import CANDIDATE as CANDIDATE
@@ -396,6 +409,8 @@ class _Plan:
             if (group, layer) in live
             for b in range(len(self.batches[group]))
         ]
+        self.by_key = {w.key: w for w in self.work}
+        self.n_layers = int(model.cfg.n_layers)
 
 
 def sweep(
@@ -422,10 +437,12 @@ def sweep(
     system: str | None = None,
     conditions: Mapping[str, MakeIntervention] | None = None,
     alpha_unit: str = "raw",
-    claim_timeout: float | int = CLAIM_TIMEOUT,
+    lease: float | int = LEASE,
     specific: bool = False,
     prefix_memory: int | None = None,
     stack_ablations: bool | None = None,
+    workers: int | None = None,
+    wait: bool = False,
 ) -> SweepResult:
     """Score every candidate (role, position, layer) × condition on a benchmark.
 
@@ -439,7 +456,8 @@ def sweep(
             shuffled-role directions in the same grid.
         store: a folder for the results (default: a temporary one, deleted afterwards).
         resume: continue a store that already holds parts of this same sweep.
-        shard: ``"i/n"`` — do only every n-th work item starting at i.
+        shard: ``"i/n"`` — do only the i-th of n parts of the plan, balanced by estimated
+            cost (0-based; the n parts together are the whole plan).
         scope: ``"domain"`` (each role on its own domain's questions) or ``"all"``.
         batch_size: questions per batch; stack: variants per upper-layer forward pass.
         prompt_format: question format; seed: seed of the control directions.
@@ -456,9 +474,10 @@ def sweep(
             the names only: resuming with other callables under the same names mixes them.
         alpha_unit: ``"raw"`` (``alpha * d``, the paper) or ``"norm"`` (``alpha`` in units
             of the layer's mean residual norm, :func:`roleprobe.residual_norms`).
-        claim_timeout: seconds after which a claim on a work item held by a worker on
-            another host is stale and taken over (default 6 h; claims of dead processes on
-            this host are taken over at once). Must exceed the time one item takes.
+        lease: seconds without a heartbeat after which another worker's claim on a work
+            item is stale and taken over (default 5 minutes; claims of dead processes on
+            this host and of ended Slurm jobs are taken over at once). Holders refresh
+            theirs every tenth of it, so it need not exceed the time an item takes.
         specific: also sweep each role's specific part (direction minus the mean direction
             over the roles of ``directions``) as source ``"specific"``, with the controls
             ``"specific-random"`` and ``"specific-shuffled"`` (see the module docstring).
@@ -473,6 +492,11 @@ def sweep(
             ``None``: on a GPU yes, on a CPU no (there a pass of ``stack`` times the rows
             is slower per row). Equal results to float rounding; not part of the store's
             config.
+        workers: how many workers share the store (cuts batches into units small enough
+            for the tail to balance; ``None``: ``SLURM_ARRAY_TASK_COUNT`` if set, else 1,
+            whole batches). Any value gives the same results.
+        wait: when other workers hold the last items, wait for them (taking over any
+            whose holder dies) instead of returning an incomplete result.
 
     Returns:
         A :class:`SweepResult` over everything in the store (``missing`` lists unfinished
@@ -517,7 +541,8 @@ def sweep(
     for pos in cfg.positions:
         directions.position_index(pos)
     index, count = parse_shard(shard)
-    timeout = check_claim_timeout(claim_timeout)
+    lease = check_lease(lease)
+    n_workers = _check_workers(workers)
     budget = _check_budget(prefix_memory, model)
     _check_conditions(model, directions, cfg, extra)
     plan = _Plan(model, directions, benchmark, cfg)
@@ -550,30 +575,35 @@ def sweep(
     }
     with tempfile.TemporaryDirectory(prefix="roleprobe-sweep-") as scratch:
         root = Path(store) if store is not None else Path(scratch)
-        results = ResultStore(root, manifest, resume=resume)
+        results = ResultStore(root, manifest, resume=resume, lease=lease)
+        units = _units(plan, len(directions.roles) >= 2, (index, count), n_workers)
+        work = partial(
+            _work, model, directions, plan, results, donors, swept, progress, spec, budget
+        )
         try:
-            busy = _work(
-                model,
-                directions,
-                plan,
-                results,
-                (index, count),
-                donors,
-                swept,
-                timeout,
-                progress,
-                spec,
-                budget,
-            )
+            busy = work(units)
+            poll, said = min(10.0, heartbeat_interval(lease)), 0.0
+            while busy and wait:
+                if time.monotonic() - said > 60:
+                    logger.info(
+                        "sweep: waiting for %d items held by other workers (%s)",
+                        len(busy),
+                        results.claims.describe(busy),
+                    )
+                    said = time.monotonic()
+                time.sleep(poll)
+                wanted = set(busy)
+                busy = work([u for u in units if wanted.intersection(u.keys)])
         finally:
             results.release_all()  # claims of an interrupted item
         result = merge(root, allow_partial=count > 1 or bool(busy))
+        result.pending = busy
         if busy:
             logger.warning(
-                "sweep: %d work items are being computed by other workers (e.g. %s); "
+                "sweep: %d work items are being computed by other workers (%s); "
                 "merge the store when they finish",
-                len(result.in_flight),
-                busy[0],
+                len(busy),
+                results.claims.describe(busy),
             )
         if store is None:
             result.table = result.table  # read before the scratch folder goes
@@ -590,53 +620,110 @@ def _check_budget(prefix_memory: int | None, model: Model) -> int:
     return prefix_memory
 
 
+def _check_workers(workers: int | None) -> int:
+    """``workers`` (a positive integer), or the Slurm array's task count, or 1."""
+    if workers is None:
+        env = os.environ.get("SLURM_ARRAY_TASK_COUNT", "")
+        return int(env) if env.isdigit() and int(env) > 0 else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    return workers
+
+
+def _jobs(
+    plan: "_Plan", has_donor: bool
+) -> tuple[list[Job], dict[tuple[str, int], tuple[int, int]]]:
+    """Every work item of ``plan`` with its estimated cost, and each batch's (rows, padded
+    length)."""
+    cfg = plan.cfg
+    n_layers = plan.n_layers
+    shapes = {
+        (group, b): (len(rows), max(len(plan.encoded[group][i].ids) for i in rows))
+        for group, batches in plan.batches.items()
+        for b, rows in enumerate(batches)
+    }
+    per_candidate = variants_per_candidate(cfg, has_donor)
+    variants = {
+        (group, layer): per_candidate
+        * sum((r, p, layer) not in plan.null for r in members for p in cfg.positions)
+        for group, members in plan.groups.items()
+        for layer in cfg.layers
+    }
+    jobs = []
+    for item in plan.work:
+        rows, seq = shapes[(item.group, item.batch)]
+        n = 0 if item.layer is None else variants[(item.group, item.layer)]
+        cost = item_cost(
+            rows,
+            seq,
+            item.layer,
+            n_layers,
+            n,
+            len(cfg.alphas),
+            cfg.ablation,
+            len(cfg.conditions),
+        )
+        jobs.append(Job(item.key, item.group, item.batch, item.layer, cost))
+    return jobs, shapes
+
+
+def _units(plan: "_Plan", has_donor: bool, shard: tuple[int, int], workers: int) -> list[Unit]:
+    """This worker's units in claim order: the plan's items grouped into units (whole
+    batches for one worker; cut for the tail to balance for several), largest first; a
+    shard takes its part of a cost-balanced partition."""
+    jobs, shapes = _jobs(plan, has_donor)
+    total = sum(j.cost for j in jobs)
+    parallel = max(workers, shard[1])
+    target = split_target(total, parallel) if parallel > 1 and total > 0 else math.inf
+    units = make_units(jobs, shapes, plan.n_layers, target)
+    if shard[1] > 1:
+        mine = {u.keys for u in balanced_shards(units, shard[1])[shard[0]]}
+        units = [u for u in units if u.keys in mine]
+    return units
+
+
 def _work(
     model: Model,
     directions: RoleDirections,
     plan: "_Plan",
     results: ResultStore,
-    shard: tuple[int, int],
     donors: dict[str, str],
     swept: "list[_Condition]",
-    claim_timeout: float,
-    progress: bool = True,
-    specific: RoleDirections | None = None,
-    budget: int = CPU_PREFIX_BUDGET,
+    progress: bool,
+    specific: RoleDirections | None,
+    budget: int,
+    units: Sequence[Unit],
 ) -> list[str]:
-    """Compute this worker's work items (its shard, less what is done or claimed by other
-    workers) into the store, batch by batch; returns the keys left to other workers."""
-    index, count = shard
+    """Compute the items of ``units`` (in order) that are not done or held by a live
+    worker into the store; returns the keys other workers hold."""
     done = results.done()
-    todo = [w for i, w in enumerate(plan.work) if i % count == index and w.key not in done]
+    todo = [[k for k in u.keys if k not in done] for u in units]
+    n_todo = sum(len(keys) for keys in todo)
     logger.info(
-        "sweep: %d work items in the plan, shard %d/%d, %d to do",
+        "sweep: %d work items in the plan, %d in this worker's %d units, %d to do",
         len(plan.work),
-        index,
-        count,
-        len(todo),
+        sum(len(u.keys) for u in units),
+        len(units),
+        n_todo,
     )
-    # batch-major: each batch's residuals at every layer it needs come from one pass
-    by_batch: dict[tuple[str, int], list[WorkItem]] = {}
-    for item in todo:
-        by_batch.setdefault((item.group, item.batch), []).append(item)
     busy: list[str] = []
-    bars = bar(total=len(todo), enabled=progress, desc="sweep", unit="item")
-    for (group, b), batch_items in by_batch.items():
+    bars = bar(total=n_todo, enabled=progress, desc="sweep", unit="item")
+    for unit, keys in zip(units, todo, strict=True):
         items = []
-        for item in batch_items:  # claimed one batch at a time, so that workers interleave
-            if results.claim(item.key, claim_timeout):
-                items.append(item)
-            elif item.key not in results.done():
-                busy.append(item.key)
-            else:
+        for key in keys:  # claimed one unit at a time, so that workers interleave
+            if results.claim(key):
+                items.append(plan.by_key[key])
+            elif results.is_done(key):
                 bars.update(1)
+            else:
+                busy.append(key)
         if not items:
             continue
-        batch = _batch(model, plan, group, b)
+        batch = _batch(model, plan, unit.group, unit.batch)
         _run_batch(model, directions, plan, results, items, batch, donors, swept, budget, specific)
-        bars.update(len(items))  # a batch's items finish together
+        bars.update(len(items))  # a unit's items finish together
     bars.close()
-    return [key for key in busy if key not in results.done()]
+    return [key for key in busy if not results.is_done(key)]
 
 
 def _run_batch(
