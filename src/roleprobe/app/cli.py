@@ -8,6 +8,10 @@ Subcommands:
     ``roleprobe plan --preset paper --model google/gemma-2-9b-it``: what a run would cost
     (work items, forward passes, tokens, FLOPs, GPU-hours, prefix memory), from the model's
     config alone; the same settings as ``run`` (see :mod:`roleprobe.experiments.cost`).
+    ``roleprobe submit --preset paper --model ... --out ... --partition gpu``: the whole run
+    as Slurm jobs through submitit (stages 1-3, the sweep as an array, stages 5-8; see
+    :mod:`roleprobe.app.submit`); ``--executor local`` runs the same graph here.
+    ``roleprobe status --out DIR``: a run folder's stages, sweep parts and claims.
     ``roleprobe sweep``/``merge``/``figures``: single stages of a run folder (``figures``
     makes the report stage again, see :func:`roleprobe.app.pipeline.rerun_stage`).
     ``roleprobe directions``: compute and save role directions.
@@ -17,9 +21,13 @@ Subcommands:
     ``roleprobe info``: a model's layers, hook names, post-instruction tokens, letter ids.
     ``roleprobe models``: what :func:`roleprobe.load_model` can load here.
 
-Exit status: 0 on success, 2 for a usage error (a bad command line: unknown flag, a value
-outside a flag's choices, an empty ``--out``), 1 for a runtime error (the library refused an
-input or a file while running: a bad config, device or data file), 130 when interrupted.
+Exit status: 0 on success (``run``/``sweep``: every stage asked for is complete; with
+``--shard``, that shard's part of the sweep), 3 when the work asked for is incomplete
+because other workers hold part of it (sweep items or a later stage; one line on stderr says
+what is left and who holds it: rerun once they finish, or pass ``--wait``), 2 for a usage
+error (a bad command line: unknown flag, a value outside a flag's choices, an empty
+``--out``), 1 for a runtime error (the library refused an input or a file while running: a
+bad config, device or data file), 130 when interrupted.
 Errors print one line (``roleprobe: error: ...``); ``--debug`` shows the traceback instead.
 ``--quiet`` and ``--debug`` go before or after the subcommand (``roleprobe run --quiet ...``).
 ``python -m roleprobe`` is the same command.
@@ -36,6 +44,7 @@ from typing import TYPE_CHECKING
 from roleprobe import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
+    from roleprobe.app.run import Run
     from roleprobe.app.run_config import RunConfig
     from roleprobe.core.types import Model
 
@@ -46,6 +55,8 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
 
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE_ERROR = 2
+EXIT_INCOMPLETE = 3
+"""``run``/``sweep``: other workers hold part of the work asked for (see the module docstring)."""
 
 
 class UsageError(ValueError):
@@ -138,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roleprobe",
         description="Role vectors in a language model's residual stream.",
-        epilog="exit status: 0 success, 1 runtime error, 2 usage error, 130 interrupted",
+        epilog="exit status: 0 success, 1 runtime error, 2 usage error, 3 incomplete (other "
+        "workers hold part of the work asked for), 130 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"roleprobe {__version__}")
     _add_global_flags(parser, False)
@@ -182,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(*DTYPE_NAMES, "paper"),
         help="overrides the preset's dtype (paper: the authors' dtype for the model's family)",
     )
+    _add_wait(run)
 
     plan = sub.add_parser(
         "plan",
@@ -213,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="stages 1-4 of a run (one shard of the sweep)")
     _add_run_args(sweep, sorted(PRESETS))
+    _add_wait(sweep)
+
+    submit = sub.add_parser(
+        "submit",
+        help="the whole run as Slurm jobs (submitit): stages 1-3, a sweep array, stages 5-8",
+        description="Submit a run as three jobs: stages 1-3; the sweep as a job array of "
+        "--workers tasks (after the first job succeeds); stages 5-8 after every task ended "
+        "(it also finishes what a failed task left). Timed-out or preempted jobs are "
+        "requeued and resume. Settings: as `run`, plus a [submit] table in the --config TOML "
+        "(the flags below override it). --executor local runs the same graph on this machine.",
+    )
+    _add_run_args(submit, sorted(PRESETS), shard=False)
+    _add_submit_args(submit)
+
+    status = sub.add_parser("status", help="a run folder's stages, sweep parts and claims")
+    status.add_argument("--out", required=True, help="the run folder")
 
     merge = sub.add_parser("merge", help="check a run's sweep is complete; list missing parts")
     merge.add_argument("out", help="the run folder (or a sweep store folder)")
@@ -275,10 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_args(
-    parser: argparse.ArgumentParser, presets: Sequence[str], folder: bool = True
+    parser: argparse.ArgumentParser,
+    presets: Sequence[str],
+    folder: bool = True,
+    shard: bool = True,
 ) -> None:
     """A run's settings: preset, TOML and overrides (``folder``: also the run folder's
-    ``--out``, ``--shard`` and ``--resume``, which ``plan`` has no use for)."""
+    ``--out``, ``--lease``, ``--resume`` and, with ``shard``, ``--shard``, which ``plan``
+    has no use for)."""
     parser.add_argument(
         "--preset",
         default=None,
@@ -288,7 +321,15 @@ def _add_run_args(
     parser.add_argument("--config", default=None, help="a TOML file ([run] table or top level)")
     if folder:
         parser.add_argument("--out", required=True, help="the run folder (resumes if it exists)")
-        parser.add_argument("--shard", default=None, help="i/n: do only this part of the sweep")
+        if shard:
+            parser.add_argument("--shard", default=None, help="i/n: do only this part of the sweep")
+        parser.add_argument(
+            "--lease",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="a worker's claim without a heartbeat for this long is taken over (default 300)",
+        )
         parser.add_argument(
             "--resume",
             action=argparse.BooleanOptionalAction,
@@ -323,6 +364,75 @@ def _add_run_args(
         help="also sweep each role's specific part (direction minus the roles' mean), "
         "with its controls",
     )
+
+
+def _add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="when other workers hold the last sweep items or a later stage, wait for them "
+        "(taking over from any that dies) instead of exiting with status 3",
+    )
+
+
+def _add_submit_args(parser: argparse.ArgumentParser) -> None:
+    """``roleprobe submit``'s job settings (each overrides the TOML's [submit] table)."""
+    from roleprobe.app.submit import EXECUTORS
+
+    parser.add_argument("--executor", default=None, choices=EXECUTORS, help="default slurm")
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="tasks of the sweep's array (default: sized from `roleprobe plan`'s estimate "
+        "and --time)",
+    )
+    parser.add_argument("--partition", default=None)
+    parser.add_argument("--account", default=None)
+    parser.add_argument("--qos", default=None)
+    parser.add_argument("--constraint", default=None, help="Slurm node features")
+    parser.add_argument("--gpus-per-task", type=int, default=None, help="default 1")
+    parser.add_argument("--cpus-per-task", type=_positive_int, default=None, help="default 8")
+    parser.add_argument("--mem-gb", type=int, default=None, help="default: the partition's")
+    parser.add_argument(
+        "--time", type=_minutes, default=None, help="each job's limit: minutes or H:MM:SS"
+    )
+    parser.add_argument(
+        "--max-requeues", type=int, default=None, help="requeues after a timeout (default 3)"
+    )
+    parser.add_argument(
+        "--gpu", default=None, help="what the plan prices the sweep at when sizing (h100)"
+    )
+    parser.add_argument(
+        "--slurm-arg",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="a further sbatch option, e.g. mail_type=END (repeatable)",
+    )
+
+
+def _minutes(value: str) -> int:
+    """An argparse type: a time limit as Slurm writes it (``MM``, ``MM:SS``, ``HH:MM:SS``,
+    ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``), in whole minutes (rounded up)."""
+    text = value.strip()
+    days, dash, clock = text.partition("-")
+    if not dash:
+        days, clock = "0", text
+    parts = clock.split(":")
+    if not days.isdigit() or not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected minutes or [D-]HH:MM:SS, got {value!r}")
+    nums = [int(p) for p in parts]
+    if dash:  # D-HH, D-HH:MM, D-HH:MM:SS
+        hours, mins, secs = [*nums, 0, 0][:3]
+    elif len(nums) == 3:  # HH:MM:SS
+        hours, mins, secs = nums
+    else:  # MM or MM:SS
+        hours, mins, secs = 0, nums[0], nums[1] if len(nums) == 2 else 0
+    seconds = ((int(days) * 24 + hours) * 60 + mins) * 60 + secs
+    if seconds < 60:
+        raise argparse.ArgumentTypeError(f"a time limit must be at least 1 minute, got {value!r}")
+    return -(-seconds // 60)
 
 
 def _load(args: argparse.Namespace) -> "Model":
@@ -421,20 +531,16 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
         "trust_remote_code": getattr(args, "trust_remote_code", None),
         "device_map": getattr(args, "device_map", None),
         "specific": getattr(args, "specific", None),
+        "lease_s": getattr(args, "lease", None),
     }
     return load_config(args.preset, args.config, overrides)
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from roleprobe.app.inputs import NEEDS_DATA, run_benchmark, run_prompts, run_roles
-    from roleprobe.app.plan import format_plan
+    from roleprobe.app.plan import build_plan, format_plan
     from roleprobe.app.run import STAGES
     from roleprobe.core.io import write_json
-    from roleprobe.experiments.cost import plan_run
     from roleprobe.experiments.gpus import check_utilisation, resolve_gpu
-    from roleprobe.model.plan_model import load_plan_model
 
     try:
         gpu = resolve_gpu(args.gpu)
@@ -446,24 +552,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
         raise UsageError(f"--utilisation: {err}") from None
     if args.json is not None:
         _path_arg(args.json, "--json")
-    config = _run_config(args)
-    model = load_plan_model(
-        config.model, config.model_revision or None, config.trust_remote_code, config.system
-    )
-    local = config.prompts not in NEEDS_DATA["prompts"] or (
-        bool(config.data) and Path(config.data).expanduser().is_dir()
-    )
-    train, held = run_prompts(config) if local else (None, None)
-    plan = plan_run(
-        config,
-        model,
-        run_benchmark(config),
-        run_roles(config),
-        train,
-        held,
-        gpu=gpu,
-        utilisation=utilisation,
-    )
+    plan = build_plan(_run_config(args), gpu, utilisation)
     _out(format_plan(plan, {s.key: s.name for s in STAGES}))
     if args.json is not None:
         _out(f"plan: {write_json(args.json, plan.to_dict())}")
@@ -478,24 +567,78 @@ def _report_paths(out: str) -> None:
         _out(f"summary: {paths.summary_md}")
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
+class Incomplete(Exception):
+    """The work asked for is incomplete: other workers hold part of it (exit status 3)."""
+
+
+def _pipeline(args: argparse.Namespace, until: str | None) -> "Run":
     from roleprobe.app.pipeline import run_pipeline
 
-    run = run_pipeline(
-        _run_config(args), args.out, shard=args.shard, until=args.until, resume=args.resume
+    return run_pipeline(
+        _run_config(args),
+        args.out,
+        shard=args.shard,
+        until=until,
+        resume=args.resume,
+        wait=args.wait,
     )
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    run = _pipeline(args, args.until)
     _out(f"run folder: {run.out}")
     _report_paths(args.out)
+    if run.pending:
+        raise Incomplete(run.pending)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
-    from roleprobe.app.pipeline import run_pipeline
     from roleprobe.app.run import SWEEP
 
-    run = run_pipeline(
-        _run_config(args), args.out, shard=args.shard, until=SWEEP.key, resume=args.resume
-    )
+    run = _pipeline(args, SWEEP.key)
     _out(f"sweep store: {run.paths.sweep_store}")
+    if run.pending:
+        raise Incomplete(run.pending)
+
+
+def _cmd_submit(args: argparse.Namespace) -> None:
+    from roleprobe.app.submit import load_submit_settings, submit_run
+
+    config = _run_config(args)
+    extra = None
+    if args.slurm_arg:
+        pairs = [item.split("=", 1) for item in args.slurm_arg]
+        bad = [item for item, pair in zip(args.slurm_arg, pairs, strict=True) if len(pair) != 2]
+        if bad:
+            raise UsageError(f"--slurm-arg expects KEY=VALUE, got {bad[0]!r}")
+        extra = {k.strip(): v.strip() for k, v in pairs}
+    overrides = {
+        "executor": args.executor,
+        "workers": args.workers,
+        "partition": args.partition,
+        "account": args.account,
+        "qos": args.qos,
+        "constraint": args.constraint,
+        "gpus_per_task": args.gpus_per_task,
+        "cpus_per_task": args.cpus_per_task,
+        "mem_gb": args.mem_gb,
+        "time_min": args.time,
+        "max_requeues": args.max_requeues,
+        "gpu": args.gpu,
+        "slurm_args": extra,
+    }
+    settings = load_submit_settings(args.config, overrides)
+    submission = submit_run(config, args.out, settings)
+    for line in submission.follow():
+        _out(line)
+    _out(f"job ids: {submission.out / 'jobs' / 'submission.json'}")
+
+
+def _cmd_status(args: argparse.Namespace) -> None:
+    from roleprobe.app.status import run_status
+
+    for line in run_status(_path_arg(args.out, "--out")):
+        _out(line)
 
 
 def _cmd_merge(args: argparse.Namespace) -> None:
@@ -594,6 +737,8 @@ _COMMANDS = {
     "run": _cmd_run,
     "plan": _cmd_plan,
     "sweep": _cmd_sweep,
+    "submit": _cmd_submit,
+    "status": _cmd_status,
     "merge": _cmd_merge,
     "figures": _cmd_figures,
     "directions": _cmd_directions,
@@ -619,6 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("roleprobe: interrupted\n")
         return 130
+    except Incomplete as err:
+        sys.stderr.write(f"roleprobe: incomplete: {_one_line(err)}\n")
+        return EXIT_INCOMPLETE
     except Exception as err:
         if args.debug:
             raise

@@ -106,13 +106,20 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"model = {name!r} is not a folder (and not a hub name 'org/model')")
 
 
-def preflight(config: RunConfig, out: str | os.PathLike[str], shard: str | None = None) -> None:
+def preflight(
+    config: RunConfig,
+    out: str | os.PathLike[str],
+    shard: str | None = None,
+    device_here: bool = True,
+) -> None:
     """Every check of a run that needs no model; nothing is written.
 
     Args:
         config: the run's config.
         out: the run folder (need not exist).
         shard: ``"i/n"`` (0-based) or ``None``.
+        device_here: check that the device exists on this machine (``False``: only that
+            its name is valid, for jobs that run elsewhere, e.g. ``roleprobe submit``).
 
     Raises:
         ValueError: the first problem found, naming the setting, file or value.
@@ -130,7 +137,10 @@ def preflight(config: RunConfig, out: str | os.PathLike[str], shard: str | None 
 
     try:
         resolve_dtype(config.dtype)
-        resolve_device(config.device)
+        if device_here:
+            resolve_device(config.device)
+        elif config.device != "auto":
+            _device_name(config.device)
     except ValueError as err:
         raise ValueError(f"{err} (dtype = {config.dtype!r}, device = {config.device!r})") from None
     _check_grid(config)
@@ -143,6 +153,16 @@ def preflight(config: RunConfig, out: str | os.PathLike[str], shard: str | None 
         return
     bench = run_benchmark(config)
     _check_domains(config, bench, list(train.role_names))
+
+
+def _device_name(device: str) -> None:
+    """Refuse a device name torch cannot parse (``ValueError``)."""
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {device!r}") from None
 
 
 def _check_grid(config: RunConfig) -> None:

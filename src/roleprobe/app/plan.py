@@ -9,10 +9,42 @@ Example:
 """
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from roleprobe.experiments.run_plan import RunPlan
 
-__all__ = ["format_plan"]
+if TYPE_CHECKING:  # pragma: no cover
+    from roleprobe.app.run_config import RunConfig
+    from roleprobe.experiments.gpus import Gpu
+
+__all__ = ["build_plan", "format_plan"]
+
+
+def build_plan(config: "RunConfig", gpu: "Gpu", utilisation: float) -> RunPlan:
+    """The :class:`RunPlan` of a run's settings: the model's config (no weights), the run's
+    questions and roles, and its prompts when they are on this machine."""
+    from roleprobe.app.inputs import NEEDS_DATA, run_benchmark, run_prompts, run_roles
+    from roleprobe.experiments.cost import plan_run
+    from roleprobe.model.plan_model import load_plan_model
+
+    model = load_plan_model(
+        config.model, config.model_revision or None, config.trust_remote_code, config.system
+    )
+    local = config.prompts not in NEEDS_DATA["prompts"] or (
+        bool(config.data) and Path(config.data).expanduser().is_dir()
+    )
+    train, held = run_prompts(config) if local else (None, None)
+    return plan_run(
+        config,
+        model,
+        run_benchmark(config),
+        run_roles(config),
+        train,
+        held,
+        gpu=gpu,
+        utilisation=utilisation,
+    )
 
 
 def _si(value: float) -> str:
