@@ -461,7 +461,7 @@ def persona_shift(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if len(benchmark) == 0:
         raise ValueError("the benchmark has no questions")
-    directions.check_model(model, strict=False)
+    directions.check_model(model, opt_out="")  # no opt-out: another model's are refused
     letter_only_supported(model)  # probe the output head once, before any hook is on
     layer_list = list(directions.layers if layers is None else layers)
     layer_pos = [directions.layer_index(la) for la in layer_list]

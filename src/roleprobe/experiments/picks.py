@@ -118,6 +118,7 @@ def apply_picks(
     tie_rule: str = "fractional",
     system: str | None = None,
     baseline: pd.DataFrame | None = None,
+    check_model: bool = True,
 ) -> pd.DataFrame:
     """Evaluate every role's pick on every domain of ``benchmark`` (see the module docstring).
 
@@ -150,6 +151,9 @@ def apply_picks(
         baseline: the unsteered :func:`roleprobe.evaluate` table of ``benchmark`` (same
             tie rule and system turn); picks of a zero direction copy its rows instead of
             running the model. ``None``: they are evaluated unsteered.
+        check_model: refuse directions computed on a model with other weights (their
+            recorded fingerprint against ``model``'s, before any forward pass). ``False``
+            uses them anyway, with a warning (width and layers are still checked).
 
     Returns:
         Per-item rows of :func:`roleprobe.evaluate` with ``role, source, position, layer,
@@ -159,9 +163,11 @@ def apply_picks(
 
     Raises:
         ValueError: no picks of ``source``, an α without picks, an unknown scope, held-out
-            ids missing for a role, empty, or outside its own questions, or a ``baseline``
-            that lacks questions or was scored otherwise.
+            ids missing for a role, empty, or outside its own questions, a ``baseline``
+            that lacks questions or was scored otherwise, or directions of another model
+            (``check_model``).
     """
+    directions.check_model(model, strict=check_model, opt_out="apply_picks(check_model=False)")
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; use one of {list(SCOPES)}")
     chosen = picks[picks["source"] == source]

@@ -13,6 +13,13 @@ or the date in Llama-3's template changes every direction). It saves as a
 safetensors file plus a JSON file, never pickle, and refuses to load onto a model with
 other weights or another width.
 
+Footguns it refuses rather than passes on: means that are not finite floating-point
+tensors with values (NaN, inf, integers, the ``meta`` device), a saved file whose checksum
+manifest is missing or does not match (an unkeyed SHA-256: it catches accidents such as a
+truncated copy, swapped files or a relabelled layer, not a deliberate forgery), and use on
+a model with other weights (:meth:`RoleDirections.check_model`; the experiments that take
+directions check it too, with an explicit ``check_model=False`` opt-out).
+
 Example:
     >>> rd = compute_directions(model, roles=["lawyer", "nurse"])  # built-in prompts
     >>> rd.vectors.shape  # [role, pos, layer, d_model]
@@ -41,7 +48,7 @@ from torch import Tensor
 from roleprobe.core.hooks import check_hook, check_layers
 from roleprobe.core.io import atomic_write_bytes, file_digest, write_json
 from roleprobe.core.progress import bar
-from roleprobe.core.types import Model
+from roleprobe.core.types import Model, check_model_arg
 from roleprobe.data.prompts import BASE_NAME, RolePrompts, load_prompts
 from roleprobe.data.roles import ROLES, get_role
 from roleprobe.model.chat import PLACEHOLDER, ChatTemplate
@@ -56,8 +63,22 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 MANIFEST_KEY = "manifest_sha256"
 """The metadata field holding a SHA-256 over every other field (the tensor checksum
-included): relabelled roles or layers, or another model's fingerprint, are refused on load."""
+included): relabelled roles or layers, or another model's fingerprint, are refused on load,
+and so is a file without it (unless loaded with ``strict=False``: files saved before it
+existed). Unkeyed: it catches accidents, not a deliberate forgery."""
 _DOMAIN = {role.name: role.domain for role in ROLES}
+
+
+class NonFiniteDirectionsError(ValueError):
+    """Means holding NaN or inf (raised by :class:`RoleDirections` at construction).
+
+    Attributes:
+        problem: which tensor, how many bad values, and where the first one is.
+    """
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
 
 
 def manifest_digest(meta: dict[str, Any]) -> str:
@@ -113,6 +134,13 @@ class RoleDirections:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "system", normalize_system(self.system))
+        _check_means("role_means", self.role_means, 4, "[role, pos, layer, d_model]")
+        _check_means("base_mean", self.base_mean, 3, "[pos, layer, d_model]")
+        if self.base_mean.device != self.role_means.device:
+            raise ValueError(
+                f"base_mean is on {self.base_mean.device} but role_means on "
+                f"{self.role_means.device}; move both to one device (.to(device))"
+            )
         n_role, n_pos, n_layer, _ = self.role_means.shape
         if (n_role, n_pos, n_layer) != (len(self.roles), len(self.positions), len(self.layers)):
             raise ValueError(
@@ -126,6 +154,14 @@ class RoleDirections:
             )
         if len(self.role_counts) != n_role:
             raise ValueError("role_counts needs one count per role")
+        for name, means in (("role_means", self.role_means), ("base_mean", self.base_mean)):
+            problem = _nonfinite(name, means, self.roles, self.positions, self.layers)
+            if problem:
+                raise NonFiniteDirectionsError(
+                    problem,
+                    "build directions from finite means (recompute them with "
+                    "compute_directions on a model whose activations are finite)",
+                )
 
     # ---------------------------------------------------------------- access ----------------
     @cached_property
@@ -352,11 +388,15 @@ class RoleDirections:
 
         Args:
             path: the folder given to :meth:`save`.
-            model: when given, its width must match, and (``strict``) its name and weights.
-            strict: also require the same model name and weight fingerprint.
+            model: when given, its width and layers must match, and (``strict``) its weights.
+            strict: require the metadata checksum (:data:`MANIFEST_KEY`) and, with
+                ``model``, the same weight fingerprint. ``False`` loads a file saved before
+                the checksum existed (with a warning) and skips the fingerprint.
 
         Raises:
-            ValueError: a truncated, tampered or malformed file, or a model mismatch.
+            ValueError: a truncated, edited or malformed file, one without its metadata
+                checksum (``strict``), means holding NaN or inf (naming the tensor and the
+                first bad role, position and layer), or a model mismatch.
         """
         folder = Path(path)
         meta_path, tensor_path = folder / METADATA_FILE, folder / TENSORS_FILE
@@ -371,8 +411,15 @@ class RoleDirections:
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT}")
         if MANIFEST_KEY not in meta:
+            if strict:
+                raise ValueError(
+                    f"{meta_path} has no {MANIFEST_KEY}, so its roles, layers and model cannot "
+                    "be verified; pass strict=False to load a file written before the check "
+                    "existed"
+                )
             logger.warning(
-                "%s predates metadata checksums: its roles, layers and model are not verified",
+                "%s predates metadata checksums: its roles, layers and model are not verified "
+                "(loaded with strict=False)",
                 meta_path,
             )
         elif meta[MANIFEST_KEY] != manifest_digest(meta):
@@ -406,14 +453,39 @@ class RoleDirections:
                 chat_format=meta.get("chat_format", ""),
                 chat_date=meta.get("chat_date", ""),
             )
+        except NonFiniteDirectionsError as err:
+            raise NonFiniteDirectionsError(
+                f"{tensor_path}: {err.problem}", "compute and save the directions again"
+            ) from err
         except (SafetensorError, KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{folder} holds malformed RoleDirections ({err})") from err
         if model is not None:
             directions.check_model(model, strict=strict)
         return directions
 
-    def check_model(self, model: Model, strict: bool = True) -> None:
-        """Raise unless these directions were computed on ``model`` (width always checked)."""
+    def check_model(self, model: Model, strict: bool = True, opt_out: str | None = None) -> None:
+        """Raise unless these directions were computed on ``model``.
+
+        The width and the layers are always checked; with ``strict``, the weights too (their
+        fingerprint, :func:`roleprobe.model_fingerprint`: the same checkpoint loaded under
+        another name or dtype matches, another checkpoint of the same shape does not).
+
+        Args:
+            model: the model the directions are about to be used on.
+            strict: compare the weight fingerprint.
+            opt_out: for a function that checks on its user's behalf: how that user turns
+                the weight check off, in their words (e.g. ``"sweep(check_model=False)"``),
+                named in the error, and in a warning logged when ``strict`` is False (the
+                check was skipped). ``""``: the function has no opt-out (the error says to
+                compute the directions on this model). ``None``: ``strict=False``, and no
+                warning.
+
+        Raises:
+            ValueError: another width, too few layers, or (``strict``) other weights.
+
+        Example:
+            >>> rd.check_model(model)  # before steering ``model`` with ``rd``
+        """
         if model.cfg.d_model != self.d_model:
             raise ValueError(
                 f"these directions have d_model={self.d_model} but the model has "
@@ -424,12 +496,87 @@ class RoleDirections:
                 f"these directions use layer {max(self.layers)}; the model has "
                 f"{model.cfg.n_layers} layers"
             )
-        if strict and model_fingerprint(model) != self.model_fingerprint:
+        if not strict:
+            if opt_out:
+                logger.warning(
+                    "%s: the weights of these directions' model (%r) were not compared with "
+                    "this model's (%r); if they differ, the results mean nothing",
+                    opt_out,
+                    self.model_name,
+                    model_name(model),
+                )
+            return
+        fingerprint = model_fingerprint(model)
+        if fingerprint == self.model_fingerprint:
+            return
+        if opt_out is None:
+            fix = "Pass strict=False to use them anyway"
+        elif opt_out:
+            fix = f"Compute them on this model, or pass {opt_out} to use them anyway"
+        else:
+            fix = "Compute them on this model (compute_directions)"
+        if not self.model_fingerprint:
             raise ValueError(
-                f"these directions were computed on {self.model_name!r} (weights "
-                f"{self.model_fingerprint}); this model is {model_name(model)!r} (weights "
-                f"{model_fingerprint(model)}). Pass strict=False to use them anyway"
+                f"these directions record no weight fingerprint (built by hand?), so they "
+                f"cannot be matched to {model_name(model)!r} (weights {fingerprint}). Set "
+                f"model_fingerprint=rp.model_fingerprint(model) when building them. {fix}"
             )
+        raise ValueError(
+            f"these directions were computed on {self.model_name!r} (weights "
+            f"{self.model_fingerprint}); this model is {model_name(model)!r} (weights "
+            f"{fingerprint}). {fix}"
+        )
+
+
+def _check_means(name: str, means: Any, ndim: int, axes: str) -> None:
+    """A tensor of means: a floating-point torch tensor with values, of ``ndim`` axes."""
+    if not isinstance(means, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor {axes}, got {type(means).__name__}; "
+            "convert it with torch.as_tensor"
+        )
+    if means.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the meta device (a shape without values); compute the means on a "
+            "real device (a model loaded with its weights)"
+        )
+    if not means.is_floating_point():
+        raise ValueError(
+            f"{name} has dtype {means.dtype}; means must be floating point, e.g. {name}.double()"
+        )
+    if means.ndim != ndim:
+        raise ValueError(f"{name} must have shape {axes}, got {tuple(means.shape)}")
+
+
+def _nonfinite(
+    name: str,
+    means: Tensor,
+    roles: Sequence[str],
+    positions: Sequence[PositionLabel],
+    layers: Sequence[int],
+) -> str:
+    """``""`` when every value of ``means`` is finite, else where the first bad one is.
+
+    ``means`` is ``[role, pos, layer, d_model]`` or ``[pos, layer, d_model]``; it is read one
+    role at a time, so the check needs no copy of the whole tensor.
+    """
+    slices = means.unbind(0) if means.ndim == 4 else (means,)
+    for r, part in enumerate(slices):
+        bad = ~torch.isfinite(part)
+        if not bool(bad.any()):
+            continue
+        p, li, d = (int(i) for i in bad.nonzero()[0])
+        where = f"position {positions[p]!r}, layer {layers[li]}"
+        if means.ndim == 4:
+            where = f"role {roles[r]!r}, {where}"
+            count = sum(int((~torch.isfinite(s)).sum()) for s in slices[r:])
+        else:
+            count = int(bad.sum())
+        return (
+            f"{name} holds {count} non-finite value{'' if count == 1 else 's'}, the first "
+            f"({float(part[p, li, d])}) at {where}"
+        )
+    return ""
 
 
 def _preview(items: Sequence[Any], head: int = 4) -> str:
@@ -495,6 +642,7 @@ def compute_directions(
     """
     from roleprobe import __version__
 
+    check_model_arg(model)
     prompts = load_prompts(source, roles, data_dir, revision)
     layer_tuple, hook = check_layers(model, layers), check_hook(hook)
     template = ChatTemplate.from_tokenizer(model.tokenizer, system)  # fails before any forward
