@@ -17,6 +17,7 @@ Example:
     >>> len(law), law.subjects
 """
 
+import codecs
 import csv
 import difflib
 import hashlib
@@ -221,8 +222,15 @@ def check_mmlu_subjects(subjects: Sequence[str]) -> list[str]:
 
 
 def read_mmlu_csv(path: Path, subject: str, split: str) -> pd.DataFrame:
-    """One release CSV (no header: question, A, B, C, D, answer); errors name file and line."""
+    """One release CSV (no header: question, A, B, C, D, answer); errors name file and line.
+
+    A UTF-8 byte-order mark (as spreadsheet programs write) is dropped before parsing, so the
+    first question starts clean. A file with no rows, an empty question or an empty option
+    is refused: the release has none, so they mean a broken download or a bad edit.
+    """
     raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):  # what decoding as utf-8-sig drops; offsets stay right
+        raw = raw[len(codecs.BOM_UTF8) :]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -239,9 +247,20 @@ def read_mmlu_csv(path: Path, subject: str, split: str) -> pd.DataFrame:
         question, a, b, c, d, answer = record
         if not question.strip():
             raise ValueError(f"{where}: the question is empty")
+        for column, (letter, option) in enumerate(zip(LETTERS, (a, b, c, d), strict=True), 2):
+            if not option.strip():
+                raise ValueError(
+                    f"{where}: column {column} (option {letter}) is empty; every question "
+                    "needs four option texts"
+                )
         if answer.strip() not in LETTERS:
             raise ValueError(f"{where}: answer {answer!r} is not one of A, B, C, D")
         rows.append((f"{subject}/{split}/{index}", subject, question, a, b, c, d, answer.strip()))
+    if not rows:
+        raise ValueError(
+            f"{path}: the file has no questions (an empty subject file is a broken download); "
+            "copy the MMLU release again"
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -294,6 +313,16 @@ def from_hf_dataset(dataset: Any, split: str = "test") -> MultipleChoice:
         choices = list(record["choices"])
         if len(choices) != 4:
             raise ValueError(f"{subject} question {index} has {len(choices)} choices, expected 4")
+        if not isinstance(record["question"], str) or not record["question"].strip():
+            raise ValueError(f"{subject} question {index}: the question is empty")
+        blank = [
+            LETTERS[k] for k, c in enumerate(choices) if not isinstance(c, str) or not c.strip()
+        ]
+        if blank:
+            raise ValueError(
+                f"{subject} question {index}: option(s) {blank} are empty; every question needs "
+                "four option texts"
+            )
         answer = int(record["answer"])
         if not 0 <= answer < 4:
             raise ValueError(f"{subject} question {index} has answer index {answer}")
@@ -347,7 +376,7 @@ def paper_benchmark(path: str | Path, domain: str | None = None) -> MultipleChoi
         if not file.is_file():
             raise FileNotFoundError(f"{file} does not exist (the paper's test set for {name!r})")
         try:
-            records = json.loads(file.read_text(encoding="utf-8"))
+            records = json.loads(file.read_text(encoding="utf-8-sig"))
         except (ValueError, UnicodeDecodeError) as err:
             raise ValueError(f"{file}: not a valid JSON test set ({err})") from err
         if not isinstance(records, list):
@@ -367,7 +396,8 @@ def _paper_row(file: Path, domain: str, index: int, record: Any) -> tuple[Any, .
     """One paper record as a benchmark row; errors name the file, the record and the value.
 
     ``true_option`` must be an integer 1-4 (no wrap-around of 0 or -1), the options exactly
-    ``option1..option4`` and none of them ``null`` or empty. A NaN option is kept as it is: the
+    ``option1..option4`` and none of them ``null`` or empty, and ``subject`` an MMLU subject
+    (a mistyped one would put the question in no domain). A NaN option is kept as it is: the
     paper's files store MMLU's option text "None" that way (7 questions), and its code shows it.
     """
     where = f"{file}, record {index}"
@@ -398,9 +428,16 @@ def _paper_row(file: Path, domain: str, index: int, record: Any) -> tuple[Any, .
     question = record["question"]
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"{where}: question {question!r} is not a non-empty text")
+    subject = record["subject"]
+    if not isinstance(subject, str) or subject not in MMLU_SUBJECTS:
+        closest = difflib.get_close_matches(str(subject), MMLU_SUBJECTS, n=1, cutoff=0.0)
+        raise ValueError(
+            f"{where}: unknown subject {subject!r} (the closest MMLU subject is {closest[0]!r}); "
+            "correct the subject in the file"
+        )
     return (
         f"paper/{domain}/{record['question_id']}",
-        record["subject"],
+        subject,
         question,
         *choices,
         LETTERS[true_option - 1],

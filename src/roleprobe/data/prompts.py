@@ -17,9 +17,11 @@ One interface, three sources:
   every result's provenance.
 * **custom** — Python lists, JSON/JSONL/CSV/TXT files or ``datasets.Dataset`` columns.
 
-A :class:`PromptSet` is an ordered, duplicate-free tuple of instructions with a content hash
-(recorded with every result); :class:`RolePrompts` pairs the role sets with one base set.
-Both split deterministically into train and held-out parts.
+A :class:`PromptSet` is an ordered tuple of instructions (repeats kept, with a warning) with a
+content hash (recorded with every result); :class:`RolePrompts` pairs the role sets with one
+base set, keyed by role names that are stripped and in Unicode NFC (:func:`canonical_role`),
+so a name typed on Linux matches a file copied from macOS. Both split deterministically into
+train and held-out parts.
 
 Example:
     >>> prompts = load_prompts("builtin", roles=["lawyer", "nurse"])
@@ -33,10 +35,11 @@ import json
 import logging
 import math
 import random
+import unicodedata
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -90,18 +93,25 @@ class PromptSet:
     nothing leaks from train to held-out. A set that is empty, or whose prompts are all
     copies of one, is an error.
 
+    That last check is on what you wrote (the file or list a set is built from), not on the
+    parts drawn from it: a split or sample of a valid set (``derived=True``) may hold only
+    copies of one prompt, e.g. the held-out part of a file that repeats prompts.
+
     Attributes:
         name: what the set is (a role name or ``"base"``).
         instructions: the prompts, in order.
         source: where they came from (for provenance).
+        derived: (init only, not stored) the set was drawn from a checked one by
+            :meth:`split` or :meth:`sample`, so copies of one prompt are allowed.
     """
 
     name: str
     instructions: tuple[str, ...]
     source: str = "custom"
+    derived: InitVar[bool] = False
     _hash: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, derived: bool) -> None:
         items = list(self.instructions)
         if not items:
             raise ValueError(f"prompt set {self.name!r} ({self.source}) is empty")
@@ -113,11 +123,8 @@ class PromptSet:
                 )
         unique = list(dict.fromkeys(items))
         if len(unique) < len(items):
-            if len(unique) == 1:
-                raise ValueError(
-                    f"prompt set {self.name!r} ({self.source}): all {len(items)} prompts are "
-                    "the same"
-                )
+            if not derived:
+                _check_not_all_copies(items, self.name, self.source)
             logger.warning(
                 "prompt set %r (%s) repeats %d prompts; kept (means weight them by count)",
                 self.name,
@@ -175,10 +182,12 @@ class PromptSet:
             self.name,
             tuple(random.Random(seed).sample(self.instructions, n)),
             f"{self.source}, sample of {n} (seed {seed})",
+            derived=True,
         )
 
     def _subset(self, indices: Iterable[int], source: str) -> "PromptSet":
-        return PromptSet(self.name, tuple(self.instructions[i] for i in indices), source)
+        items = tuple(self.instructions[i] for i in indices)
+        return PromptSet(self.name, items, source, derived=True)
 
     @classmethod
     def from_source(
@@ -205,6 +214,29 @@ class PromptSet:
         return cls(name, tuple(source), "python list")
 
 
+def _check_not_all_copies(items: Sequence[str], name: str, source: str) -> None:
+    """Refuse a set of several prompts that are all copies of one (a broken file or list)."""
+    if len(items) > 1 and len(set(items)) == 1:
+        raise ValueError(
+            f"prompt set {name!r} ({source}): all {len(items)} prompts are the same; "
+            "give distinct prompts"
+        )
+
+
+def canonical_role(name: object, where: str = "role name") -> str:
+    """A role name as prompt sets key it: stripped and in Unicode NFC; blank is an error.
+
+    Whitespace is stripped as :func:`roleprobe.data.roles.get_role` strips it; NFC makes a
+    name typed on one system match a file name copied from another (macOS writes NFD).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{where} {name!r} must be a string")
+    key = unicodedata.normalize("NFC", name.strip())
+    if not key:
+        raise ValueError(f"{where} {name!r} is blank; give every role a non-empty name")
+    return key
+
+
 @dataclass(frozen=True)
 class RolePrompts:
     """Prompt sets for several roles and the shared baseline set D_base.
@@ -222,6 +254,12 @@ class RolePrompts:
     def __post_init__(self) -> None:
         if not self.roles:
             raise ValueError("RolePrompts needs at least one role")
+        for name in self.roles:
+            if canonical_role(name) != name:
+                raise ValueError(
+                    f"RolePrompts: role name {name!r} is not canonical (surrounding whitespace "
+                    "or not Unicode NFC); build it with custom_prompts, which canonicalises names"
+                )
 
     @property
     def role_names(self) -> list[str]:
@@ -233,7 +271,8 @@ class RolePrompts:
         return {**{r: p.hash for r, p in self.roles.items()}, BASE_NAME: self.base.hash}
 
     def subset(self, roles: Sequence[str]) -> "RolePrompts":
-        """The same prompts for fewer roles."""
+        """The same prompts for fewer roles (names matched after :func:`canonical_role`)."""
+        roles = [canonical_role(r) for r in roles]
         missing = [r for r in roles if r not in self.roles]
         if missing:
             raise ValueError(f"roles {missing} are not in these prompts ({self.role_names})")
@@ -383,10 +422,12 @@ def paper_prompts(
     names = resolve_roles(roles)
     files = _PaperFiles(data_dir, revision)
     base_pool = files.read("base")
-    sets, base = {}, None
     where = f"paper {revision} ({files.where})"
+    _check_not_all_copies(base_pool, BASE_NAME, where)
+    sets, base = {}, None
     for name in names:
         pool = files.read(name)
+        _check_not_all_copies(pool, name, where)
         rng = random.Random(seed)
         if n > len(pool) or n > len(base_pool):
             raise ValueError(
@@ -400,8 +441,8 @@ def paper_prompts(
                 f"the paper's sampling gives {name!r} a different baseline sample than "
                 f"{names[0]!r} (their prompt files differ in length); load them separately"
             )
-        base = base or PromptSet(BASE_NAME, base_sample, where)
-        sets[name] = PromptSet(name, tuple(role_sample), where)
+        base = base or PromptSet(BASE_NAME, base_sample, where, derived=True)
+        sets[name] = PromptSet(name, tuple(role_sample), where, derived=True)
     assert base is not None
     return RolePrompts(sets, base, f"paper:{revision}")
 
@@ -465,20 +506,33 @@ def custom_prompts(
 ) -> RolePrompts:
     """Role prompts from your own data (any role names, not only the paper's 29).
 
+    Role names are canonicalised by :func:`canonical_role` (stripped, Unicode NFC); a blank
+    name, or two names that are one after that, is an error.
+
     Args:
         roles: role name -> a list of strings, a file path or a ``datasets.Dataset``.
         base: the baseline instructions, in any of the same forms.
         column: the instruction field of files and datasets.
     """
-    sets = {name: PromptSet.from_source(name, src, column) for name, src in roles.items()}
+    sets: dict[str, PromptSet] = {}
+    given: dict[str, str] = {}
+    for raw, src in roles.items():
+        name = canonical_role(raw, "custom_prompts: role name")
+        if name in given:
+            raise ValueError(
+                f"custom_prompts: role names {given[name]!r} and {raw!r} are the same role "
+                f"{name!r}; keep one"
+            )
+        given[name] = raw
+        sets[name] = PromptSet.from_source(name, src, column)
     return RolePrompts(sets, PromptSet.from_source(BASE_NAME, base, column), "custom")
 
 
 def _folder_prompts(folder: Path, roles: str | Sequence[str] | None) -> RolePrompts:
     by_stem: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in _SUFFIXES:
-            by_stem.setdefault(path.stem, []).append(path)
+        if path.suffix.lower() in _SUFFIXES:  # NFC: a macOS copy names files in NFD
+            by_stem.setdefault(unicodedata.normalize("NFC", path.stem), []).append(path)
     for stem, paths in by_stem.items():
         if len(paths) > 1:
             names = " and ".join(p.name for p in paths)
@@ -499,12 +553,27 @@ def _folder_prompts(folder: Path, roles: str | Sequence[str] | None) -> RoleProm
     wanted = (
         stems
         if roles is None
-        else [role_file_stem(r) for r in ([roles] if isinstance(roles, str) else roles)]
+        else [
+            role_file_stem(canonical_role(r))
+            for r in ([roles] if isinstance(roles, str) else roles)
+        ]
     )
     missing = [w for w in wanted if w not in files]
     if missing:
         raise FileNotFoundError(f"prompt folder {folder} has no file for {missing}")
-    return custom_prompts({w.replace("_", " "): files[w] for w in wanted}, files[base_key])
+    chosen: dict[str, Path] = {}
+    for stem in wanted:
+        path = files[stem]
+        name = canonical_role(stem.replace("_", " "), f"prompt folder {folder}: {path.name} names")
+        if name in chosen:
+            raise ValueError(
+                f"roles lists {name!r} more than once; list each role once"
+                if chosen[name] == path
+                else f"prompt folder {folder}: {chosen[name].name} and {path.name} both give the "
+                f"prompts of {name!r}; keep one"
+            )
+        chosen[name] = path
+    return custom_prompts(chosen, files[base_key])
 
 
 def load_prompts(

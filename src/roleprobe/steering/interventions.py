@@ -27,9 +27,12 @@ built-ins. Anything else is refused with a ``TypeError`` before a forward pass r
 (:func:`check_intervention`).
 
 Positions: ``"all"`` (default), ``"prompt"``, ``"generated"`` or explicit column indices
-(negative ones count from the end of the prompt). Pass ``attention_mask=`` to leave
-left-padding untouched; :func:`roleprobe.generate` does, and tells the hooks where the
-prompt ends so that ``"prompt"``/``"generated"`` hold during KV-cached decoding.
+(negative ones count from the end of the prompt). An index outside the sequence is a
+``ValueError`` when the hook runs (naming the position and the length), not a silent no-op;
+during generation an index past the prompt is a generated token, reached when decoded.
+Pass ``attention_mask=`` to leave left-padding untouched; :func:`roleprobe.generate` does,
+and tells the hooks where the prompt ends so that ``"prompt"``/``"generated"`` hold during
+KV-cached decoding.
 
 Example:
     >>> d = rd.vector("mathematician", layer=15)
@@ -147,12 +150,34 @@ def position_mask(
         else:
             chosen = torch.zeros_like(columns, dtype=torch.bool)
             for p in positions:
-                chosen |= columns == (int(p) if int(p) >= 0 else prompt_length + int(p))
+                column = _position_column(int(p), prompt_length, total, state)
+                chosen |= columns == column
     if mask is not None and state.padded:
         real = mask[:, total - seq :].to(device=device, dtype=torch.bool)
         return real if chosen is None else real & chosen[None, :]
     assert chosen is not None
     return chosen[None, :].expand(batch, seq)
+
+
+def _position_column(p: int, prompt_length: int, total: int, state: SteerState) -> int:
+    """The column of position ``p``, refusing one that no column of this pass can be.
+
+    Pure Python on ints (shapes and the prompt length): no value is read from the device.
+    During generation (``state.prompt_length`` set) a position past the prompt is a
+    generated token that a later step reaches, so only negative positions are checked.
+    """
+    column = p if p >= 0 else prompt_length + p
+    if column < 0:
+        raise ValueError(
+            f"position {p} is before the start of the {prompt_length}-token prompt; use "
+            f"-{prompt_length}..-1 or 0..{total - 1}"
+        )
+    if state.prompt_length is None and column >= total:
+        raise ValueError(
+            f"position {p} is past the end of the {total}-token sequence; use 0..{total - 1} "
+            f"or -{total}..-1"
+        )
+    return column
 
 
 class OnDevice:
@@ -279,6 +304,12 @@ def _spec_repr(spec: Any, fields: list[str], hook: str | None) -> str:
     return f"{type(spec).__name__}({', '.join(parts)})"
 
 
+def check_layer_arg(layer: object, name: str = "layer") -> None:
+    """Refuse a layer that is not an integer (``True``, ``1.0``, ``"3"``) by name."""
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"{name} must be an integer block index, got {layer!r}")
+
+
 @dataclass(frozen=True)
 class Addition:
     """Add ``alpha`` times a direction to one layer's residual stream.
@@ -302,6 +333,9 @@ class Addition:
 
     def __post_init__(self) -> None:
         check_direction(self.direction)
+        check_layer_arg(self.layer)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float):
+            raise TypeError(f"alpha must be a number, got {self.alpha!r}")
         if not math.isfinite(self.alpha):
             raise ValueError(f"alpha must be finite, got {self.alpha}")
         if self.reference_norm is not None and not (

@@ -31,6 +31,8 @@ def check_direction(direction: Tensor, d_model: int | None = None, name: str = "
         raise ValueError(f"{name} must be one vector [d_model], got shape {tuple(direction.shape)}")
     if not direction.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {direction.dtype}")
+    if direction.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (a shape without values); load its values")
     if d_model is not None and direction.shape[0] != d_model:
         raise ValueError(
             f"{name} has {direction.shape[0]} dimensions; the model has d_model={d_model}"
