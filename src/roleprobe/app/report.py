@@ -17,7 +17,17 @@ Figures are written as HTML sharing one ``plotly.min.js`` in ``08_report/figures
 plotly.js once, as a plain ``<script>``, and every figure, table and the run manifest, so
 it can be mailed or opened offline. Its tables show the essential columns and link the
 full CSV files of the run; an undefined value reads ``—`` (its tooltip says why), never
-like a 0.
+like a 0. ``summary.md`` escapes the Markdown characters of every text cell, the model name
+and the predicted letters (:func:`md_escape`), so a role called ``*c++_dev*`` reads as such.
+
+**Nothing is left out silently.** Before rendering, :func:`check_inputs` requires every
+file the finished stages 3 to 7 wrote and the report reads: a stage's own ``done.json``
+says which (the held-out confusion matrix only when stage 3 computed one, the patchscope,
+logit-lens and component tables only when stage 7 counted rows in them, ``effects.csv`` for
+runs made before ``evaluate_rules``). A missing or unreadable file, or a damaged
+``done.json``, stops the report with one line naming the file and the stage to make again.
+Stage 8 also removes the temporaries a killed writer left in its folders
+(:func:`~roleprobe.core.io.remove_stale_temporaries`).
 """
 
 import html
@@ -36,10 +46,21 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
-from roleprobe.app.run import READOUTS, VALIDATION, Run, RunPaths, stage_named
-from roleprobe.core.io import atomic_write_text
+from roleprobe.app.run import (
+    EVALUATION,
+    READOUTS,
+    REPORT,
+    SELECTION,
+    SWEEP,
+    VALIDATION,
+    Run,
+    RunPaths,
+    Stage,
+    stage_named,
+)
+from roleprobe.core.io import atomic_write_text, remove_stale_temporaries
 from roleprobe.data.benchmarks import LETTERS
-from roleprobe.experiments.store import read_manifest
+from roleprobe.experiments.store import MANIFEST, read_manifest
 from roleprobe.results import plotting
 from roleprobe.results.labels import role_domain
 from roleprobe.results.tables import top_writers
@@ -54,12 +75,15 @@ __all__ = [
     "accuracy_html",
     "accuracy_summary",
     "build_figures",
+    "check_inputs",
     "html_table",
     "lens_summary",
     "load_inputs",
+    "md_escape",
     "plotlyjs_version",
     "render_html",
     "render_markdown",
+    "stage_summary",
     "write_plotlyjs",
     "write_report",
 ]
@@ -137,14 +161,129 @@ class ReportInputs:
         return picks.astype({"alpha": float})
 
 
-def _read_text_csv(path: Path) -> pd.DataFrame:
-    """A CSV of text cells kept as written ("" and "nan" stay strings); empty if absent."""
-    return pd.read_csv(path, keep_default_na=False) if path.exists() else pd.DataFrame()
+def _remake(run: Run, stage: Stage) -> str:
+    """How to make a finished ``stage`` of ``run`` again, then the report."""
+    return (
+        f"make {stage.name} again: delete {run.paths.done(stage)} and rerun the same "
+        f"`roleprobe run` command, then `roleprobe figures {run.out}`"
+    )
+
+
+def stage_summary(run: Run, stage: "str | Stage") -> dict[str, Any]:
+    """A finished stage's ``done.json``, or one line naming it and the fix.
+
+    Raises:
+        ValueError: the file is not a JSON object (damaged: the stage is made again once
+            it is deleted).
+    """
+    stage = stage_named(stage)
+    path = run.paths.done(stage)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        why = f"not JSON: {err}"
+    else:
+        if isinstance(data, dict):
+            return data
+        why = f"a JSON {type(data).__name__}, not an object"
+    raise ValueError(
+        f"{path}, the completion mark of {stage.name}, is damaged ({why}); delete it and "
+        f"rerun the same `roleprobe run` command: it makes {stage.name} again"
+    )
+
+
+def _counted(summary: dict[str, Any], key: str) -> bool:
+    """Whether a stage summary counts rows (a positive number) under ``key``."""
+    value = summary.get(key)
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _stage_files(run: Run, summaries: dict[str, dict[str, Any]]) -> list[tuple[Stage, Path, str]]:
+    """The files of stages 3 to 7 the report reads and their ``done.json`` says exist:
+    ``(stage, path, why it must exist)``."""
+    paths = run.paths
+    rule = run.config.evaluate_rules[0]
+    files = [
+        (VALIDATION, paths.validation, ""),
+        (SWEEP, paths.sweep_scores, ""),
+        (SWEEP, paths.sweep_baseline, ""),
+        (SWEEP, paths.sweep_store / MANIFEST, ""),
+        (SELECTION, paths.picks(rule), ""),
+    ]
+    if summaries[VALIDATION.name].get("confusion_accuracy") is not None:
+        files.append((VALIDATION, paths.confusion_matrix, " (it found a held-out confusion)"))
+    rules = summaries[EVALUATION.name].get("rules")
+    if isinstance(rules, list):
+        for name in dict.fromkeys([*map(str, rules), rule]):
+            files.append((EVALUATION, paths.effects(name), ""))
+    elif not paths.effects(rule).exists():  # a run made before evaluate_rules
+        files.append((EVALUATION, paths.legacy_effects, " (a run made before evaluate_rules)"))
+    readouts = summaries[READOUTS.name]
+    for key, path in (
+        ("patchscope", paths.patchscope),
+        ("logit_lens_rows", paths.logit_lens),
+        ("component_rows", paths.components),
+    ):
+        if _counted(readouts, key):
+            files.append((READOUTS, path, f" ({readouts[key]} rows, says its done.json)"))
+    return files
+
+
+def check_inputs(run: Run, summaries: dict[str, dict[str, Any]] | None = None) -> None:
+    """Require what the report reads: stages 3 to 7 finished, and every file their
+    ``done.json`` says they wrote (:func:`stage_summary` reads those when not given).
+
+    Raises:
+        ValueError: a stage is not finished, or a file of a finished one is missing (one
+            line naming the file and the stage to make again).
+    """
+    if summaries is None:
+        summaries = {s.name: stage_summary(run, s) for s in run.finished()}
+    for stage in (VALIDATION, SWEEP, SELECTION, EVALUATION, READOUTS):
+        if stage.name not in summaries:
+            raise ValueError(
+                f"{run.out}: {stage.name} is not finished; finish the run (roleprobe run) "
+                "before the report"
+            )
+    for stage, path, why in _stage_files(run, summaries):
+        if not path.exists():
+            raise ValueError(
+                f"{path} is missing, but {stage.name} finished and wrote it{why}; "
+                + _remake(run, stage)
+            )
+
+
+def _read(run: Run, stage: Stage, path: Path, text: bool = False) -> pd.DataFrame:
+    """A stage's CSV (text cells kept as written with ``text``: "" and "nan" stay
+    strings); empty where the run has none (:func:`check_inputs` said it may lack it).
+
+    Raises:
+        ValueError: the file is not a readable CSV (names it and the stage to make again).
+    """
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path, keep_default_na=False) if text else pd.read_csv(path)
+    except pd.errors.EmptyDataError as err:
+        if path.stat().st_size > 0:  # a table without columns, as write_csv writes one
+            return pd.DataFrame()
+        failure: Exception = err
+        why = "0 bytes"
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        failure, why = err, " ".join(str(err).split())
+    raise ValueError(f"{path} is not a readable CSV ({why}); {_remake(run, stage)}") from failure
 
 
 def load_inputs(run: Run) -> ReportInputs:
-    """Read what stages 3 to 7 wrote into ``run``'s folder."""
+    """Read what stages 3 to 7 wrote into ``run``'s folder.
+
+    Raises:
+        ValueError: a stage is not finished, or a file or ``done.json`` of a finished one
+            is missing or damaged (:func:`check_inputs`; one line naming it and the fix).
+    """
     paths: RunPaths = run.paths
+    summaries = {s.name: stage_summary(run, s) for s in run.finished()}
+    check_inputs(run, summaries)
     rule = run.config.evaluate_rules[0]
     effects = paths.effects(rule)
     if not effects.exists() and paths.legacy_effects.exists():  # a run from before 0.x
@@ -159,26 +298,21 @@ def load_inputs(run: Run) -> ReportInputs:
         model=run.config.model,
         roles=run.roles(),
         rule=rule,
-        validation=pd.read_csv(paths.validation),
-        scores=pd.read_csv(paths.sweep_scores),
-        baseline=pd.read_csv(paths.sweep_baseline),
-        picks=pd.read_csv(paths.picks(rule), keep_default_na=False),
-        effects=pd.read_csv(effects),
-        patchscope=_read_text_csv(paths.patchscope),
-        logit_lens=_read_text_csv(paths.logit_lens),
+        validation=_read(run, VALIDATION, paths.validation),
+        scores=_read(run, SWEEP, paths.sweep_scores),
+        baseline=_read(run, SWEEP, paths.sweep_baseline),
+        picks=_read(run, SELECTION, paths.picks(rule), text=True),
+        effects=_read(run, EVALUATION, effects),
+        patchscope=_read(run, READOUTS, paths.patchscope, text=True),
+        logit_lens=_read(run, READOUTS, paths.logit_lens, text=True),
         manifest=read_manifest(paths.sweep_store),
-        summaries={s.name: run.summary(s) for s in run.finished()},
+        summaries=summaries,
         picks_csv=_relative(paths.picks(rule), paths.report_html.parent),
         effects_csv=_relative(effects, here),
-        confusion_matrix=_read_csv(paths.confusion_matrix),
-        components=_read_csv(paths.components),
+        confusion_matrix=_read(run, VALIDATION, paths.confusion_matrix),
+        components=_read(run, READOUTS, paths.components),
         other_effects_csv=others,
     )
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    """A CSV, or an empty table where the run has none (runs made before it existed)."""
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -525,14 +659,14 @@ def _columns(df: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
 def render_markdown(inputs: ReportInputs, accuracy: dict[str, Any]) -> str:
     """``summary.md``: the accuracy note, AUROC by layer, picks, effects and readouts."""
     lines = [
-        f"# roleprobe run: {inputs.model}",
+        f"# roleprobe run: {md_escape(inputs.model)}",
         "",
         f"> {CHANCE_NOTE}",
         "",
         f"Baseline accuracy {accuracy['baseline_accuracy']:.3f}; always answering the most "
-        f"common correct letter ({accuracy['majority_letter']}) scores "
+        f"common correct letter ({md_escape(accuracy['majority_letter'])}) scores "
         f"{accuracy['majority_letter_baseline']:.3f}; predicted letters "
-        f"{accuracy['predicted_letters']}.",
+        f"{md_escape(accuracy['predicted_letters'])}.",
         "",
     ]
     auroc = inputs.summaries.get(VALIDATION.name, {}).get("median_auroc_by_layer")
@@ -543,7 +677,7 @@ def render_markdown(inputs: ReportInputs, accuracy: dict[str, Any]) -> str:
             "| layer | AUROC |",
             "|---|---|",
         ]
-        lines += [f"| {k} | {v} |" for k, v in auroc.items()]
+        lines += [f"| {md_escape(k)} | {md_escape(v)} |" for k, v in auroc.items()]
         lines.append("")
     lines += origin_markdown(inputs)
     lines += [
@@ -554,7 +688,7 @@ def render_markdown(inputs: ReportInputs, accuracy: dict[str, Any]) -> str:
     ]
     if not inputs.effects.empty:
         lines += [
-            f"## Effects on every domain ({inputs.rule} rule)",
+            f"## Effects on every domain ({md_escape(inputs.rule)} rule)",
             "",
             "Own-domain cells (`part`) read the questions selection did not see (`heldout`), "
             "or, for the paper's rule, the questions the pick was chosen on (`selected`); "
@@ -605,12 +739,28 @@ def origin_markdown(inputs: ReportInputs) -> list[str]:
     return [*lines, ""] if lines else []
 
 
-def _md_table(df: pd.DataFrame) -> str:
-    def cell(x: Any) -> str:
-        text = f"{x:.3g}" if isinstance(x, float) else str(x)
-        return text.replace("|", "\\|").replace("\n", " ")
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|~&$#])")
 
-    head = "| " + " | ".join(df.columns) + " |"
+
+def md_escape(value: Any) -> str:
+    r"""``value`` as literal Markdown text: its special characters backslash-escaped
+    (``\ ` * _ [ ] < > | ~ & $ #``: emphasis, code, links, HTML, table cells, entities,
+    maths, headings) and its line breaks as spaces.
+
+    Example:
+        >>> md_escape("*c++_dev* | <b>")
+        '\\*c++\\_dev\\* \\| \\<b\\>'
+    """
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(value).splitlines()))
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    """A Markdown table of ``df``: our column names as they are, every cell escaped."""
+
+    def cell(x: Any) -> str:
+        return md_escape(f"{x:.3g}" if isinstance(x, float) else x)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "---|" * len(df.columns)
     body = ["| " + " | ".join(cell(x) for x in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
@@ -632,9 +782,12 @@ def write_report(run: Run, directions: "RoleDirections") -> dict[str, Any]:
     inputs = load_inputs(run)
     figures = build_figures(inputs, directions)
     accuracy = accuracy_summary(inputs.baseline)
+    for folder in (run.paths.folder(REPORT), run.paths.figures):  # a killed stage 8's
+        remove_stale_temporaries(folder)
     script = write_plotlyjs(run.paths.figures)
     for fig in figures:
-        fig.figure.write_html(run.paths.figure(fig.name), include_plotlyjs=script.name)
+        page = pio.to_html(fig.figure, include_plotlyjs=script.name, full_html=True)
+        atomic_write_text(run.paths.figure(fig.name), page)
     atomic_write_text(run.paths.report_html, render_html(inputs, figures, accuracy))
     atomic_write_text(run.paths.summary_md, render_markdown(inputs, accuracy))
     return {

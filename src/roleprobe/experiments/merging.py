@@ -57,7 +57,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from roleprobe.data.benchmarks import LETTERS
-from roleprobe.experiments.store import MANIFEST, ResultStore, read_manifest
+from roleprobe.experiments.store import MANIFEST, ResultStore, read_manifest, reading_part
 from roleprobe.experiments.sweep_config import CANDIDATE, SweepConfig, role_group
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,11 @@ class SweepResult:
         """Rows of the per-item table (from the parts' metadata; nothing is read)."""
         if self._parts is None:
             return len(self.table)
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self._parts)
+        rows = 0
+        for path in self._parts:
+            with reading_part(path, self._parts):
+                rows += pq.ParquetFile(path).metadata.num_rows
+        return rows
 
     def role_group(self, role: str) -> str:
         """The question group the role was swept on."""
@@ -215,11 +219,12 @@ class SweepResult:
             match = _LAYER_PART.match(path.stem)
             if groups is not None and match is not None and match["group"] not in groups:
                 continue
-            frame = pd.read_parquet(
-                path,
-                columns=list(columns) if columns is not None else None,
-                filters=filters or None,
-            )
+            with reading_part(path, self._parts or []):
+                frame = pd.read_parquet(
+                    path,
+                    columns=list(columns) if columns is not None else None,
+                    filters=filters or None,
+                )
             if ids is not None:
                 frame = frame[frame["id"].isin(ids)]
             yield frame
@@ -243,7 +248,8 @@ def _score_columns(parts: Sequence[Path]) -> list[str] | None:
     """The columns the scores need that the parts have (older parts lack ``tied``)."""
     if not parts:
         return None
-    names = set(pq.read_schema(parts[0]).names)
+    with reading_part(parts[0], parts):
+        names = set(pq.read_schema(parts[0]).names)
     return [c for c in _SCORE_COLUMNS if c in names]
 
 
@@ -419,6 +425,9 @@ def merge(store: str | os.PathLike[str], allow_partial: bool = False) -> SweepRe
         ValueError: parts of the plan are missing (listed; those being computed by other
             workers counted) and ``allow_partial`` is False, or the folder holds no sweep
             manifest.
+        BadPartError: a baseline part is not a readable parquet file. A damaged ``layer``
+            part is named (with the fix) when the result reads it: ``scores``,
+            ``n_rows``, ``read_table`` (see :mod:`roleprobe.experiments.store`).
     """
     root = Path(store)
     try:

@@ -25,7 +25,20 @@ woke up) gives the same part.
 
 **The done set** is listed once per store object and kept up to date by its own writes and
 by one ``stat`` per unit it meets (:meth:`ResultStore.is_done`), not by a listing per unit
-(which, on a network file system, is what costs).
+(which, on a network file system, is what costs). The same listing finds the temporaries
+of writers that were killed, and removes those that are stale
+(:func:`~roleprobe.core.io.remove_stale_temporaries`).
+
+**A damaged part.** Parts are written atomically, so a part that is not a parquet file (0
+bytes, or cut short: a disk or file-system fault, a copy interrupted) comes from outside.
+Such a part still counts as done: the done set is names only, because checking each part
+(an open and two small reads; a paper sweep has 3,402 parts, and every worker lists them)
+would cost every worker thousands of round trips on a network file system to guard
+against a rare fault. The part is caught where it is read instead (:meth:`ResultStore.read`,
+:func:`~roleprobe.experiments.merging.merge` and its result, at no extra cost): one
+:class:`BadPartError` names it (with every other damaged part of the read, checked only
+then) and says to delete it and rerun the sweep, which computes it again. Nothing is ever
+deleted or renamed for the user.
 
 Example:
     >>> store = ResultStore("runs/sweep", {"config": cfg.to_dict()})
@@ -41,14 +54,16 @@ import os
 import re
 import subprocess
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
-from roleprobe.core.io import atomic_write_bytes, create_text
+from roleprobe.core.io import atomic_write_bytes, create_text, remove_stale_temporaries
 from roleprobe.experiments.claims import LEASE, Claims
 
 logger = logging.getLogger(__name__)
@@ -151,6 +166,84 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+PART_FIX = "delete it and rerun the sweep: it will be computed again"
+"""What to do about a damaged part (:class:`BadPartError`)."""
+_MAGIC = b"PAR1"
+
+
+def part_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the part file ``path`` is not a whole parquet file, or ``None``.
+
+    A cheap check (one open, two 4-byte reads): the size, and the ``PAR1`` magic a parquet
+    file starts and ends with; a file that passes may still be damaged inside.
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < 3 * len(_MAGIC):
+                return f"{size} bytes, too short for parquet"
+            head = handle.read(len(_MAGIC))
+            handle.seek(-len(_MAGIC), os.SEEK_END)
+            tail = handle.read(len(_MAGIC))
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+    if head != _MAGIC or tail != _MAGIC:
+        return f"{size} bytes without the parquet magic at both ends: cut short or not parquet"
+    return None
+
+
+class BadPartError(ValueError):
+    """Store parts that are not readable parquet files (a fault outside roleprobe: parts
+    are written atomically).
+
+    Attributes:
+        paths: the damaged parts found, the one that failed first.
+    """
+
+    def __init__(self, paths: Sequence[Path], why: str) -> None:
+        first = paths[0]
+        if len(paths) == 1:
+            text = f"{first} is not a readable store part ({why}); {PART_FIX}"
+        else:
+            names = ", ".join(p.name for p in paths[:5]) + (" …" if len(paths) > 5 else "")
+            text = (
+                f"{len(paths)} store parts in {first.parent} are not readable ({names}; "
+                f"{first.name}: {why}); delete them and rerun the sweep: they will be "
+                "computed again"
+            )
+        super().__init__(text)
+        self.paths = list(paths)
+
+
+@contextmanager
+def reading_part(path: Path, others: Sequence[Path] = ()) -> Iterator[None]:
+    """Turn pyarrow's error on reading the part ``path`` into a :class:`BadPartError`.
+
+    Args:
+        path: the part being read in the ``with`` block.
+        others: the other parts of the same read; checked (:func:`part_problem`) only when
+            ``path`` fails, so that the error names every damaged one at once.
+
+    Raises:
+        BadPartError: ``path`` is cut short or not parquet, or its data are damaged
+            (pyarrow's ``OSError``). A missing or forbidden file raises its own
+            ``OSError``, and pyarrow's ``ArrowInvalid`` on a whole file (a column or
+            filter the part lacks: a caller's mistake, not damage) passes unchanged.
+    """
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (pa.ArrowException, OSError) as err:
+        why = part_problem(path)
+        if why is None:  # the footer is whole: damaged data, or not the file's fault
+            if not isinstance(err, OSError):
+                raise
+            why = " ".join(str(err).split()) or type(err).__name__
+        bad = [path, *(p for p in others if p != path and part_problem(p) is not None)]
+        raise BadPartError(bad, why) from err
+
+
 class ResultStore:
     """A folder of result parts with a manifest that must match on reopen.
 
@@ -215,8 +308,10 @@ class ResultStore:
         return self._path(key)
 
     def _done_keys(self) -> set[str]:
-        if self._done is None:
-            self._done = {p.stem for p in self.parts.glob("*.parquet")}
+        if self._done is None:  # one listing: the parts, and the temporaries of killed writers
+            names = [p.name for p in self.parts.glob("*")]
+            self._done = {n.removesuffix(".parquet") for n in names if n.endswith(".parquet")}
+            remove_stale_temporaries(self.parts, names=[n for n in names if n.endswith(".tmp")])
         return self._done
 
     def done(self) -> set[str]:
@@ -240,12 +335,22 @@ class ResultStore:
         self.release(key)
 
     def read(self, keys: Iterable[str] | None = None) -> pd.DataFrame:
-        """The parts (all, or ``keys``) concatenated in key order."""
+        """The parts (all, or ``keys``) concatenated in key order.
+
+        Raises:
+            KeyError: parts of ``keys`` are missing.
+            BadPartError: a part is not a readable parquet file (names every damaged part
+                of ``keys`` and the fix).
+        """
         wanted = sorted(self.refresh() if keys is None else keys)
         missing = [k for k in wanted if not self._path(k).exists()]
         if missing:
             raise KeyError(f"{len(missing)} parts are missing from {self.root}: {missing[:5]}")
-        tables = [pd.read_parquet(self._path(k)) for k in wanted]
+        paths = [self._path(k) for k in wanted]
+        tables = []
+        for path in paths:
+            with reading_part(path, paths):
+                tables.append(pd.read_parquet(path))
         return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
     # -- claims: several workers on one store -------------------------------------------
