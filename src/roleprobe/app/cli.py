@@ -514,6 +514,20 @@ def _path_arg(value: str, flag: str = "--out") -> str:
     return value
 
 
+def _writable_parent(path: str, flag: str) -> None:
+    """Refuse ``path`` when its folder cannot be written (before any long computation)."""
+    import os
+    from pathlib import Path
+
+    parent = Path(path).expanduser().resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path!r}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path!r}: the folder {str(parent)!r} is not writable here")
+
+
 def _run_config(args: argparse.Namespace) -> "RunConfig":
     """The run's config from ``--preset``/``--config``/flags, validated before any write."""
     from roleprobe.app.run_config import PRESETS, load_config
@@ -665,6 +679,11 @@ def _cmd_directions(args: argparse.Namespace) -> None:
     from roleprobe.vectors.directions import compute_directions
 
     _path_arg(args.out)
+    from roleprobe.data.prompts import load_prompts
+
+    # the roles and prompts are read (and refused, naming them) before the model loads
+    load_prompts(args.prompts, args.roles, args.data, args.revision)
+    _writable_parent(args.out, "--out")
     model = _load(args)
     rd = compute_directions(
         model,
@@ -685,7 +704,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.out is not None:
         _path_arg(args.out)
+        _writable_parent(args.out, "--out")  # before the benchmark is scored, not after
     bench = load_benchmark(args.benchmark, domain=args.domain, split=args.split, path=args.data)
+    if args.persona:
+        from roleprobe.data.roles import get_role
+
+        get_role(args.persona)
     model = _load(args)
     condition = Persona(args.persona) if args.persona else Baseline()
     df = evaluate(model, bench, condition, batch_size=args.batch_size, system=args.system)
@@ -704,6 +728,9 @@ def _cmd_readout(args: argparse.Namespace) -> None:
     from roleprobe.vectors.directions import RoleDirections
     from roleprobe.vectors.readouts import logit_lens, patchscope
 
+    # the file, role, layer and position are checked before the model loads
+    saved = RoleDirections.load(args.directions)
+    saved.vector(args.role, args.layer, args.position)
     model = _load(args)
     rd = RoleDirections.load(args.directions, model)
     d = rd.vector(args.role, args.layer, args.position)

@@ -126,8 +126,9 @@ def preflight(
     """
     if not str(out).strip():
         raise ValueError("out must name a run folder, got an empty path")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"out = {str(out)!r} is a file, not a run folder")
+    from roleprobe.app.run import check_run_folder
+
+    check_run_folder(out)  # a file, or a folder of someone else's files: refused
     if shard is not None:
         from roleprobe.experiments.sweeps import parse_shard
 
@@ -146,13 +147,22 @@ def preflight(
     _check_grid(config)
     _check_data_folder(config)
     train, _ = run_prompts(config)
+    _check_shape_early(config)
     if config.benchmark == "mmlu":
         if config.split not in HUB_SPLITS:
             raise ValueError(f"split = {config.split!r}: MMLU has the splits {list(HUB_SPLITS)}")
-        logger.info("benchmark 'mmlu' is read from the hub when the sweep starts")
-        return
-    bench = run_benchmark(config)
+        try:  # read (and cached) now, not after stages 1-3 have run
+            bench = run_benchmark(config)
+        except (OSError, ConnectionError, RuntimeError) as err:
+            raise ValueError(
+                f"benchmark = 'mmlu' cannot be read from the hub here ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); use benchmark = "
+                "'mmlu-local' with data = the MMLU release folder, or 'paper'"
+            ) from None
+    else:
+        bench = run_benchmark(config)
     _check_domains(config, bench, list(train.role_names))
+    _check_split(config, bench, list(train.role_names))
 
 
 def _device_name(device: str) -> None:
@@ -212,6 +222,59 @@ def _check_domains(config: RunConfig, bench: MultipleChoice, roles: list[str]) -
             f"benchmark {bench.name!r} has no questions in the domains of roles {lacking}; "
             "use another benchmark or scope = 'all'"
         )
+
+
+def _check_shape_early(config: RunConfig) -> None:
+    """Layers beyond the model and positions outside its chat template, from the model's
+    config and tokenizer alone (no weights), when they are on this machine: found before
+    stage 1, not when stage 2 loads the model. A hub model is checked when it loads (no
+    network here)."""
+    from roleprobe.model.families import PREFIX
+    from roleprobe.model.models import EMBEDDED_MODEL, TINY_MODEL
+    from roleprobe.model.plan_model import load_plan_model
+    from roleprobe.vectors.activations import resolve_positions
+
+    name = config.model
+    if not (
+        Path(name).expanduser().exists() or name in (EMBEDDED_MODEL, TINY_MODEL)
+    ) and not name.startswith(PREFIX):
+        return
+    try:
+        shape = load_plan_model(name, None, config.trust_remote_code, config.system)
+    except (ValueError, OSError):
+        return  # the model's own load says what is wrong with it
+    n_layers = shape.arch.n_layers
+    beyond = [layer for layer in config.layers if layer >= n_layers]
+    if beyond:
+        raise ValueError(
+            f"layers {beyond} are beyond {name!r}, which has {n_layers} layers (0-{n_layers - 1})"
+        )
+    if config.positions and shape.n_post_source == "the model's chat template":
+        resolve_positions(list(config.positions), shape.n_post)
+
+
+def _check_split(config: RunConfig, bench: MultipleChoice, roles: list[str]) -> None:
+    """Each role's questions must split into a selection and a report part (stage 5's
+    held-out rule; the paper's rules select on every question)."""
+    from roleprobe.experiments.evaluation import subject_domain
+    from roleprobe.experiments.selection import split_ids
+
+    if all(rule in ("paper", "paper-rounded") for rule in config.rules):
+        return
+
+    domains = bench.items["subject"].map(subject_domain)
+    groups = {"all"} if config.scope == "all" else {get_role(r).domain for r in roles}
+    for group in sorted(groups):
+        items = bench.items if group == "all" else bench.items[domains == group]
+        try:
+            split_ids(items, config.select_fraction, config.seed)
+        except ValueError:
+            raise ValueError(
+                f"{group}: {len(items)} questions cannot be split into a selection part "
+                f"(select_fraction = {config.select_fraction}) and a report part; raise "
+                f"questions_per_domain (now {config.questions_per_domain}) or use a "
+                "benchmark with more questions"
+            ) from None
 
 
 def check_model_fit(config: RunConfig, model: "Model") -> None:

@@ -64,7 +64,7 @@ from roleprobe.app.run import (
     stage_named,
 )
 from roleprobe.app.run_config import CHOICES, PRESETS, RunConfig, load_config
-from roleprobe.core.io import write_csv, write_json, write_parquet
+from roleprobe.core.io import remove_stale_temporaries, write_csv, write_json, write_parquet
 from roleprobe.experiments.claims import heartbeat_interval
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -554,8 +554,21 @@ STEPS: dict[Stage, StageFn] = {
 def _make(ctx: Context, stage: Stage) -> bool:
     """Run one stage and mark it done; ``False`` when the sweep is left unfinished (a
     shard's part done, or items other workers hold: ``run.pending`` says which)."""
+    from roleprobe.experiments.store import BadPartError
+
     start = time.perf_counter()
-    summary = STEPS[stage](ctx)
+    paths = ctx.run.paths
+    extra = {DIRECTIONS: [paths.directions], SWEEP: [paths.sweep_store]}.get(stage, [])
+    for folder in (paths.folder(stage), *extra):  # what a killed writer left there
+        remove_stale_temporaries(folder)
+    try:
+        summary = STEPS[stage](ctx)
+    except BadPartError as err:
+        if stage == SWEEP or not ctx.run.is_done(SWEEP):
+            raise
+        raise ValueError(
+            f"{err}; the sweep is marked finished, so delete {paths.done(SWEEP)} too"
+        ) from err
     if stage == SWEEP and not summary["complete"]:
         pending, missing, total = summary["pending"], summary["missing"], summary["plan"]
         if ctx.shard and not pending:
@@ -584,6 +597,41 @@ def _make(ctx: Context, stage: Stage) -> bool:
         return False
     ctx.run.finish(stage, summary, time.perf_counter() - start)
     return True
+
+
+def _check_sweep_is_this_runs(run: Run) -> None:
+    """Refuse a finished sweep that was not made from this run's directions and settings
+    (a ``04_sweep/`` copied from another run): its seed, alphas and the hash of the
+    directions it swept must be this run's."""
+    from roleprobe.experiments.store import read_manifest
+    from roleprobe.experiments.sweeps import directions_hash
+    from roleprobe.vectors.directions import RoleDirections
+
+    paths = run.paths
+    try:
+        stored = read_manifest(paths.sweep_store)["config"]
+        sweep = stored["sweep"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{paths.sweep_store} has no readable sweep manifest though {SWEEP.name} is "
+            f"marked done; delete {paths.folder(SWEEP)} to make the sweep again"
+        ) from None
+    cfg = run.config
+    differs = []
+    if sweep.get("seed") != cfg.seed:
+        differs.append(f"seed {sweep.get('seed')!r} vs {cfg.seed!r}")
+    if [float(a) for a in sweep.get("alphas", [])] != [float(a) for a in cfg.alphas]:
+        differs.append(f"alphas {sweep.get('alphas')!r} vs {list(cfg.alphas)!r}")
+    if run.is_done(DIRECTIONS) and not differs:
+        rd = RoleDirections.load(paths.directions)
+        if stored.get("directions") != directions_hash(rd):
+            differs.append("the directions it swept are not this run's 02_directions")
+    if differs:
+        raise ValueError(
+            f"{paths.folder(SWEEP)} was not made by this run ({'; '.join(differs)}): copied "
+            f"from another run? Delete {paths.folder(SWEEP)} and the stages after it to make "
+            "them again"
+        )
 
 
 def _make_once(ctx: Context, stage: Stage) -> bool:
@@ -663,6 +711,8 @@ def run_pipeline(
     ctx = Context(run, shard, wait=wait, workers=workers)
     try:
         for stage in STAGES:
+            if run.is_done(stage) and stage == SWEEP:
+                _check_sweep_is_this_runs(run)
             if run.is_done(stage):
                 logger.info("%s already done; skipped", stage.name)
             elif not (_make(ctx, stage) if stage == SWEEP else _make_once(ctx, stage)):

@@ -103,7 +103,8 @@ def format_plan(plan: RunPlan, stage_names: Mapping[str, str] | None = None) -> 
         f"{sweep.work_items - sweep.baseline_items:,} layer items; {len(sweep.live_layers)} live "
         f"layers; {sum(sweep.batches.values())} question batches in {len(sweep.batches)} groups)",
         f"  forward passes: {stacked:,} (prefix/baseline {sweep.passes['prefix']:,}, addition "
-        f"{sweep.passes['addition']:,}, ablation {sweep.passes['ablation']:,}); "
+        f"{sweep.passes['addition']:,}, ablation {sweep.passes['ablation']:,}, alpha probe "
+        f"{sweep.passes.get('probe', 0)}); "
         f"{sweep.passes_unstacked:,} with one ablation per pass",
         f"  prefix memory: {_bytes(sweep.prefix_bytes_per_layer)} per layer (batch x "
         f"{sweep.max_padded} tokens x {arch.d_model} x {plan.dtype}); all "

@@ -16,6 +16,7 @@ Example:
     >>> pd.read_csv(run.paths.picks("held-out"))
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from roleprobe.app.run_config import RunConfig
-from roleprobe.core.io import write_json
+from roleprobe.core.io import create_text, is_temporary, remove_stale_temporaries, write_json
 from roleprobe.data.roles import ROLES
 from roleprobe.experiments.claims import Claims
 
@@ -371,17 +372,14 @@ class Run:
         self.paths = RunPaths(self.out)
         self.timings: dict[str, float] = {}
         self.pending: str | None = None
+        check_run_folder(self.out)  # before anything is written into it
         self.out.mkdir(parents=True, exist_ok=True)
+        mark_run_folder(self.out)
+        remove_stale_temporaries(self.out)
         self.claims = Claims(self.out / CLAIMS, config.lease_s)
-        legacy = [name for name in _LEGACY if (self.out / name).exists()]
-        if legacy:
-            raise ValueError(
-                f"{self.out} was made with the earlier stage layout ({legacy}); use a new --out"
-                " folder (copy its 04_sweep/ there to reuse the sweep)"
-            )
         path = self.paths.config
         if path.exists():
-            stored = {**RunConfig().to_dict(), **read_config_json(path)}
+            stored = _canonical({**RunConfig().to_dict(), **read_config_json(path)})
             wanted = config.to_dict()
             changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
             if changed:
@@ -469,13 +467,105 @@ class Run:
         logger.info("%s done in %.0fs: %s", stage.name, seconds, _one_line(summary))
 
     def summary(self, stage: "str | Stage") -> dict[str, Any]:
-        """What a finished stage reported (its ``done.json``)."""
-        data: dict[str, Any] = json.loads(self.paths.done(stage).read_text())
-        return data
+        """What a finished stage reported (its ``done.json``).
+
+        Raises:
+            ValueError: the marker is damaged (names it, and how to make the stage again).
+        """
+        stage = stage_named(stage)
+        path = self.paths.done(stage)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            why = f"not JSON: {err}"
+        else:
+            if isinstance(data, dict):
+                return data
+            why = f"a JSON {type(data).__name__}, not an object"
+        raise ValueError(
+            f"{path}, the completion mark of {stage.name}, is damaged ({why}); delete it and "
+            f"rerun the same `roleprobe run` command: it makes {stage.name} again"
+        )
 
     def roles(self) -> tuple[str, ...]:
         """The run's roles (all 29 when the config lists none)."""
         return self.config.roles or tuple(role.name for role in ROLES)
+
+
+MARKER = ".roleprobe-run"
+"""The file that makes a folder a run folder (written first, before ``config.json``)."""
+_OURS = {CONFIG, MARKER, CLAIMS, "jobs", *(s.name for s in STAGES)}
+
+
+def is_run_folder(out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` is a run folder: it holds :data:`MARKER`, or it is a run made before
+    the marker existed (a ``config.json`` of run settings and nothing but stage folders)."""
+    folder = Path(out)
+    if (folder / MARKER).is_file():
+        return True
+    if not (folder / CONFIG).is_file():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    if not names <= _OURS:
+        return False
+    try:
+        data = read_config_json(folder / CONFIG)
+    except (OSError, ValueError):
+        return False
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return bool(data) and set(data) <= known and "model" in data
+
+
+def check_run_folder(out: str | os.PathLike[str]) -> None:
+    """Refuse ``out`` unless it is missing, empty, or a run folder (nothing is written).
+
+    A folder that holds other files — someone's ``config.json`` included — is never
+    written into: a run folder is recognised by :data:`MARKER`, not by a file name others
+    use.
+
+    Raises:
+        ValueError: ``out`` is a file, or a non-empty folder that is not a run folder.
+    """
+    folder = Path(out)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ValueError(f"out = {str(out)!r} is a file, not a run folder")
+    legacy = [name for name in _LEGACY if (folder / name).exists()]
+    if legacy:
+        raise ValueError(
+            f"{folder} was made with the earlier stage layout ({legacy}); use a new --out"
+            " folder (copy its 04_sweep/ there to reuse the sweep)"
+        )
+    if is_run_folder(folder):
+        return
+    names = sorted(p.name for p in folder.iterdir() if not is_temporary(p))
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(
+            f"{folder} is not empty and is not a roleprobe run folder (it holds {shown}, "
+            f"and no {MARKER}); choose a new --out folder or an empty one"
+        )
+
+
+def mark_run_folder(out: Path) -> None:
+    """Write :data:`MARKER` into ``out`` unless it is there (exclusive create)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("roleprobe")
+    except metadata.PackageNotFoundError:  # pragma: no cover - always installed
+        version = "unknown"
+    create_text(out / MARKER, json.dumps({"roleprobe_run": 1, "version": version}) + "\n")
+
+
+def _canonical(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as the current code spells it (canonical role names, ...), so that
+    a rerun differing only in spelling is no change; as it is when it no longer validates."""
+    try:
+        return RunConfig.from_dict(stored).to_dict()
+    except ValueError:
+        return stored
 
 
 def read_config_json(path: Path) -> dict[str, Any]:

@@ -227,6 +227,9 @@ class RunConfig:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed}")
+        object.__setattr__(self, "roles", canonical_roles(self.roles))
         if self.specific and len(self.roles) == 1:
             raise ValueError(
                 f"specific = true needs 2 roles or more (the shared part is their mean), "
@@ -290,6 +293,29 @@ def _conform(key: str, tp: type, value: Any) -> Any:
     if not ok:
         raise ValueError(f"{key} must be {_KINDS.get(tp, tp.__name__)}, got {value!r}")
     return value
+
+
+def canonical_roles(roles: tuple[str, ...]) -> tuple[str, ...]:
+    """Role names as the catalogue spells them (``" Lawyer"`` -> ``"lawyer"``); a name
+    outside the catalogue (a custom prompt folder's role) without surrounding whitespace.
+
+    Raises:
+        ValueError: a blank name, or two names that are one role.
+    """
+    from roleprobe.data.roles import get_role
+
+    out = []
+    for name in roles:
+        if not name.strip():
+            raise ValueError(f"roles {list(roles)} hold a blank name")
+        try:
+            out.append(get_role(name).name)
+        except ValueError:
+            out.append(name.strip())
+    repeated = sorted({n for n in out if out.count(n) > 1})
+    if repeated:
+        raise ValueError(f"roles {list(roles)} name {repeated} more than once")
+    return tuple(out)
 
 
 def _check_types(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from roleprobe.core.progress import bar
-from roleprobe.core.types import Model
+from roleprobe.core.types import Model, check_model_arg
 from roleprobe.data.benchmarks import LETTERS, MultipleChoice
 from roleprobe.data.roles import DOMAIN_SUBJECTS
 from roleprobe.model.chat import (
@@ -160,6 +160,7 @@ def evaluate(
         ValueError: a bad argument, or an intervention that does not fit the model (also
             before any question is scored).
     """
+    check_model_arg(model)
     transforms, interventions = split_condition(condition)
     columns = condition_columns(condition)
     check_tie_rule(tie_rule)
@@ -195,6 +196,8 @@ def evaluate(
             else:
                 letters = letter_logits(model, batch.input_ids, batch.attention_mask, letter_ids)
             scores[torch.tensor(rows)] = letters.double().cpu()
+    if interventions or transforms:
+        check_scores(scores, f"evaluate {benchmark.name} under {columns or condition!r}")
     setup = {
         "system": template.system,
         "system_policy": policy,
@@ -273,6 +276,28 @@ def check_tie_rule(tie_rule: str) -> None:
     """Raise a ValueError naming the allowed tie rules if ``tie_rule`` is not one of them."""
     if tie_rule not in TIE_RULES:
         raise ValueError(f"unknown tie_rule {tie_rule!r}; use one of {TIE_RULES}")
+
+
+def check_scores(scores: Float[Tensor, "item choice"], what: str) -> None:
+    """Refuse letter logits that are not a result: non-finite, or every question's four
+    letters tied (what a residual stream that overflowed gives: its norm is infinite, the
+    final norm zeroes it, every logit equals every other). ``what`` names the condition.
+
+    Raises:
+        ValueError: naming ``what`` and the likely cause.
+    """
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(
+            f"{what}: the letter logits are not finite (the intervention overflowed the "
+            "residual stream: use a smaller alpha or a wider dtype)"
+        )
+    top = scores == scores.max(dim=-1, keepdim=True).values
+    if len(scores) and bool(top.all()):
+        raise ValueError(
+            f"{what}: all four letter logits tie on every question — a degenerate output, "
+            "not an effect (the intervention overflowed the residual stream: use a smaller "
+            "alpha or a wider dtype)"
+        )
 
 
 def score_table(

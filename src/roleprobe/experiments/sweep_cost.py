@@ -122,7 +122,8 @@ class SweepCount:
         baseline_items: of which baseline items.
         batches: question batches per group.
         live_layers: the layers with at least one live candidate.
-        passes: forward passes by part (``prefix``, ``addition``, ``ablation``).
+        passes: forward passes by part (``prefix``, ``addition``, ``ablation`` and
+            ``probe``: one batch under the grid's strongest addition, before the sweep).
         passes_unstacked: total passes with one ablation per pass (the count before
             ablations were stacked).
         rows: per (part, role) rows of :class:`CostRow`.
@@ -294,6 +295,11 @@ def count_sweep(
                         tallies.setdefault(("ablation", role), Tally()).add(
                             ablations * share, abl_t, abl_f
                         )
+    if cfg.alphas and variants:  # the overflow probe: one batch, strongest addition
+        n, seq = shapes[sorted(groups)[0]][0]
+        tokens, flops = pass_cost(arch, n, seq, n_layers, LETTER_ROWS)
+        tallies.setdefault(("probe", ""), Tally()).add(1.0, tokens, flops)
+        passes["probe"] = 1  # not in passes_unstacked: the count of the code before both
     baseline = sum(len(b) for b in shapes.values())
     live_layers = tuple(sorted({layer for (_, layer) in variants}))
     layer_bytes = cfg.batch_size * max_padded * arch.d_model * dtype_bytes

@@ -83,10 +83,11 @@ from torch import Tensor
 
 from roleprobe.core.hooks import check_layers
 from roleprobe.core.progress import bar
-from roleprobe.core.types import Model
+from roleprobe.core.types import Model, check_model_arg
 from roleprobe.data.benchmarks import LETTERS, MultipleChoice
 from roleprobe.experiments.claims import LEASE, check_lease, heartbeat_interval
 from roleprobe.experiments.evaluation import (
+    check_scores,
     encode_questions,
     length_batches,
     letter_logits,
@@ -443,6 +444,7 @@ def sweep(
     stack_ablations: bool | None = None,
     workers: int | None = None,
     wait: bool = False,
+    check_model: bool = True,
 ) -> SweepResult:
     """Score every candidate (role, position, layer) × condition on a benchmark.
 
@@ -497,6 +499,9 @@ def sweep(
             whole batches). Any value gives the same results.
         wait: when other workers hold the last items, wait for them (taking over any
             whose holder dies) instead of returning an incomplete result.
+        check_model: refuse directions computed on a model with other weights (their
+            recorded fingerprint against ``model``'s, before any forward pass). ``False``
+            uses them anyway, with a warning (width and layers are still checked).
 
     Returns:
         A :class:`SweepResult` over everything in the store (``missing`` lists unfinished
@@ -506,10 +511,12 @@ def sweep(
     Raises:
         TypeError: a condition's ``make`` is not callable or does not return an
             :class:`~roleprobe.Intervention` (before any forward pass).
-        ValueError: a bad argument (named).
+        ValueError: a bad argument (named), or directions of another model
+            (``check_model``).
     """
+    check_model_arg(model)
     extra = dict(conditions or {})
-    directions.check_model(model, strict=False)
+    directions.check_model(model, strict=check_model, opt_out="sweep(check_model=False)")
     cfg = SweepConfig(
         roles=tuple(roles) if roles is not None else directions.roles,
         layers=check_layers(model, layers if layers is not None else directions.layers),
@@ -573,6 +580,7 @@ def sweep(
         "directions_prompts": {"source": directions.source, **directions.prompt_hashes},
         "versions": code_versions(),
     }
+    _probe_alphas(model, directions, plan, norms)  # before the store exists: a setting error
     with tempfile.TemporaryDirectory(prefix="roleprobe-sweep-") as scratch:
         root = Path(store) if store is not None else Path(scratch)
         results = ResultStore(root, manifest, resume=resume, lease=lease)
@@ -844,6 +852,40 @@ class _Condition:
     make: MakeIntervention
 
 
+def _probe_alphas(
+    model: Model, directions: RoleDirections, plan: "_Plan", norms: Tensor | None
+) -> None:
+    """One batch under the strongest addition of the grid (the largest ``|alpha|`` times
+    the longest candidate direction), before the store is made: an ``alpha`` that
+    overflows the residual stream is refused as a setting (:func:`check_scores`), not found
+    in the middle of a sweep whose folder then keeps it."""
+    cfg = plan.cfg
+    if not cfg.alphas:
+        return
+    alpha = max(cfg.alphas, key=abs)
+    best: tuple[float, str, PositionLabel, int] | None = None
+    for layer in cfg.layers:
+        rows = directions.layer_vectors(list(cfg.roles), layer, list(cfg.positions))
+        norm = rows.norm(dim=-1)
+        flat = int(norm.argmax())
+        if best is None or float(norm.flatten()[flat]) > best[0]:
+            r, p = divmod(flat, len(cfg.positions))
+            best = (float(norm.flatten()[flat]), cfg.roles[r], cfg.positions[p], layer)
+    if best is None or best[0] == 0:
+        return
+    _, role, pos, layer = best
+    group = sorted(plan.groups)[0]
+    batch = _batch(model, plan, group, 0)
+    spec = _addition(directions.vector(role, layer, pos), layer, alpha, norms)
+    with torch.inference_mode(), steer(model, spec, attention_mask=batch.attention_mask):
+        scores = letter_logits(model, batch.input_ids, batch.attention_mask, plan.letters)
+    check_scores(
+        scores.double().cpu(),
+        f"alphas {list(cfg.alphas)}: alpha={alpha:g} on {role!r} at layer {layer}, position "
+        f"{pos} (the grid's strongest addition, tried on one batch before the sweep)",
+    )
+
+
 def _addition(
     direction: Float[Tensor, " d_model"], layer: int, alpha: float, norms: Tensor | None
 ) -> Intervention:
@@ -1084,4 +1126,8 @@ def _cell(
         "alpha": alpha,
         "group": group,
     }
+    where = "" if condition == "ablation" else f" alpha={alpha:g}"
+    check_scores(
+        scores, f"sweep: {v.source} direction of {v.role!r} at layer {layer}, {condition}{where}"
+    )
     return score_table(items, scores, labels, tie_rule)

@@ -164,6 +164,17 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         ) from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    index = resolved.index
+    if resolved.type == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS (Apple GPUs) is not available here")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device {device!r} cannot run a model (use 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto')"
+        )
     return resolved
 
 

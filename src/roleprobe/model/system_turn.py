@@ -34,6 +34,7 @@ Example:
 """
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -72,7 +73,29 @@ def normalize_system(system: object) -> str:
             "system is empty or whitespace only; use system='none' for no system turn or "
             "'default' for the template's own"
         )
+    found = CONTROL_TOKENS.search(system)
+    if found:
+        raise ValueError(
+            f"system text contains the chat-template control token {found.group(0)!r}: it "
+            "would be rendered verbatim and open a turn of its own; remove it"
+        )
+    if len(system) > MAX_SYSTEM_CHARS:
+        raise ValueError(
+            f"system text is {len(system):,} characters long (at most {MAX_SYSTEM_CHARS:,}): "
+            "a system turn that long leaves no context for the prompts"
+        )
     return system
+
+
+CONTROL_TOKENS = re.compile(
+    r"<\|[A-Za-z_]+(?:_[A-Za-z0-9]+)*\|>|<(?:start|end)_of_turn>|<(?:bos|eos)>|\[/?INST\]"
+    r"|<</?SYS>>|</?s>"
+)
+"""Control tokens of the chat templates roleprobe supports (ChatML ``<|im_start|>``, Llama-3
+``<|start_header_id|>``, Gemma ``<start_of_turn>``, Llama-2/Mistral ``[INST]``, ``<<SYS>>``,
+``<s>``): a system text holding one would inject a turn."""
+MAX_SYSTEM_CHARS = 8192
+"""The longest system text accepted (longer ones crowd the prompts out of the context)."""
 
 
 def apply_template(
