@@ -418,6 +418,58 @@ def test_layers_beyond_a_local_model_are_refused_before_stage_1(tiny4, tmp_path)
     assert not out.exists()
 
 
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(st.text(max_size=80))
+def test_generated_toml_files_load_or_are_refused_naming_the_file(text):
+    """Any text as a run's TOML file: a config, or one line naming the file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "run.toml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        try:
+            load_config("demo", path)
+        except ValueError as err:
+            said = str(err)
+            assert "\n" not in said.strip() and path in said, said
+
+
+_ARG = st.one_of(
+    st.integers(-40, 40),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.none(),
+)
+
+
+@settings(
+    max_examples=60,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    _ARG,
+    _ARG,
+    st.one_of(st.just("all"), st.lists(st.integers(-20, 20), max_size=3), _ARG),
+)
+def test_generated_addition_arguments_steer_or_are_refused(tiny_model, layer, alpha, positions):
+    """``Addition(d, layer, alpha, positions)`` with any values: it steers a batch, or it is
+    refused with TypeError/ValueError (built, or when its hooks meet the model) — never a
+    torch IndexError/RuntimeError from inside a hook."""
+    import torch
+
+    d = torch.ones(int(tiny_model.cfg.d_model))
+    try:
+        spec = Addition(d, layer, alpha, positions=positions)
+        prompts = ["Is it so?"]
+        rp.generate(tiny_model, prompts, [spec], max_new_tokens=1)
+    except (TypeError, ValueError) as err:  # jaxtyping's TypeCheckError is a TypeError
+        assert str(err).strip()
+
+
 @pytest.mark.slow
 def test_many_more_generated_inputs(tiny4, tmp_path_factory):
     """The three properties above with ten times the examples, randomised (the default tier
