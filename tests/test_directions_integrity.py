@@ -99,8 +99,9 @@ def test_apply_picks_refuses_another_models_directions(directions, other_model, 
 
 
 def test_persona_shift_refuses_another_models_directions(directions, other_model, bench):
-    with pytest.raises(ValueError, match=r"weights .*Compute them on this model"):
+    with pytest.raises(ValueError, match=r"weights .*persona_shift\(check_model=False\)"):
         persona_shift(other_model, directions, bench, **FAST)
+    persona_shift(other_model, directions, bench, check_model=False, **FAST)  # opted out
 
 
 def test_check_model_false_runs_with_one_warning(directions, other_model, bench, caplog):

@@ -6,6 +6,7 @@ or refused in one line before anything is written."""
 import json
 import os
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -493,3 +494,45 @@ def test_many_more_generated_inputs(tiny4, tmp_path_factory):
             test(**kwargs)
         finally:
             test._hypothesis_internal_use_settings = old  # type: ignore[attr-defined]
+
+
+def test_layers_beyond_a_cached_hub_model_are_refused_before_stage_1(tmp_path, monkeypatch):
+    """A hub model whose config is in the local cache is checked before stage 1 (read with
+    ``local_files_only``: never the network); one that is not cached is left to its load."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    gemma = json.loads(
+        (Path(__file__).parent / "data" / "configs" / "gemma-2-9b-it.json").read_text()
+    )
+    asked = []
+
+    def cached(name, **kwargs):
+        asked.append(kwargs.get("local_files_only"))
+        if name != "google/gemma-2-9b-it":
+            raise OSError("not in the cache")
+        return PretrainedConfig.from_dict(gemma)
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", cached)
+    out = tmp_path / "run"
+    config = load_config(
+        "demo", overrides={"model": "google/gemma-2-9b-it", "layers": [1, 50], "device": "cpu"}
+    )
+    with pytest.raises(
+        ValueError, match=r"layers \[50\] are beyond 'google/gemma-2-9b-it', which has 42"
+    ):
+        preflight(config, out)
+    other = load_config("demo", overrides={"model": "acme/uncached", "layers": [1, 50]})
+    preflight(other, out)  # not cached: its load will check
+    assert asked and all(asked) and not out.exists()
+
+
+def test_a_model_known_only_when_it_loads_is_checked_before_stage_1(tiny4, tmp_path, monkeypatch):
+    """A model whose shape preflight cannot read (a hub model outside the cache) is loaded
+    before stage 1 is written, so its depth and chat template are checked first."""
+    monkeypatch.setattr("roleprobe.app.inputs._check_shape_early", lambda config: None)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"layers \[9\] are beyond"):
+        run_pipeline(_config(tiny4, layers=[1, 9]), out)
+    with pytest.raises(ValueError, match="not post-instruction positions"):
+        run_pipeline(_config(tiny4, positions=[-40]), out)
+    assert not (out / "01_prompts").exists()

@@ -235,22 +235,52 @@ def _check_shape_early(config: RunConfig) -> None:
     from roleprobe.vectors.activations import resolve_positions
 
     name = config.model
-    if not (
-        Path(name).expanduser().exists() or name in (EMBEDDED_MODEL, TINY_MODEL)
-    ) and not name.startswith(PREFIX):
-        return
-    try:
-        shape = load_plan_model(name, None, config.trust_remote_code, config.system)
-    except (ValueError, OSError):
-        return  # the model's own load says what is wrong with it
-    n_layers = shape.arch.n_layers
+    shape = None
+    if (
+        Path(name).expanduser().exists()
+        or name in (EMBEDDED_MODEL, TINY_MODEL)
+        or name.startswith(PREFIX)
+    ):
+        try:
+            shape = load_plan_model(name, None, config.trust_remote_code, config.system)
+        except (ValueError, OSError):
+            return  # the model's own load says what is wrong with it
+        n_layers = shape.arch.n_layers
+    else:
+        cached = _cached_hub_layers(config)
+        if cached is None:
+            return  # not in the local cache: checked when the model loads
+        n_layers = cached
     beyond = [layer for layer in config.layers if layer >= n_layers]
     if beyond:
         raise ValueError(
             f"layers {beyond} are beyond {name!r}, which has {n_layers} layers (0-{n_layers - 1})"
         )
-    if config.positions and shape.n_post_source == "the model's chat template":
+    if (
+        shape is not None
+        and config.positions
+        and shape.n_post_source == ("the model's chat template")
+    ):
         resolve_positions(list(config.positions), shape.n_post)
+
+
+def _cached_hub_layers(config: RunConfig) -> int | None:
+    """A hub model's depth from its config in the local Hugging Face cache (never the
+    network), or ``None`` when it is not there."""
+    try:
+        from transformers import AutoConfig
+
+        from roleprobe.model.plan_model import Architecture
+
+        hf = AutoConfig.from_pretrained(
+            config.model,
+            revision=config.model_revision or None,
+            trust_remote_code=config.trust_remote_code,
+            local_files_only=True,
+        )
+        return Architecture.from_config(dict(hf.to_dict()), config.model).n_layers
+    except Exception:  # not cached, or not a config roleprobe reads: the load will say
+        return None
 
 
 def _check_split(config: RunConfig, bench: MultipleChoice, roles: list[str]) -> None:
@@ -305,3 +335,9 @@ def check_model_fit(config: RunConfig, model: "Model") -> None:
             f"directions are zero: with layers = {list(layers)} on {config.model!r} there is "
             f"nothing to pick (usable layers: {where})"
         )
+    if config.positions:
+        from roleprobe.model.chat import ChatTemplate
+        from roleprobe.vectors.activations import resolve_positions
+
+        n_post = ChatTemplate.from_tokenizer(model.tokenizer, config.system).n_post
+        resolve_positions(list(config.positions), n_post)

@@ -709,6 +709,8 @@ def run_pipeline(
             "continue it, or choose a new --out folder"
         )
     ctx = Context(run, shard, wait=wait, workers=workers)
+    if not run.is_done(DIRECTIONS) and last.number >= DIRECTIONS.number:
+        _ = ctx.model  # loaded, its layers and positions checked, before stage 1 is written
     try:
         for stage in STAGES:
             if run.is_done(stage) and stage == SWEEP:

@@ -419,6 +419,7 @@ def persona_shift(
     prompt_format: str = "paper",
     system: str | None = "default",
     progress: bool = True,
+    check_model: bool = True,
 ) -> PersonaShift:
     """Mean shift of question activations along each role direction under each persona.
 
@@ -440,6 +441,8 @@ def persona_shift(
         prompt_format: ``"paper"`` or ``"clean"`` (see :func:`roleprobe.evaluate`).
         system: the system-turn policy of the baseline (and of personas in prefix mode).
         progress: a tqdm bar over the conditions.
+        check_model: refuse directions computed on another model's weights (``False``: use
+            them anyway, with a warning).
 
     Returns:
         :class:`PersonaShift` (``shift`` of shape ``[persona, role, layer]``).
@@ -461,7 +464,7 @@ def persona_shift(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if len(benchmark) == 0:
         raise ValueError("the benchmark has no questions")
-    directions.check_model(model, opt_out="")  # no opt-out: another model's are refused
+    directions.check_model(model, strict=check_model, opt_out="persona_shift(check_model=False)")
     letter_only_supported(model)  # probe the output head once, before any hook is on
     layer_list = list(directions.layers if layers is None else layers)
     layer_pos = [directions.layer_index(la) for la in layer_list]
