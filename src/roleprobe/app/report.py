@@ -176,20 +176,7 @@ def stage_summary(run: Run, stage: "str | Stage") -> dict[str, Any]:
         ValueError: the file is not a JSON object (damaged: the stage is made again once
             it is deleted).
     """
-    stage = stage_named(stage)
-    path = run.paths.done(stage)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        why = f"not JSON: {err}"
-    else:
-        if isinstance(data, dict):
-            return data
-        why = f"a JSON {type(data).__name__}, not an object"
-    raise ValueError(
-        f"{path}, the completion mark of {stage.name}, is damaged ({why}); delete it and "
-        f"rerun the same `roleprobe run` command: it makes {stage.name} again"
-    )
+    return run.summary(stage)
 
 
 def _counted(summary: dict[str, Any], key: str) -> bool:
