@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,11 @@ HUB_LOAD_OPTIONS = ("revision", "trust_remote_code", "device_map", "max_memory")
 _LOAD_SETTINGS_ATTR = "_roleprobe_load_settings"
 
 
+_LOAD_LOCK = threading.RLock()
+"""One model load at a time in a process: two threads loading at once (two workers of a
+run folder in one notebook) leave each other's weights on the meta device."""
+
+
 def load_model(
     name: str = EMBEDDED_MODEL,
     *,
@@ -320,6 +326,33 @@ def load_model(
         >>> logits, cache = model.run_with_cache(tokens)
         >>> big = load_model("google/gemma-2-9b-it", revision="11c9b30", device_map="auto")
     """
+    with _LOAD_LOCK:  # transformers' loading is not thread-safe (a global meta-device context)
+        return _load_model(
+            name,
+            device=device,
+            dtype=dtype,
+            cache_dir=cache_dir,
+            n_devices=n_devices,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
+            max_memory=max_memory,
+        )
+
+
+def _load_model(
+    name: str,
+    *,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype,
+    cache_dir: str | os.PathLike[str] | None,
+    n_devices: int,
+    revision: str | None,
+    trust_remote_code: bool,
+    device_map: "DeviceMap | None",
+    max_memory: "MaxMemory | None",
+) -> TransformerBridge:
+    """:func:`load_model`'s work, under its lock."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     check_supported(name)
