@@ -99,3 +99,19 @@ def tiny4(tmp_path_factory: pytest.TempPathFactory) -> str:
     rp.tiny_hf_model(TinyConfig(n_layers=4)).save_pretrained(folder)
     rp.tiny_tokenizer().save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture
+def parts_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The patterns of every ``Path.glob`` on a folder named ``parts`` from now on (how
+    often a store lists its parts)."""
+    listings: list[str] = []
+    glob = Path.glob
+
+    def counting(self: Path, pattern: str, *args: object, **kwargs: object) -> object:
+        if self.name == "parts":
+            listings.append(pattern)
+        return glob(self, pattern, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "glob", counting)
+    return listings

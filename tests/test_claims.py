@@ -386,12 +386,11 @@ def test_a_foreign_claim_whose_heartbeat_stops_is_taken_over_within_the_lease(tm
 
 
 def test_a_worker_lists_the_parts_folder_once_not_once_per_item(
-    model, directions, single, tmp_path, monkeypatch
+    model, directions, single, tmp_path, request
 ):
     """The done set is read once per store object and kept up to date; a sweep of many
     items (half of them finished by "another worker") lists the folder a fixed number of
     times (the worker's store, then merge's)."""
-    from pathlib import Path
 
     plan = json.loads((single.store / "manifest.json").read_text())["config"]["plan"]
     assert len(plan) >= 10
@@ -400,15 +399,7 @@ def test_a_worker_lists_the_parts_folder_once_not_once_per_item(
         (tmp_path / "parts" / f"{key}.parquet").write_bytes(
             (single.store / "parts" / f"{key}.parquet").read_bytes()
         )
-    listings = []
-    glob = Path.glob
-
-    def counting(self, pattern, *args, **kwargs):
-        if self.name == "parts":
-            listings.append(pattern)
-        return glob(self, pattern, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "glob", counting)
+    listings = request.getfixturevalue("parts_listings")  # from here on
     result = sweep(model, directions, _bench(), roles=ROLES, store=tmp_path, **KW)
     assert result.complete
     assert len(listings) == 2, listings

@@ -385,19 +385,11 @@ def test_stage_8_removes_the_temporaries_a_killed_report_left(finished):
 
 
 def test_opening_a_store_removes_killed_writers_part_temporaries_in_its_one_listing(
-    tmp_path, monkeypatch
+    tmp_path, request
 ):
     ResultStore(tmp_path, {"config": {}}).write("a", pd.DataFrame({"x": [1]}))
     killed = _killed_writer_temporary(tmp_path / "parts" / "b.parquet")
-    listings = []
-    glob = Path.glob
-
-    def counting(self, pattern, *args, **kwargs):
-        if self.name == "parts":
-            listings.append(pattern)
-        return glob(self, pattern, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "glob", counting)
+    listings = request.getfixturevalue("parts_listings")  # from here on
     store = ResultStore(tmp_path, {"config": {}})
     assert store.done() == {"a"} and store.done() == {"a"}
     assert len(listings) == 1 and not killed.exists()

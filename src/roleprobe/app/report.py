@@ -83,7 +83,6 @@ __all__ = [
     "plotlyjs_version",
     "render_html",
     "render_markdown",
-    "stage_summary",
     "write_plotlyjs",
     "write_report",
 ]
@@ -169,16 +168,6 @@ def _remake(run: Run, stage: Stage) -> str:
     )
 
 
-def stage_summary(run: Run, stage: "str | Stage") -> dict[str, Any]:
-    """A finished stage's ``done.json``, or one line naming it and the fix.
-
-    Raises:
-        ValueError: the file is not a JSON object (damaged: the stage is made again once
-            it is deleted).
-    """
-    return run.summary(stage)
-
-
 def _counted(summary: dict[str, Any], key: str) -> bool:
     """Whether a stage summary counts rows (a positive number) under ``key``."""
     value = summary.get(key)
@@ -218,14 +207,14 @@ def _stage_files(run: Run, summaries: dict[str, dict[str, Any]]) -> list[tuple[S
 
 def check_inputs(run: Run, summaries: dict[str, dict[str, Any]] | None = None) -> None:
     """Require what the report reads: stages 3 to 7 finished, and every file their
-    ``done.json`` says they wrote (:func:`stage_summary` reads those when not given).
+    ``done.json`` says they wrote (:meth:`Run.summary` reads those when not given).
 
     Raises:
         ValueError: a stage is not finished, or a file of a finished one is missing (one
             line naming the file and the stage to make again).
     """
     if summaries is None:
-        summaries = {s.name: stage_summary(run, s) for s in run.finished()}
+        summaries = {s.name: run.summary(s) for s in run.finished()}
     for stage in (VALIDATION, SWEEP, SELECTION, EVALUATION, READOUTS):
         if stage.name not in summaries:
             raise ValueError(
@@ -269,7 +258,7 @@ def load_inputs(run: Run) -> ReportInputs:
             is missing or damaged (:func:`check_inputs`; one line naming it and the fix).
     """
     paths: RunPaths = run.paths
-    summaries = {s.name: stage_summary(run, s) for s in run.finished()}
+    summaries = {s.name: run.summary(s) for s in run.finished()}
     check_inputs(run, summaries)
     rule = run.config.evaluate_rules[0]
     effects = paths.effects(rule)

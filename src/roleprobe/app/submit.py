@@ -455,14 +455,3 @@ def _result(job: Any, what: str) -> Any:
         return job.result()
     except Exception as err:
         raise ValueError(f"the {what} job {job.job_id} failed: {_first_line(err)}") from None
-
-
-def read_submission(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """What ``submission.json`` of a run folder says, if it exists."""
-    import json
-
-    path = RunPaths(out).submission
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else None
